@@ -1,0 +1,194 @@
+"""Reading the recipe's data files into plain Python / pandas, splitting them, fingerprinting them.
+
+Formats: corpus .txt (one document per line) / .csv / .jsonl / .parquet; classification .csv / .jsonl /
+.parquet; NER CoNLL (``token TAG`` per line, blank line between sentences) or .jsonl with token and tag lists.
+Errors are DataError with a message that names the file and what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from models.recipe import Recipe
+
+
+class DataError(ValueError):
+    """A data file that cannot be read as the recipe says; the message names the file and the fix."""
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        if suffix == ".tsv":
+            return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        if suffix in (".jsonl", ".ndjson"):
+            return pd.read_json(path, lines=True, dtype=False)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path}: cannot be read as {suffix[1:].upper()}: {exc}") from None
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .parquet")
+
+
+def _require_columns(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing}; found {list(df.columns)}. "
+            "Set the column names in the recipe's data section (text_column, label_column, ...)."
+        )
+
+
+def read_corpus(path: Path, text_column: str = "text") -> list[str]:
+    """Documents of an unlabelled corpus, in file order (empty lines kept: validation judges them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"corpus file not found: {path}")
+    if path.suffix.lower() in (".txt", ".text", ""):
+        try:
+            return path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc}); re-encode the file as UTF-8") from None
+    df = _read_table(path)
+    _require_columns(df, path, [text_column])
+    return ["" if v is None else str(v) for v in df[text_column].tolist()]
+
+
+def read_classification(
+    path: Path, text_column: str = "text", label_column: str = "label", slice_column: str | None = None
+) -> pd.DataFrame:
+    """Labelled rows as a DataFrame with columns ``text``, ``label`` (str) and, if configured, ``slice``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"labelled data file not found: {path}")
+    df = _read_table(path)
+    wanted = [text_column, label_column] + ([slice_column] if slice_column else [])
+    _require_columns(df, path, wanted)
+    out = df[wanted].copy()
+    out.columns = ["text", "label"] + (["slice"] if slice_column else [])
+    out["text"] = out["text"].map(lambda v: "" if v is None else str(v))
+    out["label"] = out["label"].map(lambda v: "" if v is None else str(v))
+    return out.reset_index(drop=True)
+
+
+def _read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
+    sentences: list[tuple[list[str], list[str]]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("-DOCSTART-"):
+            if tokens:
+                sentences.append((tokens, tags))
+                tokens, tags = [], []
+            continue
+        parts = stripped.split()
+        if len(parts) < 2:
+            raise DataError(f"{path}:{number}: expected 'TOKEN TAG', got {stripped!r}")
+        tokens.append(parts[0])
+        tags.append(parts[-1])
+    if tokens:
+        sentences.append((tokens, tags))
+    return sentences
+
+
+def read_ner(path: Path, tokens_column: str = "tokens", tags_column: str = "tags") -> pd.DataFrame:
+    """NER sentences as a DataFrame with list columns ``tokens`` and ``tags``."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"NER data file not found: {path}")
+    if path.suffix.lower() in (".conll", ".txt", ".bio", ".iob"):
+        rows = _read_conll(path)
+        return pd.DataFrame({"tokens": [r[0] for r in rows], "tags": [r[1] for r in rows]})
+    df = _read_table(path)
+    _require_columns(df, path, [tokens_column, tags_column])
+    out = df[[tokens_column, tags_column]].copy()
+    out.columns = ["tokens", "tags"]
+    for column in ("tokens", "tags"):
+        bad = [i for i, v in enumerate(out[column]) if not isinstance(v, (list, tuple)) and not hasattr(v, "tolist")]
+        if bad:
+            raise DataError(f"{path}: column {column!r} must hold lists of strings (rows {bad[:5]} do not)")
+        out[column] = out[column].map(lambda v: [str(x) for x in (v.tolist() if hasattr(v, "tolist") else v)])
+    return out.reset_index(drop=True)
+
+
+def ner_text(tokens: list[str]) -> str:
+    """The sentence text of a token list (tokens joined by single spaces, as the service receives it)."""
+    return " ".join(tokens)
+
+
+def stratified_split(df: pd.DataFrame, fraction: float, seed: int, column: str | None = "label"):
+    """Split rows into (train, eval) with ``fraction`` in eval, stratified by ``column`` when every class can be."""
+    from sklearn.model_selection import train_test_split
+
+    stratify = None
+    if column is not None and column in df.columns:
+        counts = df[column].value_counts()
+        if len(counts) > 1 and counts.min() >= 2:
+            stratify = df[column]
+    train, evaluation = train_test_split(df, test_size=fraction, random_state=seed, stratify=stratify)
+    return train.reset_index(drop=True), evaluation.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    train: pd.DataFrame
+    eval: pd.DataFrame
+    eval_was_split: bool  # True when eval was carved out of train (no eval file in the recipe)
+
+
+def load_task_data(recipe: Recipe) -> TaskData:
+    """The labelled train and evaluation sets the recipe names (a stratified split when no eval file)."""
+    data = recipe.data
+    if recipe.task == "ner":
+        train = read_ner(data.train, data.tokens_column, data.tags_column)
+        if data.eval is not None:
+            return TaskData(train, read_ner(data.eval, data.tokens_column, data.tags_column), False)
+        tr, ev = stratified_split(train, data.eval_fraction, recipe.seed, column=None)
+        return TaskData(tr, ev, True)
+    train = read_classification(data.train, data.text_column, data.label_column, data.slice_column)
+    if data.eval is not None:
+        evaluation = read_classification(data.eval, data.text_column, data.label_column, data.slice_column)
+        return TaskData(train, evaluation, False)
+    tr, ev = stratified_split(train, data.eval_fraction, recipe.seed)
+    return TaskData(tr, ev, True)
+
+
+def task_texts(recipe: Recipe, task_data: TaskData) -> list[str]:
+    """The task's own training texts (for task-adaptive pretraining), never the evaluation split."""
+    if recipe.task == "ner":
+        return [ner_text(t) for t in task_data.train["tokens"]]
+    return list(task_data.train["text"])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_fingerprint(recipe: Recipe) -> dict:
+    """Content hash of every data file plus row counts: same data, same fingerprint (used for caching too)."""
+    files = {}
+    for key in ("corpus", "general", "train", "eval"):
+        path = getattr(recipe.data, key)
+        if path is not None:
+            path = Path(path)
+            files[key] = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+    combined = hashlib.sha256(json.dumps({k: v["sha256"] for k, v in files.items()}, sort_keys=True).encode())
+    return {"sha256": combined.hexdigest(), "files": files}

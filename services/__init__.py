@@ -1,0 +1,1 @@
+"""BentoML services: serve only (ONNX Runtime + tokenizers; no torch, no transformers)."""

