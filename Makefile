@@ -18,6 +18,7 @@ demo: setup
 	$(BIN)/dapt demo recipes/demo.yaml
 
 test: setup
+	@bash scripts/ensure-postgres.sh || echo 'postgres unavailable: its tests will be skipped'
 	$(BIN)/python -m pytest -q
 
 lint: setup

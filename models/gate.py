@@ -1,0 +1,170 @@
+"""Promotion gates: may a candidate version take an alias from the incumbent? Pure functions, no database.
+
+A gate compares two *evidence* dicts (the ones the registry stores with every version)::
+
+    decision = decide(candidate_evidence, incumbent_evidence_or_None, GateConfig(metric="macro_f1", tolerance=0.01))
+    decision.passed        # True/False
+    decision.reasons       # one readable sentence per check, each naming both numbers
+    decision.summary()     # one line for logs and the audit trail
+
+Rules (all must hold):
+  1. ``metrics[gate.metric] >= gate.min_value``
+  2. with an incumbent: ``candidate >= incumbent - gate.tolerance`` (metrics are higher-is-better)
+  3. with ``gate.max_forgetting`` set: ``forgetting.delta <= gate.max_forgetting``
+  4. with ``gate.require_parity``: at least one parity entry, and every entry ``passed``
+  5. ``validation.success`` is true
+
+Only the standard library is imported here (the registry and the serving process import this module);
+``GateConfig`` comes from models.recipe and is only referenced for typing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.recipe import GateConfig
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The outcome of a gate. ``reasons`` holds one sentence per check (passed or failed), with both numbers."""
+
+    passed: bool
+    reasons: list[str]
+    metric: str
+    candidate_value: float | None
+    incumbent_value: float | None
+    failures: list[str] = field(default_factory=list)  # the subset of ``reasons`` that failed
+
+    def summary(self) -> str:
+        """One line: verdict, the metric with both values, and the failed checks if any."""
+        incumbent = "none" if self.incumbent_value is None else f"{self.incumbent_value:.4f}"
+        candidate = "n/a" if self.candidate_value is None else f"{self.candidate_value:.4f}"
+        head = f"{'PASSED' if self.passed else 'REFUSED'}: {self.metric} {candidate} (incumbent {incumbent})"
+        return head if self.passed else f"{head}; " + "; ".join(self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateDecision:
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for missing / non-numeric / NaN values."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def decide(candidate: dict[str, Any], incumbent: dict[str, Any] | None, gate: GateConfig) -> GateDecision:
+    """Apply ``gate`` to the candidate's evidence, comparing with the incumbent's evidence when there is one."""
+    reasons: list[str] = []
+    failures: list[str] = []
+
+    def check(ok: bool, sentence: str) -> None:
+        reasons.append(sentence)
+        if not ok:
+            failures.append(sentence)
+
+    metric = gate.metric
+    candidate_metrics = candidate.get("metrics") or {}
+    candidate_value = _number(candidate_metrics.get(metric))
+    incumbent_value = _number((incumbent or {}).get("metrics", {}).get(metric)) if incumbent else None
+
+    # 1. absolute floor
+    if candidate_value is None:
+        known = ", ".join(sorted(candidate_metrics)) or "none"
+        check(False, f"candidate has no finite value for metric '{metric}' (its metrics: {known})")
+    else:
+        ok = candidate_value >= gate.min_value
+        verb = "is at or above" if ok else "is below"
+        check(ok, f"{metric} {candidate_value:.4f} {verb} the floor {gate.min_value:.4f}")
+
+    # 2. not worse than the incumbent beyond the tolerance
+    if incumbent is not None and candidate_value is not None:
+        if incumbent_value is None:
+            reasons.append(f"incumbent has no '{metric}' value; compared with the floor only")
+        else:
+            allowed = incumbent_value - gate.tolerance
+            if candidate_value >= allowed:
+                check(
+                    True,
+                    f"{metric} {candidate_value:.4f} vs incumbent {incumbent_value:.4f}: within tolerance "
+                    f"{gate.tolerance:.4f} (needs >= {allowed:.4f})",
+                )
+            else:
+                check(
+                    False,
+                    f"{metric} {candidate_value:.4f} is worse than the incumbent's {incumbent_value:.4f} by "
+                    f"{incumbent_value - candidate_value:.4f}, more than the tolerance {gate.tolerance:.4f}",
+                )
+
+    # 3. forgetting budget (rise of general-text MLM loss)
+    if gate.max_forgetting is not None:
+        forgetting = candidate.get("forgetting") or {}
+        delta = _number(forgetting.get("delta"))
+        if delta is None:
+            check(
+                False,
+                f"forgetting was not measured (evidence has no forgetting.delta) but the gate allows at most "
+                f"{gate.max_forgetting:.4f}; add general text to the recipe or unset gate.max_forgetting",
+            )
+        else:
+            before, after = (
+                _number(forgetting.get("general_loss_before")),
+                _number(forgetting.get("general_loss_after")),
+            )
+            detail = f" ({before:.4f} -> {after:.4f})" if before is not None and after is not None else ""
+            ok = delta <= gate.max_forgetting
+            verb = "within" if ok else "over"
+            check(
+                ok,
+                f"general-text loss rose by {delta:.4f}{detail}, {verb} the budget {gate.max_forgetting:.4f}",
+            )
+
+    # 4. export parity
+    if gate.require_parity:
+        parity = candidate.get("parity") or {}
+        if not parity:
+            check(
+                False,
+                "no parity results in the evidence, but the gate requires parity (run the export stage)",
+            )
+        for variant, result in sorted(parity.items()):
+            result = result or {}
+            diff, agreement = _number(result.get("max_abs_diff")), _number(result.get("label_agreement"))
+            numbers = ", ".join(
+                part
+                for part in (
+                    f"max |diff| {diff:.2e}" if diff is not None else "",
+                    f"label agreement {agreement:.4f}" if agreement is not None else "",
+                )
+                if part
+            )
+            ok = result.get("passed") is True
+            check(
+                ok,
+                f"parity of variant '{variant}' {'passed' if ok else 'FAILED'} ({numbers or 'no numbers'})",
+            )
+
+    # 5. data validation
+    validation = candidate.get("validation") or {}
+    if validation.get("success") is True:
+        check(True, "data validation succeeded")
+    else:
+        detail = "missing" if "success" not in validation else repr(validation.get("success"))
+        check(False, f"data validation did not succeed (validation.success is {detail})")
+
+    return GateDecision(
+        passed=not failures,
+        reasons=reasons,
+        metric=metric,
+        candidate_value=candidate_value,
+        incumbent_value=incumbent_value,
+        failures=failures,
+    )

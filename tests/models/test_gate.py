@@ -1,0 +1,109 @@
+"""Promotion gates: each rule passes and fails on its own, and every reason names both numbers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from models.gate import GateDecision, decide
+from models.recipe import GateConfig
+
+GOOD = {
+    "metrics": {"macro_f1": 0.82, "accuracy": 0.85, "eval_loss": 0.4},
+    "forgetting": {"general_loss_before": 2.0, "general_loss_after": 2.05, "delta": 0.05},
+    "parity": {
+        "fp32": {"max_abs_diff": 6e-7, "label_agreement": 1.0, "passed": True},
+        "int8": {"max_abs_diff": 0.06, "label_agreement": 1.0, "passed": True},
+    },
+    "validation": {"success": True},
+}
+
+
+def evidence(**changes) -> dict:
+    result = copy.deepcopy(GOOD)
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        result[section][key] = value
+    return result
+
+
+def test_good_candidate_without_incumbent_passes():
+    decision = decide(GOOD, None, GateConfig(min_value=0.5, max_forgetting=0.1))
+    assert decision.passed and decision.failures == []
+    assert decision.candidate_value == pytest.approx(0.82) and decision.incumbent_value is None
+    assert decision.summary().startswith("PASSED: macro_f1 0.8200")
+
+
+def test_floor_failure_names_value_and_floor():
+    decision = decide(evidence(metrics__macro_f1=0.41), None, GateConfig(min_value=0.6))
+    assert not decision.passed
+    assert decision.failures == ["macro_f1 0.4100 is below the floor 0.6000"]
+    assert "0.4100" in decision.summary() and "0.6000" in decision.summary()
+
+
+def test_worse_than_incumbent_beyond_tolerance_fails_with_both_numbers():
+    incumbent = evidence(metrics__macro_f1=0.90)
+    decision = decide(evidence(metrics__macro_f1=0.85), incumbent, GateConfig(tolerance=0.02))
+    assert not decision.passed
+    (failure,) = decision.failures
+    assert "0.8500" in failure and "0.9000" in failure and "0.0200" in failure
+    assert decision.incumbent_value == pytest.approx(0.90)
+
+
+def test_within_tolerance_of_incumbent_passes():
+    incumbent = evidence(metrics__macro_f1=0.83)
+    decision = decide(evidence(metrics__macro_f1=0.82), incumbent, GateConfig(tolerance=0.02))
+    assert decision.passed
+    assert any("0.8200" in r and "0.8300" in r for r in decision.reasons)
+
+
+def test_forgetting_over_budget_fails_and_names_delta_and_budget():
+    decision = decide(evidence(forgetting__delta=0.3), None, GateConfig(max_forgetting=0.1))
+    assert not decision.passed
+    (failure,) = decision.failures
+    assert "0.3000" in failure and "0.1000" in failure
+
+
+def test_forgetting_not_measured_fails_only_when_budget_set():
+    candidate = copy.deepcopy(GOOD)
+    del candidate["forgetting"]
+    assert decide(candidate, None, GateConfig()).passed
+    refused = decide(candidate, None, GateConfig(max_forgetting=0.1))
+    assert not refused.passed and "not measured" in refused.failures[0]
+
+
+def test_failed_parity_variant_is_named():
+    candidate = evidence(parity__int8={"max_abs_diff": 0.4, "label_agreement": 0.91, "passed": False})
+    decision = decide(candidate, None, GateConfig(require_parity=True))
+    assert not decision.passed
+    (failure,) = decision.failures
+    assert "'int8'" in failure and "0.9100" in failure
+    assert decide(candidate, None, GateConfig(require_parity=False)).passed
+
+
+def test_missing_parity_fails_when_required():
+    candidate = copy.deepcopy(GOOD)
+    candidate["parity"] = {}
+    assert not decide(candidate, None, GateConfig()).passed
+
+
+def test_failed_validation_fails():
+    decision = decide(evidence(validation__success=False), None, GateConfig())
+    assert not decision.passed and "validation" in decision.failures[0]
+
+
+def test_missing_or_nan_metric_fails_and_lists_known_metrics():
+    decision = decide(evidence(metrics__macro_f1=float("nan")), None, GateConfig())
+    assert not decision.passed and decision.candidate_value is None
+    assert "accuracy" in decision.failures[0]
+    decision = decide(GOOD, None, GateConfig(metric="f1"))
+    assert not decision.passed and "'f1'" in decision.failures[0]
+
+
+def test_several_failures_all_reported_and_decision_round_trips():
+    candidate = evidence(metrics__macro_f1=0.1, validation__success=False)
+    decision = decide(candidate, evidence(metrics__macro_f1=0.9), GateConfig(min_value=0.5))
+    assert len(decision.failures) == 3  # floor, incumbent, validation
+    assert decision.summary().count(";") >= 3
+    assert GateDecision.from_dict(decision.to_dict()) == decision

@@ -1,0 +1,203 @@
+"""The same registry on a real PostgreSQL server: 8 concurrent registering processes, aliases and rollback.
+
+A throwaway server is started in a temp dir on 127.0.0.1 with a free port (initdb refuses root, so it runs as
+the `postgres` user via runuser when we are root) and stopped afterwards. Skipped only when the PostgreSQL
+binaries are absent: install them with `scripts/ensure-postgres.sh`.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from models.bundle import ServingSpec
+from models.recipe import GateConfig
+from models.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+
+def _postgres_bindir() -> Path | None:
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(os.path.realpath(initdb)).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """(host, port) of a throwaway PostgreSQL server, trust auth for user `postgres`."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are absent; run scripts/ensure-postgres.sh")
+    base = Path(tempfile.mkdtemp(prefix="dapt-pg-"))  # /tmp, so the postgres user can reach it
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        account = pwd.getpwnam("postgres")
+        os.chown(base, account.pw_uid, account.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, logfile, port = base / "data", base / "server.log", _free_port()
+
+    def run(*args: str) -> None:
+        subprocess.run([*prefix, *args], check=True, capture_output=True, text=True, timeout=120)
+
+    try:
+        run(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+        run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(logfile),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+    except subprocess.CalledProcessError as error:
+        log = logfile.read_text() if logfile.exists() else ""
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {error.stderr}\n{log}")
+    try:
+        yield "127.0.0.1", port
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture()
+def pg_registry(postgres_server, tmp_path) -> Registry:
+    """A registry on a fresh database of the throwaway server."""
+    import psycopg
+
+    host, port = postgres_server
+    database = f"reg_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    registry = Registry(f"postgresql+psycopg://postgres@{host}:{port}/{database}", tmp_path / "artifacts")
+    yield registry
+    registry.dispose()
+
+
+def make_bundle(root: Path) -> Path:
+    bundle = root / "bundle"
+    (bundle / "onnx" / "fp32").mkdir(parents=True)
+    (bundle / "tokenizer").mkdir()
+    ServingSpec("finsent", "classification", ["neg", "pos"], 64, {"fp32": "onnx/fp32/model.onnx"}).write(
+        bundle
+    )
+    (bundle / "onnx" / "fp32" / "model.onnx").write_bytes(os.urandom(2048))
+    (bundle / "tokenizer" / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    return bundle
+
+
+def make_evidence(macro_f1: float, run_id: str = "run") -> dict:
+    return {
+        "metrics": {
+            "macro_f1": macro_f1,
+            "accuracy": macro_f1,
+            "eval_loss": float("nan"),
+        },  # NaN: Postgres-safe
+        "forgetting": {"delta": 0.01},
+        "parity": {"fp32": {"max_abs_diff": 1e-6, "label_agreement": 1.0, "passed": True}},
+        "validation": {"success": True},
+        "data_fingerprint": {"sha256": "cd" * 32},
+        "recipe": {"name": "finsent"},
+        "base_model": "tiny",
+        "lineage": {"run_id": run_id},
+        "code_revision": "abc",
+    }
+
+
+def _register_worker(url: str, root: str, bundle: str, run_id: str, barrier, results) -> None:
+    registry = Registry(url, root)
+    registry.engine  # schema creation races between processes too  # noqa: B018
+    barrier.wait(timeout=120)
+    results.put((run_id, registry.register("finsent", Path(bundle), make_evidence(0.8, run_id)).version))
+
+
+def test_eight_processes_register_at_once_on_postgres(pg_registry, tmp_path):
+    bundle = make_bundle(tmp_path / "src")
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(8), context.Queue()
+    args = (pg_registry.url, str(pg_registry.artifact_root), str(bundle))
+    workers = [
+        context.Process(target=_register_worker, args=(*args, f"run-{i}", barrier, results)) for i in range(8)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=180) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+
+    assert sorted(version for _, version in outcomes) == list(range(1, 9))
+    versions = pg_registry.list_versions("finsent")
+    assert [v.version for v in versions] == list(range(1, 9))
+    assert {v.version: v.evidence["lineage"]["run_id"] for v in versions} == {v: r for r, v in outcomes}
+    assert versions[0].metrics["eval_loss"] is None  # NaN stored as null, not rejected by Postgres JSON
+    for version in versions:
+        pg_registry.load_path("finsent", version.version)
+
+
+def test_promote_refuse_force_rollback_on_postgres(pg_registry, tmp_path):
+    bundle = make_bundle(tmp_path / "src")
+    for score in (0.80, 0.85, 0.60):
+        pg_registry.register("finsent", bundle, make_evidence(score))
+    assert pg_registry.promote("finsent", 1).passed
+    assert pg_registry.promote("finsent", 2, gate=GateConfig(tolerance=0.01)).passed
+    refused = pg_registry.promote("finsent", 3)
+    assert not refused.passed and "0.6000" in refused.failures[0] and "0.8500" in refused.failures[0]
+    assert pg_registry.aliases("finsent") == {"production": 2}
+
+    pg_registry.promote("finsent", 3, force_reason="load test", actor="bob")
+    assert pg_registry.aliases("finsent") == {"production": 3}
+    assert pg_registry.rollback("finsent").to_version == 2
+    assert pg_registry.load_path("finsent", alias="production") == pg_registry.get_version("finsent", 2).path
+
+    kinds = [(m.kind, m.from_version, m.to_version) for m in pg_registry.audit_log("finsent")]
+    assert kinds == [
+        ("promote", None, 1),
+        ("promote", 1, 2),
+        ("refused", 2, 3),
+        ("force", 2, 3),
+        ("rollback", 3, 2),
+    ]
+    forced = pg_registry.audit_log("finsent")[3]
+    assert forced.reason == "load test" and forced.actor == "bob" and forced.decision["passed"] is False
