@@ -1,0 +1,328 @@
+"""The `dapt` command line. Heavy libraries are imported inside commands so `--help` is instant."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from dapt.settings import configure_environment
+
+REPO = Path(__file__).resolve().parents[1]
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(
+    help="dapt: raw domain text → validated → adapted → fine-tuned → judged → exported → registered → served.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bento_app = typer.Typer(help="Package a registered version as a Bento (BentoML store + Dockerfile).", no_args_is_help=True)
+app.add_typer(bento_app, name="bento")
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one red line, exit code 2."""
+
+
+@app.callback()
+def _setup() -> None:
+    configure_environment()
+
+
+def _recipe(path: Path):
+    from models.recipe import RecipeError, check_data_paths, load_recipe
+
+    try:
+        recipe = load_recipe(path)
+    except RecipeError as exc:
+        raise UserError(str(exc)) from None
+    problems = check_data_paths(recipe)
+    if problems:
+        raise UserError(f"{path}: " + "; ".join(problems))
+    return recipe
+
+
+def _print_run_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{summary['name']} v{summary['version']}")
+    table.add_column("metric")
+    table.add_column("this version", justify="right")
+    table.add_column("production before", justify="right")
+    before = summary.get("incumbent_metrics") or {}
+    for key, value in summary["metrics"].items():
+        if key in ("accuracy", "macro_f1", "weighted_f1", "ece", "eval_loss", "f1", "precision", "recall"):
+            old = before.get(key)
+            table.add_row(key, f"{value:.4f}", "-" if not isinstance(old, float | int) else f"{old:.4f}")
+    forgetting = summary.get("forgetting") or {}
+    for key in ("domain_loss_before", "domain_loss_after", "general_loss_before", "general_loss_after", "delta"):
+        value = forgetting.get(key)
+        if isinstance(value, float | int):
+            table.add_row(f"mlm {key}", f"{value:.4f}", "")
+    console.print(table)
+    gate = summary.get("gate") or {}
+    colour = "green" if gate.get("passed") else "yellow"
+    console.print(f"[{colour}]gate: {gate.get('summary', 'not evaluated')}[/{colour}]")
+
+
+def run_recipe(recipe_path: Path) -> dict:
+    """Run the retrain flow; return its summary or raise UserError with a readable report."""
+    recipe = _recipe(recipe_path)
+    from flows.retrain import retrain
+
+    state = retrain(recipe, return_state=True)
+    if state.is_failed():
+        data = None
+        try:
+            data = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - the state's own message is reported below
+            data = None
+        if isinstance(data, dict) and "checks" in data:
+            from expectations.runner import render_report_dict
+
+            render_report_dict(data, console)
+            raise UserError("data validation failed: fix the data (or the thresholds in the recipe) and run again")
+        raise UserError(f"run failed: {state.message}")
+    summary = state.result()
+    _print_run_summary(summary)
+    return summary
+
+
+@app.command()
+def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/demo.yaml")) -> None:
+    """Run the whole flow: validate → adapt → fine-tune → evaluate → export → register → promote.
+
+    Example: dapt run recipes/demo.yaml
+    """
+    run_recipe(recipe)
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/demo.yaml")) -> None:
+    """Validate the recipe's data with the Great Expectations suites; exit 1 when a check fails.
+
+    Example: dapt validate recipes/demo.yaml
+    """
+    parsed = _recipe(recipe)
+    from dapt.settings import runs_dir
+    from expectations.runner import validate_recipe_data
+
+    out = runs_dir() / f"validate-{time.strftime('%Y%m%dT%H%M%S')}-{parsed.name}"
+    report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
+    report.render(console)
+    if not report.success:
+        raise typer.Exit(1)
+
+
+def _production_profile(name: str) -> dict | None:
+    from models.registry import Registry, RegistryError
+
+    try:
+        version = Registry().get_version(name, alias="production")
+    except RegistryError:
+        return None
+    return (version.evidence or {}).get("profile") if version else None
+
+
+def _resolve_served_version(name: str | None, alias: str, version: int | None):
+    from models.registry import Registry, RegistryError
+
+    registry = Registry()
+    try:
+        if name is None:
+            names = sorted({v.name for v in registry.list_versions()})
+            if not names:
+                raise UserError("the registry is empty: run `dapt run recipes/demo.yaml` first")
+            if len(names) > 1:
+                raise UserError(f"several models are registered ({', '.join(names)}): choose one with --name")
+            name = names[0]
+        chosen = registry.get_version(name, version=version) if version else registry.get_version(name, alias=alias)
+        path = registry.load_path(name, version=chosen.version, verify=True)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    return chosen, path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def start_server(bundle_dir: Path, name: str, version: int, host: str, port: int) -> subprocess.Popen:
+    env = os.environ | {
+        "DAPT_BUNDLE_DIR": str(bundle_dir),
+        "DAPT_MODEL_NAME": name,
+        "DAPT_MODEL_VERSION": str(version),
+    }
+    command = [sys.executable, "-m", "bentoml", "serve", "services.service:DaptService", "--host", host]
+    command += ["--port", str(port)]
+    return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UserError(f"the server exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise UserError(f"the server at {url} was not ready after {timeout_s:.0f} s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@app.command()
+def serve(
+    name: str = typer.Option(None, help="Registered model name (default: the only one registered)."),
+    alias: str = typer.Option("production", help="Alias to serve."),
+    version: int = typer.Option(None, help="Serve this version instead of the alias."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(3000, help="Port to bind."),
+) -> None:
+    """Serve a registered version over HTTP with BentoML + ONNX Runtime (checksums verified first).
+
+    Example: dapt serve --alias production --port 3000
+    """
+    chosen, path = _resolve_served_version(name, alias, version)
+    console.print(f"serving {chosen.name} v{chosen.version} from {path} on http://{host}:{port}")
+    process = start_server(path, chosen.name, chosen.version, host, port)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        stop_server(process)
+
+
+@app.command()
+def demo(
+    recipe: Path = typer.Argument(Path("recipes/demo.yaml"), help="Recipe YAML"),
+    text: list[str] = typer.Option(
+        None, "--text", help="Text(s) to classify at the end (default: two sample headlines)."
+    ),
+) -> None:
+    """The whole product in one command: run the flow, serve production on loopback, predict over HTTP, stop.
+
+    Example: dapt demo recipes/demo.yaml
+    """
+    import httpx
+
+    summary = run_recipe(recipe)
+    chosen, path = _resolve_served_version(summary["name"], "production", None)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    console.print(f"starting the service for {chosen.name} v{chosen.version} on {url} ...")
+    process = start_server(path, chosen.name, chosen.version, "127.0.0.1", port)
+    try:
+        wait_ready(url, process)
+        task = (chosen.evidence or {}).get("recipe", {}).get("task", "classification")
+        texts = text or (
+            ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn a year earlier.",
+             "The company warned that net sales will fall sharply in 2009."]
+            if task == "classification"
+            else ["Nokia posted net sales of EUR 1.2 bn in the third quarter of 2008."]
+        )
+        endpoint = "classify" if task == "classification" else "entities"
+        response = httpx.post(f"{url}/{endpoint}", json={"texts": texts}, timeout=60)
+        console.print(f"POST {url}/{endpoint} -> {response.status_code}")
+        console.print_json(json.dumps(response.json()))
+        if response.status_code != 200:
+            raise UserError(f"the prediction request failed with HTTP {response.status_code}")
+    finally:
+        stop_server(process)
+        console.print("server stopped")
+
+
+@bento_app.command("build")
+def bento_build(
+    name: str = typer.Option(None, help="Registered model name (default: the only one registered)."),
+    alias: str = typer.Option("production", help="Alias whose version is packaged."),
+    version: int = typer.Option(None, help="Package this version instead of the alias."),
+) -> None:
+    """Import a registered version into the BentoML store and build a Bento with its Dockerfile (offline).
+
+    Example: dapt bento build --alias production
+    """
+    from dapt.bento import build_bento, import_bundle_to_bentoml
+
+    chosen, path = _resolve_served_version(name, alias, version)
+    tag = import_bundle_to_bentoml(path, chosen.name, chosen.version, {"metrics": chosen.metrics})
+    bento_tag, dockerfile = build_bento(tag)
+    console.print(f"model {tag} → bento {bento_tag}")
+    console.print(f"Dockerfile: {dockerfile}")
+    console.print(f"container: `bentoml containerize {bento_tag}` on a machine with Docker")
+
+
+@app.command()
+def schedule(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/demo.yaml"),
+    cron: str = typer.Option(..., help="Cron expression, e.g. '0 3 * * *' (03:00 daily)."),
+    deployment: str = typer.Option(None, help="Deployment name (default: <model>-scheduled)."),
+) -> None:
+    """Serve the retrain flow as a scheduled Prefect deployment against a running Prefect server. Blocks.
+
+    Example: PREFECT_API_URL=http://127.0.0.1:4200/api dapt schedule recipes/demo.yaml --cron "0 3 * * *"
+    """
+    parsed = _recipe(recipe)
+    from flows.deploy import ScheduleError, serve_retraining
+
+    try:
+        serve_retraining(parsed, cron, deployment)
+    except ScheduleError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _mount_models() -> None:
+    try:
+        from dapt.cli_models import models_app
+    except ImportError:  # the registry commands are optional until dapt/cli_models.py exists
+        return
+    app.add_typer(models_app, name="models", help="List, inspect, promote and roll back registered versions.")
+
+
+_mount_models()
+
+
+def main() -> None:
+    """Console entry point: user mistakes are one readable line, not a stack trace."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code or 0)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
