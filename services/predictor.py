@@ -1,0 +1,332 @@
+"""Run a serving bundle with ONNX Runtime and the `tokenizers` library (no torch, no transformers).
+
+    predictor = OnnxPredictor(bundle_dir)          # CUDA when a CUDA session really works, else CPU
+    predictor.classify(["great product"])           # [{"label", "score", "scores": {label: p}}]
+    predictor.entities(["Aspirin eases headache"])  # [[{"text", "label", "start", "end", "score"}]]
+
+Only onnxruntime, tokenizers, numpy and the standard library are imported (plus models.bundle, stdlib-only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.bundle import MANIFEST, SERVING_SPEC, TOKENIZER_DIR, ServingSpec
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+THREADS_ENV = "DAPT_ORT_THREADS"
+_ORT_QUIET = 4  # fatal only: onnxruntime-gpu on a CPU host logs a library error for every CUDA attempt
+
+
+class BundleError(RuntimeError):
+    """The bundle cannot be served; the message names the file and what to do."""
+
+
+class ChecksumError(BundleError):
+    """A bundle file does not match the sha256 recorded in manifest.json."""
+
+
+class WrongTaskError(ValueError):
+    """The model was asked for a task it was not trained for (classification vs NER)."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest_entries(manifest: Any) -> dict[str, str]:
+    """Accept the shapes a manifest may take: {path: sha}, {"files": {path: sha}} or {"files": [{path, sha256}]}."""
+    files = manifest.get("files", manifest) if isinstance(manifest, dict) else manifest
+    if isinstance(files, dict):
+        return {
+            str(path): (entry if isinstance(entry, str) else entry.get("sha256", ""))
+            for path, entry in files.items()
+            if isinstance(entry, str | dict)
+        }
+    if isinstance(files, list):
+        return {
+            str(item["path"]): str(item["sha256"]) for item in files if "path" in item and "sha256" in item
+        }
+    raise BundleError(f"{MANIFEST} has an unexpected shape; expected a mapping of file path to sha256")
+
+
+def verify_manifest(bundle_dir: Path, only: list[str] | None = None) -> int:
+    """Check the sha256 of the bundle's files against manifest.json (when it exists); return how many matched.
+
+    ``only`` limits the check to these relative paths (the files the service actually loads) when given.
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest_path = bundle_dir / MANIFEST
+    if not manifest_path.is_file():
+        return 0
+    try:
+        entries = _manifest_entries(json.loads(manifest_path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise BundleError(f"{manifest_path} is not a readable manifest: {exc}") from None
+    checked = 0
+    for relative, expected in sorted(entries.items()):
+        if only is not None and relative not in only:
+            continue
+        path = bundle_dir / relative
+        if not path.is_file():
+            raise ChecksumError(f"{relative} is listed in {MANIFEST} but missing from {bundle_dir}")
+        actual = sha256_of(path)
+        if expected and actual != expected:
+            raise ChecksumError(
+                f"{relative} in {bundle_dir} does not match {MANIFEST} (sha256 {actual[:12]}… != "
+                f"{expected[:12]}…): the bundle was modified or corrupted; re-export or re-download it"
+            )
+        checked += 1
+    return checked
+
+
+def _nvidia_driver_present() -> bool:
+    """Cheap pre-check before trying CUDA (a failed CUDA session costs ~0.3 s and library loading)."""
+    return Path("/proc/driver/nvidia").exists() or Path("/dev/nvidiactl").exists()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _thread_count() -> int:
+    value = os.environ.get(THREADS_ENV)
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise BundleError(f"{THREADS_ENV} must be a whole number of threads, got {value!r}") from None
+        if threads < 1:
+            raise BundleError(f"{THREADS_ENV} must be at least 1, got {threads}")
+        return threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class OnnxPredictor:
+    """One ONNX Runtime session over one variant of a serving bundle."""
+
+    def __init__(
+        self, bundle_dir: str | Path, variant: str | None = None, providers: list[str] | None = None
+    ):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.bundle_dir = Path(bundle_dir)
+        if not (self.bundle_dir / SERVING_SPEC).is_file():
+            raise BundleError(
+                f"{self.bundle_dir} is not a serving bundle ({SERVING_SPEC} is missing); "
+                "point DAPT_BUNDLE_DIR at a folder written by `dapt export`"
+            )
+        self.spec = ServingSpec.read(self.bundle_dir)
+        if variant is not None and variant not in self.spec.variants:
+            raise BundleError(
+                f"variant {variant!r} is not in this bundle; it has {sorted(self.spec.variants)}"
+            )
+        tokenizer_path = self.bundle_dir / TOKENIZER_DIR / "tokenizer.json"
+        # Verify before use, and only what this process may read (a bundle without pytorch/ still serves).
+        verify_manifest(
+            self.bundle_dir,
+            only=[f"{TOKENIZER_DIR}/tokenizer.json", SERVING_SPEC, *self.spec.variants.values()],
+        )
+
+        self._options = ort.SessionOptions()
+        self._options.intra_op_num_threads = _thread_count()
+        self._options.inter_op_num_threads = 1
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options.log_severity_level = _ORT_QUIET if providers is None else 2
+
+        self.session, self.variant = self._open_session(ort, variant, providers)
+
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.enable_truncation(max_length=self.spec.max_length)
+        pad_token = self._pad_token()
+        pad_id = self.tokenizer.token_to_id(pad_token)
+        if pad_id is None:
+            raise BundleError(f"pad token {pad_token!r} is not in {tokenizer_path}")
+        # No fixed length: pad to the longest text of each batch, which is what keeps short requests fast.
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+        self._input_names = [i.name for i in self.session.get_inputs()]
+        self.provider = self.session.get_providers()[0]
+        logger.info(
+            "loaded %s (%s) variant %s on %s, %d threads",
+            self.spec.name,
+            self.spec.task,
+            self.variant,
+            self.provider,
+            self._options.intra_op_num_threads,
+        )
+
+    # ------------------------------------------------------------------ loading
+
+    def _onnx_path(self, variant: str) -> Path:
+        path = self.bundle_dir / self.spec.variants[variant]
+        if not path.is_file():
+            raise BundleError(
+                f"{self.spec.variants[variant]} (variant {variant}) is missing from {self.bundle_dir}"
+            )
+        return path
+
+    def _open_session(self, ort, variant: str | None, providers: list[str] | None):
+        if providers is not None:
+            chosen = variant or (
+                self.spec.preferred_gpu_variant if providers[0] == CUDA else self.spec.preferred_cpu_variant
+            )
+            return ort.InferenceSession(
+                str(self._onnx_path(chosen)), self._options, providers=providers
+            ), chosen
+        if CUDA in ort.get_available_providers() and _nvidia_driver_present():
+            # onnxruntime-gpu lists CUDA even without CUDA libraries: only a session that really got the
+            # CUDA provider counts. The failed attempt logs through ORT's default logger, hence the muting.
+            gpu_variant = variant or self.spec.preferred_gpu_variant
+            gpu_path = str(self._onnx_path(gpu_variant))
+            ort.set_default_logger_severity(_ORT_QUIET)
+            try:
+                session = ort.InferenceSession(gpu_path, self._options, providers=[CUDA, CPU])
+                if session.get_providers()[0] == CUDA:
+                    return session, gpu_variant
+                logger.info("CUDA is listed by onnxruntime but a CUDA session fell back to CPU")
+            except Exception as exc:  # no usable CUDA: fall through to CPU
+                logger.info("CUDA session failed, using CPU: %s", exc)
+            finally:
+                ort.set_default_logger_severity(2)
+        cpu_variant = variant or self.spec.preferred_cpu_variant
+        return ort.InferenceSession(
+            str(self._onnx_path(cpu_variant)), self._options, providers=[CPU]
+        ), cpu_variant
+
+    def _pad_token(self) -> str:
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            path = self.bundle_dir / TOKENIZER_DIR / name
+            if path.is_file():
+                pad = json.loads(path.read_text(encoding="utf-8")).get("pad_token")
+                if isinstance(pad, dict):
+                    pad = pad.get("content")
+                if isinstance(pad, str):
+                    return pad
+        return "[PAD]"
+
+    # ------------------------------------------------------------------ inference
+
+    def _encode(self, texts: list[str]):
+        if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+            raise TypeError("texts must be a list of strings")
+        encodings = self.tokenizer.encode_batch(list(texts))
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        return encodings, {name: feeds[name] for name in self._input_names}
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        """Raw logits: (batch, labels) for classification, (batch, tokens, labels) for NER."""
+        if not texts:
+            return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
+        _, feeds = self._encode(texts)
+        return self.session.run(None, feeds)[0].astype(np.float32)
+
+    def classify(self, texts: list[str]) -> list[dict[str, Any]]:
+        if self.spec.task != "classification":
+            raise WrongTaskError(f"{self.spec.name} is a token-classification (NER) model: use /entities")
+        if not texts:
+            return []
+        logits = self.logits(texts)
+        probabilities = _sigmoid(logits) if self.spec.multi_label else _softmax(logits)
+        labels = self.spec.labels
+        results = []
+        for row in probabilities:
+            best = int(row.argmax())
+            results.append(
+                {
+                    "label": labels[best],
+                    "score": float(row[best]),
+                    "scores": {label: float(p) for label, p in zip(labels, row, strict=True)},
+                }
+            )
+        return results
+
+    def entities(self, texts: list[str]) -> list[list[dict[str, Any]]]:
+        if self.spec.task != "ner":
+            raise WrongTaskError(f"{self.spec.name} is a classification model: use /classify")
+        if not texts:
+            return []
+        encodings, feeds = self._encode(texts)
+        probabilities = _softmax(self.session.run(None, feeds)[0].astype(np.float32))
+        return [
+            self._spans(text, encoding, probabilities[row])
+            for row, (text, encoding) in enumerate(zip(texts, encodings, strict=True))
+        ]
+
+    def _spans(self, text: str, encoding, probabilities: np.ndarray) -> list[dict[str, Any]]:
+        """BIO tags to character spans. A word's tag is its first word-piece's (how the model was trained);
+        the word's later pieces only extend the span's end."""
+        labels = self.spec.labels
+        spans: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = None
+        previous_word = None
+        for index, word in enumerate(encoding.word_ids):
+            start, end = encoding.offsets[index]
+            if word is None or encoding.special_tokens_mask[index] or end <= start:
+                continue
+            if word == previous_word:
+                if current is not None:
+                    current["end"] = end
+                continue
+            previous_word = word
+            best = int(probabilities[index].argmax())
+            tag, probability = labels[best], float(probabilities[index][best])
+            prefix, _, entity_type = tag.partition("-")
+            if tag == "O" or not entity_type:
+                current = None
+                continue
+            if prefix == "I" and current is not None and current["label"] == entity_type:
+                current["end"] = end
+                current["_probabilities"].append(probability)
+                continue
+            # B-X, or an I-X that does not continue an X span: open a new span (lenient BIO decoding)
+            current = {"label": entity_type, "start": start, "end": end, "_probabilities": [probability]}
+            spans.append(current)
+        for span in spans:
+            scores = span.pop("_probabilities")
+            span["text"] = text[span["start"] : span["end"]]
+            span["score"] = float(np.mean(scores))
+        return [{k: s[k] for k in ("text", "label", "start", "end", "score")} for s in spans]
+
+    def warmup(self) -> None:
+        """One tiny inference so the first real request does not pay for lazy kernel set-up."""
+        _, feeds = self._encode(["warm up"])
+        self.session.run(None, feeds)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "version": os.environ.get("DAPT_MODEL_VERSION") or self.spec.extra.get("version", "unversioned"),
+            "task": self.spec.task,
+            "variant": self.variant,
+            "provider": self.provider,
+            "labels": list(self.spec.labels),
+            "max_length": self.spec.max_length,
+            "multi_label": self.spec.multi_label,
+        }
