@@ -1,0 +1,791 @@
+"""Domain adaptation of the encoder: continued masked-LM pretraining (DAPT / TAPT) or pretraining from scratch.
+
+``adapt_encoder`` trains with the Hugging Face ``Trainer`` (accelerate underneath) and the library's MLM
+collator (15% masking, 80/10/10; whole-word masking optional), dynamic padding and length-grouped batches.
+A held-out share of the domain text is scored every evaluation interval; early stopping keeps the best
+checkpoint. Forgetting is measured before and after on general text with fixed masks (models/forgetting.py).
+
+Strategies: ``dapt`` (corpus), ``tapt`` (task texts), ``dapt+tapt`` (two phases, TAPT on top of DAPT), ``none``
+(base model untouched, still measured), ``scratch`` (own WordPiece tokenizer + small random-init BERT).
+Objectives: ``mlm`` (``AutoModelForMaskedLM``) or ``mlm+nsp`` (``BertForPreTraining`` with sentence pairs).
+
+Layout under ``out_dir``::
+
+    encoder/                     the adapted encoder (config, model.safetensors, tokenizer), mode 0644
+    checkpoints/<phase>/         Trainer checkpoints (2 kept); a killed run resumes from the last one
+    phases/<phase>/              output of a finished non-final phase (dapt+tapt keeps DAPT's result here)
+    scratch_tokenizer/           the trained tokenizer (strategy scratch), reused on resume
+    adapt_curves.png             training loss, held-out domain loss, general loss before/after
+
+Devices: bf16 on CUDA when supported, else fp16; fp32 on CPU. Several GPUs: run the calling script with
+``accelerate launch --multi_gpu --num_processes N script.py`` or ``torchrun --nproc_per_node N script.py``;
+the Trainer then trains data-parallel (the batch size is per device), and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from models.forgetting import MEASURE_LIMIT, masked_lm_loss, pseudo_perplexity, split_general
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from models.recipe import AdaptConfig, Recipe
+
+logger = logging.getLogger(__name__)
+
+ENCODER_DIR = "encoder"
+CHECKPOINTS_DIR = "checkpoints"
+PHASES_DIR = "phases"
+CURVES_PNG = "adapt_curves.png"
+PHASE_CONFIG = "phase_config.json"
+PHASE_DONE = "phase_done.json"
+EARLY_STOPPING_PATIENCE = 3  # evaluations without a better held-out loss before stopping
+PSEUDO_PERPLEXITY_SENTENCES = 8
+MIN_WORD_PIECES = 3  # vocabulary extension: words the tokenizer splits into at least this many pieces
+MIN_WORD_COUNT = 2
+
+
+class AdaptError(ValueError):
+    """Adaptation cannot run as configured; the message says what is missing and how to fix it."""
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """What adaptation produced. ``encoder_dir`` loads with ``AutoModelFor*.from_pretrained``."""
+
+    encoder_dir: Path
+    metrics: dict
+    curves_png: Path | None
+    log_history: list[dict]
+    strategy: str
+
+
+@dataclass(frozen=True)
+class _Phase:
+    name: str
+    train_texts: list[str]
+    heldout_texts: list[str]
+
+
+@dataclass
+class _PhaseRun:
+    name: str
+    log_history: list[dict] = field(default_factory=list)
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    global_step: int = 0
+    resumed_from_step: int | None = None
+    early_stopped: bool = False
+    reused: bool = False
+
+
+# ---------------------------------------------------------------------------------------------- text handling
+
+
+def _clean(texts: list[str] | None) -> list[str]:
+    return [t.strip() for t in (texts or []) if t and t.strip()]
+
+
+def split_heldout(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, heldout) by document, seeded; no held-out set when the fraction is 0 or there is one document."""
+    if fraction <= 0 or len(texts) < 2:
+        return list(texts), []
+    shuffled = texts[:]
+    random.Random(seed).shuffle(shuffled)
+    held = min(len(shuffled) - 1, max(1, round(len(shuffled) * fraction)))
+    return shuffled[held:], shuffled[:held]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(document: str) -> list[str]:
+    """Sentences of a document; a one-sentence document of 6+ words is cut in half so it still yields a pair."""
+    sentences = [s.strip() for s in _SENTENCE_END.split(document) if s.strip()]
+    if len(sentences) == 1:
+        words = sentences[0].split()
+        if len(words) >= 6:
+            middle = len(words) // 2
+            return [" ".join(words[:middle]), " ".join(words[middle:])]
+    return sentences
+
+
+def build_nsp_pairs(documents: list[str], seed: int) -> list[tuple[str, str, int]]:
+    """(A, B, next_sentence_label) per adjacent sentence pair: half keep the true next sentence (label 0), half
+    take a sentence from another document (label 1), as in BERT's NSP."""
+    rng = random.Random(seed)
+    docs = [s for s in (split_sentences(d) for d in documents) if s]
+    pairs = []
+    for index, sentences in enumerate(docs):
+        for i in range(len(sentences) - 1):
+            if rng.random() < 0.5 or len(docs) < 2:
+                pairs.append((sentences[i], sentences[i + 1], 0))
+            else:
+                other = rng.choice(
+                    [j for j in range(len(docs)) if j != index] if len(docs) < 64 else range(len(docs))
+                )
+                if other == index:
+                    other = (index + 1) % len(docs)
+                pairs.append((sentences[i], rng.choice(docs[other]), 1))
+    return pairs
+
+
+def _sha(texts: list[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- model set-up
+
+
+def _precision() -> dict[str, Any]:
+    """TrainingArguments precision flags: bf16 where CUDA supports it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported()
+        return {"bf16": bf16, "fp16": not bf16, "use_cpu": False}
+    return {"bf16": False, "fp16": False, "use_cpu": True}
+
+
+def _model_class(objective: str, model_type: str):
+    from transformers import AutoModelForMaskedLM, BertForPreTraining
+
+    if objective == "mlm+nsp":
+        if model_type != "bert":
+            raise AdaptError(
+                f"adapt.objective 'mlm+nsp' needs a BERT model (next-sentence head), but the base model is "
+                f"{model_type!r}; use objective 'mlm'"
+            )
+        return BertForPreTraining
+    return AutoModelForMaskedLM
+
+
+def freeze_lower_layers(model: PreTrainedModel, layers: int) -> int:
+    """Freeze the embeddings and the first ``layers`` encoder layers; returns how many parameters were frozen.
+
+    With a tied MLM decoder the output projection shares the word embeddings, so it stays fixed too.
+    """
+    if layers <= 0:
+        return 0
+    base = model.base_model
+    encoder_layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if encoder_layers is None or not hasattr(base, "embeddings"):
+        raise AdaptError(
+            f"adapt.freeze_layers: cannot find embeddings/encoder layers in {type(base).__name__}"
+        )
+    if layers > len(encoder_layers):
+        raise AdaptError(
+            f"adapt.freeze_layers is {layers} but the model has only {len(encoder_layers)} layers; "
+            f"use at most {len(encoder_layers)}"
+        )
+    frozen = 0
+    for module in [base.embeddings, *encoder_layers[:layers]]:
+        for parameter in module.parameters():
+            parameter.requires_grad = False
+            frozen += parameter.numel()
+    return frozen
+
+
+def extend_vocabulary(
+    tokenizer: PreTrainedTokenizerBase,
+    model: PreTrainedModel,
+    texts: list[str],
+    max_new: int,
+    *,
+    min_pieces: int = MIN_WORD_PIECES,
+    min_count: int = MIN_WORD_COUNT,
+) -> list[str]:
+    """Add up to ``max_new`` frequent words that the tokenizer splits into ``min_pieces``+ pieces.
+
+    New embedding rows start as the mean of the word's old pieces (a better start than a random row).
+    The words are matched as whole words only. Returns the added words, most frequent first.
+    """
+    import torch
+    from tokenizers import AddedToken
+
+    if max_new <= 0:
+        return []
+    backend = tokenizer.backend_tokenizer
+    counts: Counter[str] = Counter()
+    for text in texts:
+        normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
+        words = (
+            backend.pre_tokenizer.pre_tokenize_str(normalized)
+            if backend.pre_tokenizer
+            else normalized.split()
+        )
+        counts.update(w for w, _ in words if len(w) >= 4 and any(c.isalpha() for c in w))
+    vocabulary = tokenizer.get_vocab()
+    chosen: list[tuple[str, list[int]]] = []
+    for word, count in counts.most_common():
+        if count < min_count or len(chosen) >= max_new:
+            break
+        if word in vocabulary:
+            continue
+        pieces = tokenizer.tokenize(word)
+        if len(pieces) >= min_pieces:
+            chosen.append((word, tokenizer.convert_tokens_to_ids(pieces)))
+    if not chosen:
+        return []
+    tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=True) for w, _ in chosen])
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for word, piece_ids in chosen:
+            embeddings[tokenizer.convert_tokens_to_ids(word)] = embeddings[piece_ids].mean(dim=0)
+    return [w for w, _ in chosen]
+
+
+def _collator(tokenizer, adapt: AdaptConfig, seed: int, pad_to_multiple_of: int | None):
+    """The library's MLM collator, extended to pass ``next_sentence_label`` through and to pad offsets for
+    whole-word masking (which the 4.57 collator needs but cannot pad itself)."""
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    class DomainMLMCollator(DataCollatorForLanguageModeling):
+        def torch_call(self, examples):
+            examples = [dict(e) for e in examples]
+            nsp = (
+                [e.pop("next_sentence_label") for e in examples]
+                if "next_sentence_label" in examples[0]
+                else None
+            )
+            offsets = [e.pop("offset_mapping") for e in examples] if "offset_mapping" in examples[0] else None
+            if offsets is None:
+                batch = super().torch_call(examples)
+            else:
+                if self.seed and self.generator is None:
+                    self.create_rng()
+                batch = self.tokenizer.pad(
+                    examples, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of
+                )
+                padded = torch.zeros((len(offsets), batch["input_ids"].shape[1], 2), dtype=torch.long)
+                for row, pairs in enumerate(offsets):
+                    padded[row, : len(pairs)] = torch.tensor(pairs, dtype=torch.long)
+                special = batch.pop("special_tokens_mask")
+                batch["input_ids"], batch["labels"] = self.torch_mask_tokens(
+                    batch["input_ids"], special_tokens_mask=special, offset_mapping=padded
+                )
+            if nsp is not None:
+                batch["next_sentence_label"] = torch.tensor(nsp, dtype=torch.long)
+            return batch
+
+    # whole-word masking in 4.57 supports [MASK] replacement only (and warns with a crash otherwise)
+    probabilities = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if adapt.whole_word_mask else {}
+    return DomainMLMCollator(
+        tokenizer,
+        mlm=True,
+        mlm_probability=adapt.mlm_probability,
+        whole_word_mask=adapt.whole_word_mask,
+        pad_to_multiple_of=pad_to_multiple_of,
+        seed=seed or None,
+        return_tensors="pt",
+        **probabilities,
+    )
+
+
+def _encode(tokenizer, texts: list[str], adapt: AdaptConfig, seed: int) -> list[dict]:
+    """Features for training: long documents become several max_length windows (nothing is cut off);
+    ``mlm+nsp`` turns documents into sentence pairs instead."""
+    if not texts:
+        return []
+    common = {"return_special_tokens_mask": True, "return_offsets_mapping": adapt.whole_word_mask}
+    if adapt.objective == "mlm+nsp":
+        pairs = build_nsp_pairs(texts, seed)
+        if not pairs:
+            return []
+        encoded = tokenizer(
+            [a for a, _, _ in pairs],
+            [b for _, b, _ in pairs],
+            truncation="longest_first",
+            max_length=adapt.max_length,
+            **common,
+        )
+        labels = [label for _, _, label in pairs]
+    else:
+        encoded = tokenizer(
+            texts, truncation=True, max_length=adapt.max_length, return_overflowing_tokens=True, **common
+        )
+        labels = None
+    keys = [k for k in encoded.keys() if k != "overflow_to_sample_mapping"]
+    features = []
+    for i in range(len(encoded["input_ids"])):
+        feature = {k: encoded[k][i] for k in keys}
+        if labels is not None:
+            feature["next_sentence_label"] = labels[i]
+        features.append(feature)
+    return features
+
+
+def _callbacks(say: Callable[[str], None], phase: str):
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or not state.is_world_process_zero:
+                return
+            shown = [
+                f"{key} {logs[key]:.4g}" for key in ("loss", "eval_loss", "learning_rate") if key in logs
+            ]
+            if shown:
+                say(f"[adapt:{phase}] step {state.global_step}/{state.max_steps} " + ", ".join(shown))
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                say(f"[adapt:{phase}] checkpoint saved at step {state.global_step}")
+
+    return ProgressCallback()
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _phase_fingerprint(recipe: Recipe, phase: _Phase, start: str, vocabulary_size: int) -> str:
+    payload = {
+        "adapt": recipe.adapt.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "start": start,
+        "phase": phase.name,
+        "train": _sha(phase.train_texts),
+        "heldout": _sha(phase.heldout_texts),
+        "vocabulary_size": vocabulary_size,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _intervals(n_features: int, adapt: AdaptConfig, checkpoint_every: int | None) -> tuple[int, int, int]:
+    """(total steps, eval/save interval, logging interval): evaluate once an epoch, and at least 4 times a run."""
+    steps_per_epoch = max(1, math.ceil(n_features / adapt.batch_size))
+    total = adapt.max_steps if adapt.max_steps > 0 else max(1, math.ceil(adapt.epochs * steps_per_epoch))
+    interval = checkpoint_every or max(1, min(steps_per_epoch, math.ceil(total / 4)))
+    logging_steps = max(1, min(interval, math.ceil(total / 20)))
+    return total, interval, logging_steps
+
+
+def _train_phase(
+    phase: _Phase,
+    model: PreTrainedModel,
+    tokenizer,
+    recipe: Recipe,
+    fingerprint: str,
+    checkpoints: Path,
+    output_dir: Path,
+    say: Callable[[str], None],
+    checkpoint_every: int | None,
+) -> tuple[PreTrainedModel, _PhaseRun]:
+    """One Trainer run, resumed from its last checkpoint when the same configuration was interrupted."""
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    adapt = recipe.adapt
+    done_file, config_file = checkpoints / PHASE_DONE, checkpoints / PHASE_CONFIG
+    if done_file.is_file() and (output_dir / "config.json").is_file():
+        done = json.loads(done_file.read_text())
+        if done.get("fingerprint") == fingerprint:
+            say(f"[adapt:{phase.name}] already finished with this configuration; reusing {output_dir}")
+            run = _PhaseRun(**{k: v for k, v in done.items() if k != "fingerprint"})
+            run.reused = True
+            return type(model).from_pretrained(output_dir), run
+    if checkpoints.is_dir():
+        previous = json.loads(config_file.read_text()).get("fingerprint") if config_file.is_file() else None
+        if previous != fingerprint:
+            say(
+                f"[adapt:{phase.name}] configuration or data changed; discarding old checkpoints in {checkpoints}"
+            )
+            shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps({"fingerprint": fingerprint}))
+
+    seed = recipe.seed
+    train_features = _encode(tokenizer, phase.train_texts, adapt, seed)
+    eval_features = _encode(tokenizer, phase.heldout_texts, adapt, seed + 1)
+    if not train_features:
+        raise AdaptError(
+            f"phase {phase.name!r} has no training examples"
+            + (" (mlm+nsp needs documents of several sentences)" if adapt.objective == "mlm+nsp" else "")
+        )
+    total, interval, logging_steps = _intervals(len(train_features), adapt, checkpoint_every)
+    precision = _precision()
+    has_eval = bool(eval_features)
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=adapt.batch_size,
+        per_device_eval_batch_size=adapt.batch_size,
+        learning_rate=adapt.learning_rate,
+        weight_decay=adapt.weight_decay,
+        warmup_ratio=adapt.warmup_ratio,
+        num_train_epochs=adapt.epochs,
+        max_steps=adapt.max_steps if adapt.max_steps > 0 else -1,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=interval,
+        save_strategy="steps",
+        save_steps=interval,
+        save_total_limit=2,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=logging_steps,
+        logging_first_step=True,
+        group_by_length=True,
+        prediction_loss_only=True,  # MLM logits are batch x length x vocabulary: never keep them
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,  # the collator needs special_tokens_mask / offsets
+        label_names=["labels", "next_sentence_label"] if adapt.objective == "mlm+nsp" else ["labels"],
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **precision,
+    )
+    callbacks = [_callbacks(say, phase.name)]
+    if has_eval:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=EARLY_STOPPING_PATIENCE))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_features,
+        eval_dataset=eval_features or None,
+        data_collator=_collator(tokenizer, adapt, seed, None if precision["use_cpu"] else 8),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our progress callback reports instead of raw dict prints
+    last = get_last_checkpoint(str(checkpoints))
+    run = _PhaseRun(name=phase.name)
+    tokens_already_seen = 0
+    if last:
+        state = json.loads((Path(last) / "trainer_state.json").read_text())
+        run.resumed_from_step = int(state.get("global_step", 0))
+        tokens_already_seen = int(state.get("num_input_tokens_seen", 0))
+        say(f"[adapt:{phase.name}] resumed from {Path(last).name} (step {run.resumed_from_step} of {total})")
+    else:
+        say(
+            f"[adapt:{phase.name}] training {len(train_features)} sequences ({len(eval_features)} held out), "
+            f"{total} steps, evaluating every {interval}"
+        )
+    with warnings.catch_warnings():
+        # both are harmless library noise: checkpoint ordering on some filesystems, token counting
+        warnings.filterwarnings("ignore", message="mtime may not be reliable")
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+        output = trainer.train(resume_from_checkpoint=last)
+    run.global_step = trainer.state.global_step
+    run.train_tokens = int(trainer.state.num_input_tokens_seen) - tokens_already_seen
+    run.train_seconds = float(output.metrics.get("train_runtime", 0.0))
+    run.log_history = list(trainer.state.log_history)
+    run.early_stopped = has_eval and trainer.state.global_step < trainer.state.max_steps
+    model = trainer.model
+    if trainer.is_world_process_zero():
+        _save_pretrained(model, tokenizer, output_dir)
+        done = {"fingerprint": fingerprint, **{k: v for k, v in run.__dict__.items() if k != "reused"}}
+        done_file.write_text(json.dumps(done))
+        for stale in checkpoints.glob("checkpoint-*"):  # finished: the output dir replaces them
+            shutil.rmtree(stale, ignore_errors=True)
+    return model, run
+
+
+def _save_pretrained(model, tokenizer, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    for path in directory.rglob("*"):  # save_pretrained writes 0600; containers may run as another user
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _carry_pooler(base: Path, encoder_dir: Path, prefix: str) -> bool:
+    """Put the base model's pretrained pooler back into the saved encoder; True when the encoder has it.
+
+    MLM models have no pooler, so saving them drops it, and a sequence classifier would start from a random
+    one. MLM does not train the pooler, so the base's weights are exactly the right ones to keep.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    weights = encoder_dir / "model.safetensors"
+    if not weights.is_file():
+        return False
+    state = load_file(weights)
+    if any(".pooler." in key for key in state):
+        return True  # already there (a finished run reused)
+    pooler = getattr(AutoModel.from_pretrained(base), "pooler", None)
+    if pooler is None:
+        return False
+    for name, tensor in pooler.state_dict().items():
+        state[f"{prefix}.pooler.{name}"] = tensor.detach().contiguous()
+    save_file(state, weights, metadata={"format": "pt"})
+    weights.chmod(0o644)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def _measure(
+    model, tokenizer, domain: list[str], general: list[str], adapt: AdaptConfig
+) -> dict[str, float | None]:
+    options = {"max_length": adapt.max_length, "batch_size": max(adapt.batch_size, 16)}
+    return {
+        "domain_loss": masked_lm_loss(model, tokenizer, domain, **options),
+        "general_loss": masked_lm_loss(model, tokenizer, general, **options),
+        "general_pseudo_perplexity": pseudo_perplexity(
+            model, tokenizer, general, max_length=min(adapt.max_length, 64), limit=PSEUDO_PERPLEXITY_SENTENCES
+        ),
+    }
+
+
+def _sample(texts: list[str], seed: int, limit: int = MEASURE_LIMIT) -> list[str]:
+    if len(texts) <= limit:
+        return list(texts)
+    return random.Random(seed).sample(texts, limit)
+
+
+def _curves(runs: list[_PhaseRun], before: dict, after: dict, path: Path, strategy: str) -> Path:
+    from models.plots import plot_curves
+
+    series: dict[str, list[tuple[float, float]]] = {"training loss": [], "held-out domain loss": []}
+    offset = 0
+    for run in runs:
+        for entry in run.log_history:
+            step = offset + entry.get("step", 0)
+            if "loss" in entry:
+                series["training loss"].append((step, entry["loss"]))
+            if "eval_loss" in entry:
+                series["held-out domain loss"].append((step, entry["eval_loss"]))
+        offset += run.global_step
+    series["domain loss (fixed masks) before/after"] = [
+        (0, before["domain_loss"]),
+        (offset, after["domain_loss"]),
+    ]
+    series["general loss before"] = [(0, before["general_loss"])]
+    series["general loss after"] = [(offset, after["general_loss"])]
+    return plot_curves(series, f"Domain adaptation ({strategy}): MLM loss", path)
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def _plan(recipe: Recipe, corpus: list[str], task: list[str]) -> list[tuple[str, list[str]]]:
+    strategy = recipe.adapt.strategy
+    if strategy in ("dapt", "dapt+tapt", "scratch") and not corpus:
+        raise AdaptError(
+            f"adapt.strategy {strategy!r} needs domain text, but the corpus is empty; check data.corpus"
+        )
+    if strategy in ("tapt", "dapt+tapt") and not task:
+        raise AdaptError(f"adapt.strategy {strategy!r} needs the task's training texts, but none were given")
+    return {
+        "dapt": [("dapt", corpus)],
+        "tapt": [("tapt", task)],
+        "dapt+tapt": [("dapt", corpus), ("tapt", task)],
+        "scratch": [("scratch", corpus + task)],
+        "none": [],
+    }[strategy]
+
+
+def _load_start(recipe: Recipe, out_dir: Path, corpus: list[str], task: list[str]):
+    """(tokenizer, model, start description, MLM head freshly initialised?) before any training."""
+    from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, BertForPreTraining
+
+    adapt = recipe.adapt
+    if adapt.strategy == "scratch":
+        from models.scratch import ScratchConfigError, load_or_train_tokenizer, scratch_bert_config
+
+        tokenizer = load_or_train_tokenizer(
+            corpus + task,
+            adapt.scratch_vocab_size,
+            out_dir / "scratch_tokenizer",
+            model_max_length=adapt.max_length,
+        )
+        try:
+            config = scratch_bert_config(tokenizer, adapt)
+        except ScratchConfigError as exc:
+            raise AdaptError(str(exc)) from None
+        model_class = BertForPreTraining if adapt.objective == "mlm+nsp" else BertForMaskedLM
+        return tokenizer, model_class(config), f"scratch:{_sha(corpus + task)[:16]}", True
+    base = Path(recipe.resolved_base_model())
+    if not (base / "config.json").is_file():
+        raise AdaptError(f"base_model {base} is not a Hugging Face model directory (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if not tokenizer.is_fast or tokenizer.mask_token is None:
+        raise AdaptError(
+            f"the tokenizer in {base} must be a fast tokenizer with a mask token for MLM training"
+        )
+    model_class = _model_class(adapt.objective, AutoConfig.from_pretrained(base).model_type)
+    model, info = model_class.from_pretrained(base, output_loading_info=True)
+    head_new = any(key.startswith(("cls.", "lm_head.")) for key in info["missing_keys"])
+    return tokenizer, model, str(base.resolve()), head_new
+
+
+def adapt_encoder(
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    corpus: list[str],
+    general: list[str],
+    task_texts: list[str],
+    progress: Callable[[str], None] | None = None,
+    checkpoint_every: int | None = None,
+) -> AdaptResult:
+    """Adapt the recipe's base encoder to the domain as ``recipe.adapt`` says; see the module docstring.
+
+    ``checkpoint_every`` overrides the evaluation/checkpoint interval in steps (default: once an epoch and
+    at least four times a run). Running again with the same configuration resumes from the last checkpoint
+    and skips finished phases.
+    """
+    import time
+
+    import torch
+    from transformers import set_seed
+
+    say = progress or logger.info
+    adapt = recipe.adapt
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus, task = _clean(corpus), _clean(task_texts)
+    measured_general, replay_pool = split_general(general, adapt.replay_fraction, recipe.seed)
+    measured_general = _sample(measured_general, recipe.seed)
+    plan = _plan(recipe, corpus, task)
+    started = time.perf_counter()
+
+    set_seed(recipe.seed)
+    tokenizer, model, start, head_new = _load_start(recipe, out_dir, corpus, task)
+    phases: list[_Phase] = []
+    rng = random.Random(recipe.seed)
+    replayed = 0
+    for name, texts in plan:
+        train, heldout = split_heldout(texts, adapt.heldout_fraction, recipe.seed)
+        if replay_pool and adapt.replay_fraction > 0:
+            wanted = round(adapt.replay_fraction / (1 - adapt.replay_fraction) * len(train))
+            extra = (
+                rng.sample(replay_pool, wanted)
+                if wanted <= len(replay_pool)
+                else rng.choices(replay_pool, k=wanted)
+            )
+            train = train + extra
+            replayed += len(extra)
+        phases.append(_Phase(name, train, heldout))
+    if adapt.strategy in ("tapt", "none") and corpus:
+        domain_texts, domain_on = corpus, "corpus"  # never trained on by these strategies
+    elif phases and phases[0].heldout_texts:
+        domain_texts, domain_on = phases[0].heldout_texts, "heldout"
+    elif phases:
+        domain_texts, domain_on = phases[0].train_texts, "train"
+    else:
+        domain_texts, domain_on = task, "task"
+    domain_texts = _sample(domain_texts, recipe.seed)
+
+    added_tokens = extend_vocabulary(tokenizer, model, corpus, adapt.extend_vocab) if plan else []
+    if added_tokens:
+        say(
+            f"[adapt] added {len(added_tokens)} domain words to the vocabulary: {', '.join(added_tokens[:10])}..."
+        )
+    frozen = freeze_lower_layers(model, adapt.freeze_layers) if plan else 0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    say(f"[adapt] measuring before: {len(domain_texts)} domain / {len(measured_general)} general texts")
+    before = _measure(model, tokenizer, domain_texts, measured_general, adapt)
+
+    runs: list[_PhaseRun] = []
+    pooler_kept = False
+    encoder_dir = out_dir / ENCODER_DIR
+    if not plan:  # strategy none: the base model is the encoder
+        encoder_dir, after = Path(recipe.resolved_base_model()), dict(before)
+    else:
+        vocabulary_size = len(tokenizer)
+        for index, phase in enumerate(phases):
+            last_phase = index == len(phases) - 1
+            output_dir = encoder_dir if last_phase else out_dir / PHASES_DIR / phase.name
+            fingerprint = _phase_fingerprint(recipe, phase, start, vocabulary_size)
+            model, run = _train_phase(
+                phase,
+                model,
+                tokenizer,
+                recipe,
+                fingerprint,
+                out_dir / CHECKPOINTS_DIR / phase.name,
+                output_dir,
+                say,
+                checkpoint_every,
+            )
+            freeze_lower_layers(model, adapt.freeze_layers)
+            runs.append(run)
+            start = fingerprint  # the next phase starts from this one's result
+        if adapt.strategy != "scratch" and int(os.environ.get("RANK", "0")) == 0:
+            pooler_kept = _carry_pooler(
+                Path(recipe.resolved_base_model()), encoder_dir, model.base_model_prefix
+            )
+        model.to(device)
+        say("[adapt] measuring after")
+        after = _measure(model, tokenizer, domain_texts, measured_general, adapt)
+
+    train_tokens = sum(r.train_tokens for r in runs)
+    train_seconds = sum(r.train_seconds for r in runs)
+    log_history = [{"phase": r.name, **entry} for r in runs for entry in r.log_history]
+    metrics = {
+        "strategy": adapt.strategy,
+        "objective": adapt.objective,
+        "domain_loss_before": before["domain_loss"],
+        "domain_loss_after": after["domain_loss"],
+        "domain_loss_on": domain_on,
+        "general_loss_before": before["general_loss"],
+        "general_loss_after": after["general_loss"],
+        "forgetting_delta": (
+            after["general_loss"] - before["general_loss"] if before["general_loss"] is not None else None
+        ),
+        "general_pseudo_perplexity_before": before["general_pseudo_perplexity"],
+        "general_pseudo_perplexity_after": after["general_pseudo_perplexity"],
+        "general_texts_measured": len(measured_general),
+        "domain_texts_measured": len(domain_texts),
+        "mlm_head_initialised": head_new,
+        "train_tokens": train_tokens,
+        "train_seconds": round(train_seconds, 3),
+        "tokens_per_second": round(train_tokens / train_seconds, 1) if train_seconds > 0 else None,
+        "added_tokens": added_tokens,
+        "replay_examples": replayed,
+        "frozen_parameters": frozen,
+        "base_pooler_kept": pooler_kept,
+        "phases": [
+            {
+                "name": r.name,
+                "steps": r.global_step,
+                "resumed_from_step": r.resumed_from_step,
+                "early_stopped": r.early_stopped,
+                "reused": r.reused,
+                "train_tokens": r.train_tokens,
+            }
+            for r in runs
+        ],
+        "resumed_from_step": next(
+            (r.resumed_from_step for r in runs if r.resumed_from_step is not None), None
+        ),
+        "precision": "bf16" if _precision()["bf16"] else "fp16" if _precision()["fp16"] else "fp32",
+        "device": device,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+    curves_png = None
+    if runs and int(os.environ.get("RANK", "0")) == 0:
+        curves_png = _curves(runs, before, after, out_dir / CURVES_PNG, adapt.strategy)
+    (out_dir / "adapt_metrics.json").write_text(json.dumps(metrics, indent=2))
+    say(
+        f"[adapt] done: domain loss {_fmt(before['domain_loss'])} -> {_fmt(after['domain_loss'])}, "
+        f"general loss {_fmt(before['general_loss'])} -> {_fmt(after['general_loss'])}"
+    )
+    return AdaptResult(encoder_dir, metrics, curves_png, log_history, adapt.strategy)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

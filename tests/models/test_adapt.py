@@ -1,0 +1,346 @@
+"""Domain adaptation: tiny BERT (2 layers, hidden 32) from the tiny_base_model fixture, a few dozen sentences,
+max_steps of 3-8. Every test asserts an observable effect (loss fell, weights kept, tokens added, resumed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Repetitive on purpose: a tiny model learns it within a few high-LR steps, so the held-out loss reliably falls.
+CORPUS = [
+    f"The company reported quarterly revenue of {n} million euros. Operating profit rose sharply. "
+    f"Earnings per share beat analyst estimates."
+    for n in range(36)
+]
+GENERAL = [f"The cat slept in the garden on day {n}. The weather was warm and sunny." for n in range(24)]
+TASK = [f"Shares fell {n} percent after the company cut its guidance." for n in range(16)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def make_recipe(base: Path, **adapt):
+    from models.recipe import recipe_from_dict
+
+    settings = {
+        "max_steps": 6,
+        "learning_rate": 1e-2,
+        "batch_size": 8,
+        "heldout_fraction": 0.2,
+        "warmup_ratio": 0.0,
+    }
+    settings.update(adapt)
+    return recipe_from_dict(
+        {
+            "name": "adapt-test",
+            "base_model": str(base),
+            "data": {"corpus": "corpus.txt", "train": "train.csv", "labels": ["neg", "pos"]},
+            "adapt": settings,
+        }
+    )
+
+
+def run_adapt(base: Path, out: Path, corpus=CORPUS, general=GENERAL, task=TASK, lines=None, **adapt):
+    from models.adapt import adapt_encoder
+
+    return adapt_encoder(
+        make_recipe(base, **adapt),
+        out,
+        corpus=corpus,
+        general=general,
+        task_texts=task,
+        progress=(lines.append if lines is not None else None),
+    )
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def dapt_result(tiny_base_model, tmp_path_factory):
+    lines: list[str] = []
+    result = run_adapt(tiny_base_model, tmp_path_factory.mktemp("dapt"), lines=lines, max_steps=8)
+    return result, lines
+
+
+def test_dapt_lowers_heldout_domain_loss_and_reports_metrics(dapt_result):
+    result, lines = dapt_result
+    metrics = result.metrics
+    for key in (
+        "domain_loss_before",
+        "domain_loss_after",
+        "general_loss_before",
+        "general_loss_after",
+        "forgetting_delta",
+        "general_pseudo_perplexity_before",
+        "general_pseudo_perplexity_after",
+        "train_tokens",
+        "train_seconds",
+        "tokens_per_second",
+        "added_tokens",
+    ):
+        assert key in metrics, key
+    assert metrics["domain_loss_on"] == "heldout"
+    assert metrics["domain_loss_after"] < metrics["domain_loss_before"] - 0.3
+    assert metrics["forgetting_delta"] == pytest.approx(
+        metrics["general_loss_after"] - metrics["general_loss_before"]
+    )
+    assert metrics["train_tokens"] > 0 and metrics["tokens_per_second"] > 0
+    assert result.strategy == "dapt"
+    assert any("eval_loss" in entry for entry in result.log_history)
+    assert any(line.startswith("[adapt:dapt] step") and "loss" in line for line in lines)
+    assert result.curves_png is not None and result.curves_png.stat().st_size > 5000
+
+
+def test_dapt_encoder_dir_loads_into_classifiers_with_encoder_weights(dapt_result):
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
+
+    encoder_dir = dapt_result[0].encoder_dir
+    assert (encoder_dir / "model.safetensors").is_file() and (encoder_dir / "tokenizer.json").is_file()
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in encoder_dir.iterdir())
+    _, info = AutoModelForSequenceClassification.from_pretrained(
+        encoder_dir, num_labels=3, output_loading_info=True
+    )
+    assert sorted(info["missing_keys"]) == [
+        "classifier.bias",
+        "classifier.weight",
+    ]  # encoder + pooler carried
+    _, info = AutoModelForTokenClassification.from_pretrained(
+        encoder_dir, num_labels=5, output_loading_info=True
+    )
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert AutoTokenizer.from_pretrained(encoder_dir).mask_token == "[MASK]"
+
+
+def test_tapt_and_dapt_plus_tapt_run_their_phases(tiny_base_model, tmp_path):
+    tapt = run_adapt(tiny_base_model, tmp_path / "tapt", strategy="tapt", max_steps=3)
+    assert [p["name"] for p in tapt.metrics["phases"]] == ["tapt"]
+    assert tapt.metrics["domain_loss_on"] == "corpus"  # TAPT never trains on the corpus
+    both = run_adapt(tiny_base_model, tmp_path / "both", strategy="dapt+tapt", max_steps=3)
+    assert [(p["name"], p["steps"]) for p in both.metrics["phases"]] == [("dapt", 3), ("tapt", 3)]
+    assert (tmp_path / "both" / "phases" / "dapt" / "model.safetensors").is_file()
+    assert {entry["phase"] for entry in both.log_history} == {"dapt", "tapt"}
+
+
+def test_none_returns_base_untouched_and_still_measures(tiny_base_model, tmp_path):
+    weights = tiny_base_model / "model.safetensors"
+    digest = sha(weights)
+    result = run_adapt(tiny_base_model, tmp_path / "none", strategy="none")
+    assert result.encoder_dir == tiny_base_model and sha(weights) == digest
+    assert result.metrics["general_loss_before"] is not None
+    assert result.metrics["general_loss_before"] == result.metrics["general_loss_after"]
+    assert result.metrics["forgetting_delta"] == 0.0 and result.metrics["train_tokens"] == 0
+
+
+def test_scratch_trains_own_tokenizer_and_a_loadable_model(tiny_base_model, tmp_path):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    result = run_adapt(
+        tiny_base_model,
+        tmp_path / "scratch",
+        strategy="scratch",
+        max_steps=4,
+        scratch_vocab_size=150,
+        scratch_hidden_size=32,
+        scratch_layers=1,
+        scratch_heads=2,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(result.encoder_dir)
+    assert len(tokenizer) <= 150 and tokenizer.mask_token == "[MASK]"
+    assert "revenue" in tokenizer.get_vocab()  # learned from the corpus
+    model = AutoModelForTokenClassification.from_pretrained(result.encoder_dir, num_labels=3)
+    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1
+    assert result.metrics["domain_loss_after"] < result.metrics["domain_loss_before"]
+
+
+def test_scratch_rejects_heads_that_do_not_divide_hidden(tiny_base_model, tmp_path):
+    from models.adapt import AdaptError
+
+    with pytest.raises(AdaptError, match="scratch_heads"):
+        run_adapt(
+            tiny_base_model,
+            tmp_path / "bad",
+            strategy="scratch",
+            scratch_hidden_size=30,
+            scratch_heads=4,
+            scratch_vocab_size=150,
+        )
+
+
+def test_mlm_nsp_trains_pretraining_heads(tiny_base_model, tmp_path):
+    from safetensors import safe_open
+
+    from models.adapt import build_nsp_pairs
+
+    pairs = build_nsp_pairs(CORPUS, seed=1)
+    assert {label for _, _, label in pairs} == {0, 1}
+    result = run_adapt(tiny_base_model, tmp_path / "nsp", objective="mlm+nsp", max_steps=3)
+    with safe_open(result.encoder_dir / "model.safetensors", "pt") as weights:
+        assert any(k.startswith("cls.seq_relationship") for k in weights.keys())
+    assert any("loss" in entry for entry in result.log_history)
+
+
+def test_freeze_layers_keeps_embeddings_and_lower_layers_identical(tiny_base_model, tmp_path):
+    from safetensors.torch import load_file
+
+    result = run_adapt(tiny_base_model, tmp_path / "frozen", freeze_layers=1, max_steps=3)
+    base = load_file(tiny_base_model / "model.safetensors")
+    adapted = load_file(result.encoder_dir / "model.safetensors")
+    for name, tensor in base.items():
+        key = name if name in adapted else f"bert.{name}"
+        frozen = name.startswith(
+            ("embeddings.", "encoder.layer.0.", "bert.embeddings.", "bert.encoder.layer.0.")
+        )
+        trained = name.startswith(("encoder.layer.1.", "bert.encoder.layer.1.")) and name.endswith("weight")
+        if frozen:
+            assert adapted[key].equal(tensor), f"{name} changed although frozen"
+        if trained:
+            assert not adapted[key].equal(tensor), f"{name} did not train"
+    assert result.metrics["frozen_parameters"] > 0
+
+
+def test_freeze_layers_beyond_depth_is_a_clear_error(tiny_base_model, tmp_path):
+    from models.adapt import AdaptError
+
+    with pytest.raises(AdaptError, match="freeze_layers is 5 but the model has only 2 layers"):
+        run_adapt(tiny_base_model, tmp_path / "deep", freeze_layers=5)
+
+
+def test_replay_mixes_general_text_and_measures_on_other_sentences(tiny_base_model, tmp_path):
+    from models.forgetting import split_general
+
+    measured, pool = split_general(GENERAL, replay_fraction=0.25, seed=42)
+    assert measured and pool and not set(measured) & set(pool)
+    result = run_adapt(tiny_base_model, tmp_path / "replay", replay_fraction=0.25, max_steps=3)
+    n_train = len(CORPUS) - round(len(CORPUS) * 0.2)
+    assert result.metrics["replay_examples"] == round(0.25 / 0.75 * n_train)
+    assert result.metrics["general_texts_measured"] == len(measured)
+
+
+def test_extend_vocab_adds_split_words_and_resizes(tiny_base_model, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    corpus = [f"Hyperinflationary pressure and rehypothecation risk rose in quarter {n}." for n in range(20)]
+    result = run_adapt(tiny_base_model, tmp_path / "vocab", corpus=corpus, extend_vocab=2, max_steps=3)
+    assert result.metrics["added_tokens"] == ["hyperinflationary", "rehypothecation"]
+    tokenizer = AutoTokenizer.from_pretrained(result.encoder_dir)
+    base_size = AutoConfig.from_pretrained(tiny_base_model).vocab_size
+    assert AutoConfig.from_pretrained(result.encoder_dir).vocab_size == len(tokenizer) == base_size + 2
+    assert tokenizer.tokenize("hyperinflationary pressure") == ["hyperinflationary", "pressure"]
+
+
+def test_masked_lm_loss_uses_the_same_masks_every_call(tiny_base_model):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from models.forgetting import masked_lm_loss
+
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_pretrained(tiny_base_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    first = masked_lm_loss(model, tokenizer, GENERAL)
+    torch.rand(1000)  # disturb the global RNG: the masks must not depend on it
+    assert masked_lm_loss(model, tokenizer, GENERAL) == first
+    assert masked_lm_loss(model, tokenizer, GENERAL, seed=7) != first
+
+
+def test_empty_corpus_is_a_clear_error(tiny_base_model, tmp_path):
+    from models.adapt import AdaptError
+
+    with pytest.raises(AdaptError, match="corpus is empty"):
+        run_adapt(tiny_base_model, tmp_path / "empty", corpus=["", "  "])
+
+
+RESUME_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from models.adapt import adapt_encoder
+from models.recipe import recipe_from_dict
+recipe = recipe_from_dict(json.loads(sys.argv[1]))
+marker, stop_at = Path(sys.argv[3]), sys.argv[4]
+def progress(line):
+    print(line, flush=True)
+    if f"checkpoint saved at step {stop_at}" in line:
+        marker.write_text(line)
+        time.sleep(600)  # parked here until the test kills the process
+adapt_encoder(recipe, Path(sys.argv[2]), corpus=json.loads(sys.argv[5]), general=[], task_texts=[],
+              progress=progress, checkpoint_every=1)
+"""
+
+
+def test_resumes_from_checkpoint_after_the_process_is_killed(tiny_base_model, tmp_path):
+    from models.adapt import adapt_encoder
+
+    recipe = make_recipe(tiny_base_model, max_steps=5)
+    out, marker = tmp_path / "run", tmp_path / "killed_here"
+    script = tmp_path / "adapt_job.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            recipe.model_dump_json(),
+            str(out),
+            str(marker),
+            "2",
+            json.dumps(CORPUS),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert process.poll() is None, f"adaptation exited early:\n{process.stdout.read()}"
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    assert (out / "checkpoints" / "dapt" / "checkpoint-2").is_dir()
+    assert not (out / "encoder").exists()
+
+    lines: list[str] = []
+    result = adapt_encoder(
+        recipe, out, corpus=CORPUS, general=[], task_texts=[], progress=lines.append, checkpoint_every=1
+    )
+    assert any("resumed from checkpoint-2" in line for line in lines)
+    trained_steps = [
+        int(line.split()[2].split("/")[0]) for line in lines if line.startswith("[adapt:dapt] step")
+    ]
+    assert trained_steps and min(trained_steps) == 3 and max(trained_steps) == 5  # continued, not restarted
+    assert result.metrics["resumed_from_step"] == 2 and result.metrics["phases"][0]["steps"] == 5
+    steps = [entry["step"] for entry in result.log_history if "loss" in entry]
+    assert steps == sorted(set(steps)) and steps[-1] == 5
+    assert (result.encoder_dir / "model.safetensors").is_file()
