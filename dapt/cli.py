@@ -159,12 +159,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def start_server(bundle_dir: Path, name: str, version: int, host: str, port: int) -> subprocess.Popen:
+def start_server(
+    bundle_dir: Path, name: str, version: int, host: str, port: int, alias: str | None = None
+) -> subprocess.Popen:
+    """`bentoml serve` on a verified bundle; with an alias the service can follow it when it moves."""
     env = os.environ | {
         "DAPT_BUNDLE_DIR": str(bundle_dir),
         "DAPT_MODEL_NAME": name,
         "DAPT_MODEL_VERSION": str(version),
     }
+    if alias:
+        env["DAPT_MODEL_ALIAS"] = alias
     command = [sys.executable, "-m", "bentoml", "serve", "services.service:DaptService", "--host", host]
     command += ["--port", str(port)]
     return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
@@ -210,7 +215,7 @@ def serve(
     """
     chosen, path = _resolve_served_version(name, alias, version)
     console.print(f"serving {chosen.name} v{chosen.version} from {path} on http://{host}:{port}")
-    process = start_server(path, chosen.name, chosen.version, host, port)
+    process = start_server(path, chosen.name, chosen.version, host, port, alias=None if version else alias)
     try:
         process.wait()
     except KeyboardInterrupt:

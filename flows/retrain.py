@@ -1,0 +1,299 @@
+"""The `retrain` flow: validate → adapt → fine-tune → evaluate → export → register → promote.
+
+Thin by design: every task calls one function in models/ or expectations/. The flow owns what Prefect is
+for: retries on I/O tasks only (never around training), caching of the expensive adaptation keyed by data
+fingerprint and stage config, artifacts (a markdown report, tables) and a readable failure summary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+from prefect.states import Failed
+
+from dapt.settings import dapt_home, runs_dir
+from models.recipe import Recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy of results (dataclasses, paths) for evidence and task results."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _logger_progress():
+    logger = get_run_logger()
+    return logger.info
+
+
+def adaptation_key(recipe: Recipe, fingerprint: dict) -> str:
+    """Same base model, data and adaptation settings → same key → the cached encoder is reused."""
+    payload = {
+        "base_model": str(recipe.resolved_base_model()),
+        "adapt": recipe.adapt.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "task": recipe.task,
+        "data": {k: v["sha256"] for k, v in fingerprint["files"].items()},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _adapt_cache_key(context, parameters: dict) -> str | None:
+    key = parameters["cache_key"]
+    encoder = dapt_home() / "adapt" / key / "encoder"
+    # A cache entry whose encoder folder was deleted must not be reused.
+    return f"adapt-{key}" if (encoder / "config.json").is_file() else f"adapt-{key}-{dt.datetime.now().timestamp()}"
+
+
+@task(name="validate-data", cache_policy=NO_CACHE)
+def validate_data(recipe: Recipe, out_dir: Path, reference_profile: dict | None) -> dict:
+    from expectations.runner import validate_recipe_data
+
+    report = validate_recipe_data(recipe, out_dir, reference_profile=reference_profile)
+    get_run_logger().info(report.summary())
+    return {"report": report, "dict": _plain(report.to_dict())}
+
+
+@task(name="adapt-encoder", cache_key_fn=_adapt_cache_key, persist_result=True)
+def adapt_encoder(recipe: Recipe, cache_key: str) -> dict:
+    from models.adapt import adapt_encoder as run_adaptation
+    from models.data import load_task_data, read_corpus, task_texts
+
+    out_dir = dapt_home() / "adapt" / cache_key
+    corpus = [line for line in read_corpus(recipe.data.corpus, recipe.data.corpus_text_column) if line.strip()]
+    general = read_corpus(recipe.data.general) if recipe.data.general else []
+    general = [line for line in general if line.strip()]
+    texts = task_texts(recipe, load_task_data(recipe))
+    result = run_adaptation(
+        recipe, out_dir, corpus=corpus, general=general, task_texts=texts, progress=_logger_progress()
+    )
+    return _plain(result)
+
+
+@task(name="fine-tune", cache_policy=NO_CACHE)
+def finetune_model(recipe: Recipe, encoder_dir: str, out_dir: Path) -> dict:
+    from models.data import load_task_data
+    from models.finetune import finetune
+
+    data = load_task_data(recipe)
+    result = finetune(recipe, Path(encoder_dir), data.train, data.eval, out_dir, progress=_logger_progress())
+    return _plain(result)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_model(recipe: Recipe, model_dir: str, out_dir: Path) -> dict:
+    from models.data import load_task_data
+    from models.evaluate import evaluate_model as run_evaluation
+
+    data = load_task_data(recipe)
+    return _plain(run_evaluation(recipe, Path(model_dir), data.eval, out_dir))
+
+
+@task(name="export-onnx", cache_policy=NO_CACHE)
+def export_onnx(recipe: Recipe, model_dir: str, out_dir: Path) -> dict:
+    from models.data import load_task_data, ner_text
+    from models.export import export_bundle
+
+    data = load_task_data(recipe)
+    if recipe.task == "ner":
+        texts = [ner_text(tokens) for tokens in data.eval["tokens"]]
+        labels = None
+        tags = ["O"] + [f"{p}-{t}" for t in recipe.data.labels for p in ("B", "I")]
+    else:
+        texts, labels, tags = list(data.eval["text"]), list(data.eval["label"]), list(recipe.data.labels)
+    result = export_bundle(
+        Path(model_dir),
+        out_dir,
+        name=recipe.name,
+        task=recipe.task,
+        labels=tags,
+        max_length=recipe.finetune.max_length,
+        config=recipe.export,
+        parity_texts=texts,
+        parity_labels=labels,
+        progress=_logger_progress(),
+    )
+    return _plain(result)
+
+
+@task(name="register-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def register_version(name: str, bundle_dir: str, evidence: dict) -> dict:
+    from models.registry import Registry
+
+    version = Registry().register(name, Path(bundle_dir), evidence)
+    return _plain(version)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_version(recipe: Recipe, version: int) -> dict:
+    from models.registry import Registry
+
+    decision = Registry().promote(recipe.name, version, alias=recipe.gate.alias, gate=recipe.gate)
+    get_run_logger().info(decision.summary())
+    return _plain(decision) | {"summary": decision.summary()}
+
+
+def production_evidence(recipe: Recipe) -> dict | None:
+    from models.registry import Registry, RegistryError
+
+    try:
+        current = Registry().get_version(recipe.name, alias=recipe.gate.alias)
+    except RegistryError:
+        return None
+    return current.evidence if current is not None else None
+
+
+def code_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _copy_reports(sources: list[str], bundle_dir: Path) -> None:
+    import shutil
+
+    reports = bundle_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            shutil.copy2(path, reports / path.name)
+
+
+def _report_markdown(recipe: Recipe, summary: dict) -> str:
+    metrics = summary["metrics"]
+    forgetting = summary["forgetting"]
+    gate = summary.get("gate") or {}
+    lines = [
+        f"# {recipe.name} v{summary.get('version', '?')} ({recipe.task})",
+        "",
+        f"**Gate ({recipe.gate.alias})**: {gate.get('summary', 'not evaluated')}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key, value in metrics.items():
+        if isinstance(value, float | int):
+            lines.append(f"| {key} | {value:.4f} |")
+    lines += ["", "## Forgetting (MLM loss on general text)", "", "| | value |", "|---|---|"]
+    for key, value in forgetting.items():
+        if isinstance(value, float | int):
+            lines.append(f"| {key} | {value:.4f} |")
+    lines += ["", "## Files", ""]
+    for label, path in summary.get("files", {}).items():
+        lines.append(f"- {label}: `{path}`")
+    return "\n".join(lines)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(recipe: Recipe) -> dict:
+    """Raw domain text to a registered (and, if the gate passes, promoted) model version."""
+    from models.data import data_fingerprint
+
+    logger = get_run_logger()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    run_dir = runs_dir() / f"{stamp}-{recipe.name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = data_fingerprint(recipe)
+    incumbent = production_evidence(recipe)
+
+    validation = validate_data(recipe, run_dir / "validation", (incumbent or {}).get("profile"))
+    if not validation["dict"]["success"]:
+        return Failed(message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"])
+
+    key = adaptation_key(recipe, fingerprint)
+    adapted = adapt_encoder(recipe, key)
+    finetuned = finetune_model(recipe, adapted["encoder_dir"], run_dir / "finetune")
+    evaluation = evaluate_model(recipe, finetuned["model_dir"], run_dir / "evaluate")
+    exported = export_onnx(recipe, finetuned["model_dir"], run_dir / "bundle")
+
+    report_files = [adapted.get("curves_png"), finetuned.get("curves_png"), *evaluation.get("plots", [])]
+    _copy_reports([p for p in report_files if p], Path(exported["bundle_dir"]))
+    (Path(exported["bundle_dir"]) / "reports" / "validation.json").write_text(
+        json.dumps(validation["dict"], indent=2), encoding="utf-8"
+    )
+    flow_run = get_run_context().flow_run
+    scalar_metrics = {
+        k: v for k, v in evaluation["metrics"].items() if isinstance(v, float | int) and not isinstance(v, bool)
+    }
+    evidence = {
+        "metrics": scalar_metrics,
+        "evaluation": evaluation["metrics"],
+        "forgetting": {
+            "domain_loss_before": adapted["metrics"].get("domain_loss_before"),
+            "domain_loss_after": adapted["metrics"].get("domain_loss_after"),
+            "general_loss_before": adapted["metrics"].get("general_loss_before"),
+            "general_loss_after": adapted["metrics"].get("general_loss_after"),
+            "delta": adapted["metrics"].get("forgetting_delta"),
+        },
+        "adaptation": adapted["metrics"],
+        "parity": exported["parity"],
+        "validation": validation["dict"],
+        "profile": validation["dict"].get("profile"),
+        "data_fingerprint": fingerprint,
+        "recipe": recipe.model_dump(mode="json"),
+        "base_model": str(recipe.resolved_base_model()),
+        "finetune_params": finetuned.get("params"),
+        "lineage": {
+            "adapt_checkpoint": adapted["encoder_dir"],
+            "adapt_cache_key": key,
+            "run_dir": str(run_dir),
+            "flow_run_id": str(flow_run.id) if flow_run else None,
+            "flow_run_name": flow_run.name if flow_run else None,
+        },
+        "code_revision": code_revision(),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    registered = register_version(recipe.name, exported["bundle_dir"], evidence)
+    version = int(registered["version"])
+    decision = promote_version(recipe, version)
+
+    summary = {
+        "name": recipe.name,
+        "version": version,
+        "metrics": scalar_metrics,
+        "forgetting": evidence["forgetting"],
+        "gate": decision,
+        "incumbent_metrics": (incumbent or {}).get("metrics"),
+        "files": {
+            "run": str(run_dir),
+            "data_docs": str(validation["dict"].get("data_docs")),
+            "bundle": registered.get("path"),
+        },
+    }
+    (run_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2), encoding="utf-8")
+    create_markdown_artifact(
+        key=f"{recipe.name}-report", markdown=_report_markdown(recipe, summary), description="retrain report"
+    )
+    create_table_artifact(
+        key=f"{recipe.name}-metrics",
+        table=[{"metric": k, "value": round(float(v), 4)} for k, v in summary["metrics"].items()],
+        description=f"{recipe.name} v{version} metrics",
+    )
+    logger.info("registered %s v%s; %s", recipe.name, version, decision.get("summary"))
+    return _plain(summary)

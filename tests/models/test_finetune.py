@@ -1,0 +1,392 @@
+"""Fine-tuning on a tiny BERT (2 layers, hidden 32) and tiny frames: behaviour, not accuracy."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from models.recipe import recipe_from_dict
+
+torch.set_num_threads(1)
+
+CLASSES = ["negative", "neutral", "positive"]
+TEXTS = {
+    "positive": [
+        "Operating profit rose to EUR 13.1 mn",
+        "Net sales grew by 12 percent",
+        "Orders increased sharply",
+    ],
+    "negative": [
+        "Pre-tax loss widened to EUR 2 mn",
+        "The company will cut 200 jobs",
+        "Sales fell by 9 percent",
+    ],
+    "neutral": [
+        "The report will be published in May",
+        "The company is based in Helsinki",
+        "Sales totalled EUR 4 mn",
+    ],
+}
+
+
+def classification_frame(rows_per_class: int = 8) -> pd.DataFrame:
+    rows = []
+    for label, texts in TEXTS.items():
+        for i in range(rows_per_class):
+            rows.append(
+                {"text": f"{texts[i % 3]} in {2000 + i}", "label": label, "slice": "wire" if i % 2 else "pr"}
+            )
+    return pd.DataFrame(rows)
+
+
+def ner_frame(n: int = 12) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        rows.append(
+            {
+                "tokens": ["Ruskola", "Group", "sales", "rose", "to", "EUR", str(10 + i), "mn", "."],
+                "tags": ["B-ORG", "I-ORG", "O", "O", "O", "B-MONEY", "I-MONEY", "I-MONEY", "O"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def make_recipe(base: Path, task: str = "classification", **finetune) -> object:
+    settings = {
+        "learning_rate": 1e-2,
+        "head_learning_rate": 5e-2,
+        "batch_size": 8,
+        "max_length": 32,
+        **finetune,
+    }
+    return recipe_from_dict(
+        {
+            "name": "tiny",
+            "task": task,
+            "base_model": str(base),
+            "data": {
+                "corpus": "corpus.txt",
+                "train": "train.csv",
+                "labels": CLASSES if task == "classification" else ["ORG", "MONEY"],
+            },
+            "finetune": settings,
+        }
+    )
+
+
+def save_masked_lm(base: Path, target: Path) -> Path:
+    """An 'adapted' encoder dir: BertForMaskedLM (no pooler) with a recognisable tensor."""
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    model = BertForMaskedLM.from_pretrained(base)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.self.query.weight.fill_(0.125)
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(base).save_pretrained(target)
+    return target
+
+
+def test_classification_finetune_writes_loadable_model_with_recipe_label_order(tiny_base_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from models.finetune import finetune
+
+    frame = classification_frame()
+    lines: list[str] = []
+    result = finetune(
+        make_recipe(tiny_base_model, max_steps=4), tiny_base_model, frame, frame, tmp_path, lines.append
+    )
+
+    model = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
+    assert model.config.id2label == dict(enumerate(CLASSES))
+    assert model.config.label2id == {label: i for i, label in enumerate(CLASSES)}
+    assert AutoTokenizer.from_pretrained(result.model_dir)("profit rose")["input_ids"]
+    for path in result.model_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert result.curves_png.read_bytes()[:4] == b"\x89PNG"
+    assert result.params["global_steps"] == 4
+    assert any("loss" in entry for entry in result.history)
+    assert any(line.startswith("epoch") and "loss" in line for line in lines)
+    assert any("macro-F1" in line for line in lines)  # per-epoch evaluation is reported
+    assert (tmp_path / "finetune.json").is_file()
+    assert result.augmentation is None and result.search is None
+
+
+def test_ner_finetune_uses_o_then_bio_tags_per_entity_type(tiny_base_model, tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    from models.finetune import finetune
+
+    frame = ner_frame()
+    result = finetune(
+        make_recipe(tiny_base_model, task="ner", max_steps=2), tiny_base_model, frame, frame, tmp_path
+    )
+
+    model = AutoModelForTokenClassification.from_pretrained(result.model_dir)
+    assert list(model.config.id2label.values()) == ["O", "B-ORG", "I-ORG", "B-MONEY", "I-MONEY"]
+
+
+def test_ner_alignment_labels_only_the_first_word_piece(tiny_base_model):
+    from transformers import AutoTokenizer
+
+    from models.finetune import IGNORE_INDEX, align_ner_labels
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    words, tags = ["Ruskola", "profit", "rose"], ["B-ORG", "O", "O"]
+    encoded = tokenizer(words, is_split_into_words=True)
+    word_ids = encoded.word_ids()
+    assert word_ids.count(0) > 1, "test needs a word split into several pieces"
+
+    labels = align_ner_labels(word_ids, tags, {"O": 0, "B-ORG": 1, "I-ORG": 2})
+
+    first_pieces = [i for i, w in enumerate(word_ids) if w is not None and (i == 0 or word_ids[i - 1] != w)]
+    assert [labels[i] for i in first_pieces] == [1, 0, 0]
+    assert all(labels[i] == IGNORE_INDEX for i in range(len(labels)) if i not in first_pieces)
+    assert labels[0] == IGNORE_INDEX and labels[-1] == IGNORE_INDEX  # [CLS] and [SEP]
+
+
+def test_masked_lm_encoder_weights_are_loaded_and_pooler_comes_from_base(tiny_base_model, tmp_path):
+    from models.finetune import load_task_model
+
+    adapted = save_masked_lm(tiny_base_model, tmp_path / "adapted")
+
+    model, info = load_task_model(make_recipe(tiny_base_model), adapted)
+
+    query = model.bert.encoder.layer[0].attention.self.query.weight
+    assert torch.all(query == 0.125)
+    assert not [key for key in info["newly_initialized"] if key.startswith("bert.")]
+    assert info["pooler"] == "base"
+
+
+def test_encoder_dir_without_encoder_weights_is_rejected(tiny_base_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from models.finetune import FinetuneError, finetune
+
+    empty = tmp_path / "empty"
+    shutil.copytree(tiny_base_model, empty)
+    save_file({"unrelated.weight": torch.zeros(2)}, str(empty / "model.safetensors"))
+    frame = classification_frame(2)
+    with pytest.raises(FinetuneError, match="encoder weights"):
+        finetune(make_recipe(tiny_base_model, max_steps=1), empty, frame, frame, tmp_path / "out")
+    with pytest.raises(FinetuneError, match="no config.json"):
+        finetune(
+            make_recipe(tiny_base_model, max_steps=1), tmp_path / "missing", frame, frame, tmp_path / "out"
+        )
+
+
+def test_unknown_labels_are_named_in_the_error(tiny_base_model, tmp_path):
+    from models.finetune import FinetuneError, finetune
+
+    frame = classification_frame(2)
+    frame.loc[0, "label"] = "bullish"
+    with pytest.raises(FinetuneError, match="bullish"):
+        finetune(make_recipe(tiny_base_model, max_steps=1), tiny_base_model, frame, frame, tmp_path)
+
+
+def test_head_and_encoder_learning_rates_differ_with_layer_decay(tiny_base_model):
+    from models.finetune import load_task_model, optimizer_param_groups
+
+    recipe = make_recipe(tiny_base_model, learning_rate=1e-4, head_learning_rate=2e-3, layer_lr_decay=0.5)
+    model, _ = load_task_model(recipe, tiny_base_model)
+
+    groups = optimizer_param_groups(model, recipe.finetune)
+
+    lr = {g["name"].removesuffix("_no_decay"): g["lr"] for g in groups}
+    assert lr["head"] == pytest.approx(2e-3)
+    assert lr["layer_1"] == pytest.approx(1e-4)  # top layer
+    assert lr["layer_0"] == pytest.approx(5e-5)
+    assert lr["embeddings"] == pytest.approx(2.5e-5)
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # every parameter exactly once
+    assert all(g["weight_decay"] == 0.0 for g in groups if g["name"].endswith("_no_decay"))
+
+
+def test_unfreezing_callback_unfreezes_one_more_block_per_scheduled_epoch(tiny_base_model):
+    from transformers import TrainerControl, TrainerState
+
+    from models.finetune import gradual_unfreezing_callback, load_task_model
+
+    model, _ = load_task_model(make_recipe(tiny_base_model), tiny_base_model)
+    callback = gradual_unfreezing_callback([1, 2])
+    state, control = TrainerState(), TrainerControl()
+
+    def trainable(module) -> bool:
+        return all(p.requires_grad for p in module.parameters())
+
+    callback.on_train_begin(None, state, control, model=model)
+    assert trainable(model.bert.encoder.layer[1]) and not trainable(model.bert.encoder.layer[0])
+    assert not trainable(model.bert.embeddings) and trainable(model.classifier)
+    state.epoch = 1.0
+    callback.on_epoch_end(None, state, control, model=model)
+    assert trainable(model.bert.encoder.layer[0]) and not trainable(model.bert.embeddings)
+    state.epoch = 2.0
+    callback.on_epoch_end(None, state, control, model=model)
+    assert trainable(model.bert.embeddings)
+    assert [len(entry["trainable_units"]) for entry in callback.log] == [1, 2, 3]
+
+
+def test_gradual_unfreezing_in_training_keeps_frozen_blocks_at_encoder_weights(tiny_base_model, tmp_path):
+    """Schedule [1] over 2 epochs: the top layer trains from the start, layer 0 after epoch 1, embeddings never."""
+    from safetensors.torch import load_file
+
+    from models.finetune import finetune
+
+    adapted = save_masked_lm(tiny_base_model, tmp_path / "adapted")
+    frame = classification_frame(4)  # 12 rows, batch 8: 2 steps per epoch
+    recipe = make_recipe(tiny_base_model, epochs=2, unfreeze_schedule=[1], warmup_ratio=0.0)
+
+    result = finetune(recipe, adapted, frame, frame, tmp_path / "run")
+
+    before = load_file(str(adapted / "model.safetensors"))
+    after = load_file(str(result.model_dir / "model.safetensors"))
+    embedding = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(after[embedding], before[embedding])  # frozen all along, carried over exactly
+    top = "bert.encoder.layer.1.attention.self.query.weight"
+    assert not torch.equal(after[top], before[top])
+    bottom = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(after[bottom], before[bottom])  # unfrozen after epoch 1
+    assert [entry["epoch"] for entry in result.params["unfreezing"]] == [0.0, 1.0]
+
+
+def test_class_weights_are_inverse_frequency_and_used_in_the_loss(tiny_base_model, tmp_path):
+    import torch.nn.functional as F
+    from transformers import TrainingArguments
+
+    from models.finetune import _trainer_class, class_weight_vector, load_task_model, optimizer_param_groups
+
+    recipe = make_recipe(tiny_base_model, class_weights=True)
+    encoded = [{"labels": 0}] * 2 + [{"labels": 1}] * 6 + [{"labels": 2}] * 4
+    weights = class_weight_vector(recipe, recipe.finetune, encoded)
+    assert weights[0] > weights[2] > weights[1]
+    assert weights[1] == pytest.approx(12 / (3 * 6))
+
+    model, _ = load_task_model(recipe, tiny_base_model)
+    model.eval()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        param_groups=optimizer_param_groups(model, recipe.finetune),
+        class_weights=[1.0, 1.0, 10.0],
+        multi_label=False,
+    )
+    batch = {"input_ids": torch.tensor([[101, 2000, 102], [101, 3000, 102]]), "labels": torch.tensor([2, 0])}
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        logits = model(input_ids=batch["input_ids"]).logits
+    expected = F.cross_entropy(logits, batch["labels"], weight=torch.tensor([1.0, 1.0, 10.0]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(F.cross_entropy(logits, batch["labels"]).item(), rel=1e-3)
+
+
+def test_early_stopping_selects_on_a_split_of_train_not_on_eval(tiny_base_model, tmp_path):
+    from models.finetune import finetune
+
+    frame = classification_frame(10)  # 30 rows: 27 fit, 3 validation
+    recipe = make_recipe(tiny_base_model, epochs=3, early_stopping_patience=1)
+
+    result = finetune(recipe, tiny_base_model, frame, frame.iloc[:3], tmp_path)
+
+    assert result.params["monitor_set"] == "train_validation_split"
+    assert result.params["n_train"] == 27 and result.params["n_monitor"] == 3
+    assert result.params["best_metric"] is not None
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_multi_label_finetune_sets_problem_type(tiny_base_model, tmp_path):
+    from transformers import AutoConfig
+
+    from models.finetune import finetune
+
+    frame = classification_frame(2)
+    frame.loc[0, "label"] = "negative|neutral"
+    result = finetune(
+        make_recipe(tiny_base_model, multi_label=True, max_steps=2), tiny_base_model, frame, frame, tmp_path
+    )
+
+    assert AutoConfig.from_pretrained(result.model_dir).problem_type == "multi_label_classification"
+
+
+def test_augmentation_adds_capped_synthetic_rows_that_keep_their_labels(tiny_base_model, tmp_path):
+    from models.augment import augment_training_set
+
+    adapted = save_masked_lm(tiny_base_model, tmp_path / "adapted")
+    frame = classification_frame()  # 24 rows
+    recipe = make_recipe(tiny_base_model)
+
+    result = augment_training_set(recipe, adapted, frame, fraction=0.25)
+
+    assert 0 < result.report["n_synthetic"] == len(result.rows) <= 6
+    originals = {row.text: row.label for row in frame.itertuples()}
+    for row in result.rows.itertuples():
+        assert row.text not in originals
+        closest = max(originals, key=lambda text: len(set(text.split()) & set(row.text.split())))
+        assert len(closest.split()) == len(row.text.split())  # words replaced one for one
+        assert originals[closest] == row.label
+    assert result.report["examples"] and result.report["mlm_head_trained"] is True
+
+
+def test_ner_augmentation_replaces_only_words_outside_entities(tiny_base_model, tmp_path):
+    from models.augment import augment_training_set
+
+    frame = ner_frame(8)
+    result = augment_training_set(
+        make_recipe(tiny_base_model, task="ner"), tiny_base_model, frame, fraction=0.5
+    )
+
+    assert 0 < len(result.rows) <= 4
+    for tokens, tags in zip(result.rows["tokens"], result.rows["tags"], strict=True):
+        assert tags == frame["tags"][0]
+        assert tokens[:2] == ["Ruskola", "Group"] and tokens[5] == "EUR"
+
+
+def test_finetune_with_augmentation_reports_it(tiny_base_model, tmp_path):
+    from models.finetune import finetune
+
+    frame = classification_frame()
+    result = finetune(
+        make_recipe(tiny_base_model, augment_fraction=0.25, max_steps=2),
+        tiny_base_model,
+        frame,
+        frame,
+        tmp_path,
+    )
+
+    assert result.augmentation is not None
+    assert result.params["n_train"] == len(frame) + result.augmentation["n_synthetic"]
+
+
+def test_search_runs_the_trial_budget_and_uses_the_best_params(tiny_base_model, tmp_path):
+    from models.finetune import finetune
+
+    frame = classification_frame()
+    recipe = make_recipe(tiny_base_model, search_trials=2, max_steps=2)
+
+    result = finetune(recipe, tiny_base_model, frame, frame, tmp_path)
+
+    assert result.search["n_trials"] == 2
+    assert result.search["n_fit"] + result.search["n_validation"] == len(frame)  # eval set never used
+    best = result.search["best_params"]
+    assert set(best) == {"learning_rate", "epochs", "batch_size", "warmup_ratio"}
+    assert result.params["learning_rate"] == best["learning_rate"]
+    assert result.params["batch_size"] == best["batch_size"]
+
+
+def test_measure_augmentation_effect_trains_both_variants(tiny_base_model, tmp_path):
+    from models.finetune import measure_augmentation_effect
+
+    frame = classification_frame()
+    recipe = make_recipe(tiny_base_model, augment_fraction=0.25, max_steps=2)
+
+    study = measure_augmentation_effect(recipe, tiny_base_model, frame, frame, tmp_path)
+
+    assert study["with"]["n_train"] == len(frame) + study["augmentation"]["n_synthetic"]
+    assert study["without"]["n_train"] == len(frame)
+    assert study["macro_f1_delta"] == pytest.approx(study["with"]["macro_f1"] - study["without"]["macro_f1"])
