@@ -1,0 +1,75 @@
+"""Smoke test of the serving benchmark: `benchmarks/serve.py --quick` starts both real servers on loopback, drives
+them, and prints one JSON document with every figure the issue asks for (tiny model, a few requests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_quick_serve_benchmark_prints_complete_json_and_writes_histogram(isolated_home, tmp_path):
+    out = tmp_path / "bench"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "serve.py"),
+            "--quick",
+            "--concurrency",
+            "1,4",
+            "--requests",
+            "12",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=os.environ | {"DAPT_HOME": str(isolated_home)},
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout)  # stdout is exactly one JSON document (server logs go to files)
+
+    for key in ("machine", "model", "matmul_fp32_flops_per_s", "servers", "ratios_ours_over_baseline"):
+        assert key in report, f"{key} missing from the report"
+    assert report["matmul_fp32_flops_per_s"] > 0
+    assert report["machine"]["load_average_before"] is not None
+    for name in ("ours", "baseline"):
+        server = report["servers"][name]
+        assert server["cold_start_s"] > 0
+        assert server["variant"] and server["provider"]
+        for concurrency in ("1", "4"):
+            level = server["levels"][concurrency]
+            assert level["requests"] > 0 and level["errors"] == 0, level
+            assert level["throughput_rps"] > 0
+            assert level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"]
+            assert level["model_flops_per_s"] > 0 and level["model_flops_vs_matmul"] > 0
+    assert (
+        report["servers"]["ours"]["provider"] == "CPUExecutionProvider"
+        or "CUDA" in (report["servers"]["ours"]["provider"])
+    )
+    ratios = report["ratios_ours_over_baseline"]["4"]
+    assert set(ratios) == {"throughput", "p50", "p95", "p99"} and ratios["throughput"] > 0
+    assert set(report["targets"]) == {
+        "throughput_ratio_at_4",
+        "p99_ratio_at_4",
+        "served_macro_f1_drop_points",
+        "cold_start_s",
+    }
+    assert report["quality"]["fp32_macro_f1"] is not None
+
+    png = Path(report["histogram_png"])
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "serve.json").read_text(encoding="utf-8"))
+    assert saved["servers"]["ours"]["levels"].keys() == report["servers"]["ours"]["levels"].keys()
