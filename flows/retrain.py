@@ -5,8 +5,7 @@ for: retries on I/O tasks only (never around training), caching of the expensive
 fingerprint and stage config, artifacts (a markdown report, tables) and a readable failure summary.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Prefect builds the parameter form from the real Recipe type.
 import datetime as dt
 import hashlib
 import json
@@ -210,6 +209,20 @@ def _report_markdown(recipe: Recipe, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _inline_pictures(paths: list[Path], max_bytes: int = 400_000) -> str:
+    """PNG plots embedded in the markdown artifact, so the Prefect UI shows them without a file server."""
+    import base64
+
+    parts = ["", "## Plots", ""]
+    for path in paths:
+        if path.stat().st_size <= max_bytes:
+            data = base64.b64encode(path.read_bytes()).decode()
+            parts.append(f"### {path.stem}\n\n![{path.stem}](data:image/png;base64,{data})\n")
+        else:
+            parts.append(f"- {path.stem}: `{path}`")
+    return "\n".join(parts) if paths else ""
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(recipe: Recipe) -> dict:
     """Raw domain text to a registered (and, if the gate passes, promoted) model version."""
@@ -227,7 +240,11 @@ def retrain(recipe: Recipe) -> dict:
         return Failed(message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"])
 
     key = adaptation_key(recipe, fingerprint)
-    adapted = adapt_encoder(recipe, key)
+    adapt_state = adapt_encoder(recipe, key, return_state=True)
+    adapted = adapt_state.result()
+    adapt_cache_hit = adapt_state.name == "Cached"
+    if adapt_cache_hit:
+        logger.info("adaptation cache hit (key %s): same data and settings, reusing %s", key, adapted["encoder_dir"])
     finetuned = finetune_model(recipe, adapted["encoder_dir"], run_dir / "finetune")
     evaluation = evaluate_model(recipe, finetuned["model_dir"], run_dir / "evaluate")
     exported = export_onnx(recipe, finetuned["model_dir"], run_dir / "bundle")
@@ -280,6 +297,7 @@ def retrain(recipe: Recipe) -> dict:
         "forgetting": evidence["forgetting"],
         "gate": decision,
         "incumbent_metrics": (incumbent or {}).get("metrics"),
+        "adapt_cache_hit": adapt_cache_hit,
         "files": {
             "run": str(run_dir),
             "data_docs": str(validation["dict"].get("data_docs")),
@@ -287,8 +305,11 @@ def retrain(recipe: Recipe) -> dict:
         },
     }
     (run_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2), encoding="utf-8")
+    pictures = sorted((Path(exported["bundle_dir"]) / "reports").glob("*.png"))
     create_markdown_artifact(
-        key=f"{recipe.name}-report", markdown=_report_markdown(recipe, summary), description="retrain report"
+        key=f"{recipe.name}-report",
+        markdown=_report_markdown(recipe, summary) + _inline_pictures(pictures),
+        description="retrain report",
     )
     create_table_artifact(
         key=f"{recipe.name}-metrics",

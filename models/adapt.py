@@ -5,6 +5,11 @@ collator (15% masking, 80/10/10; whole-word masking optional), dynamic padding a
 A held-out share of the domain text is scored every evaluation interval; early stopping keeps the best
 checkpoint. Forgetting is measured before and after on general text with fixed masks (models/forgetting.py).
 
+A base that ships no MLM head (all-MiniLM-L6-v2) gets a random one; it is first trained alone, encoder frozen, on
+domain + general text (``adapt.head_warmup_steps``, models/head_warmup.py), and only then is "before" measured,
+so the forgetting delta compares two real heads and adaptation starts from useful gradients. ``scratch`` has no
+pretrained model to forget: it reports general loss after only, and ``forgetting_delta`` is None.
+
 Strategies: ``dapt`` (corpus), ``tapt`` (task texts), ``dapt+tapt`` (two phases, TAPT on top of DAPT), ``none``
 (base model untouched, still measured), ``scratch`` (own WordPiece tokenizer + small random-init BERT).
 Objectives: ``mlm`` (``AutoModelForMaskedLM``) or ``mlm+nsp`` (``BertForPreTraining`` with sentence pairs).
@@ -12,6 +17,7 @@ Objectives: ``mlm`` (``AutoModelForMaskedLM``) or ``mlm+nsp`` (``BertForPreTrain
 Layout under ``out_dir``::
 
     encoder/                     the adapted encoder (config, model.safetensors, tokenizer), mode 0644
+    head_warmup/                 the warmed-up MLM head + its record, reused on resume (same "before")
     checkpoints/<phase>/         Trainer checkpoints (2 kept); a killed run resumes from the last one
     phases/<phase>/              output of a finished non-final phase (dapt+tapt keeps DAPT's result here)
     scratch_tokenizer/           the trained tokenizer (strategy scratch), reused on resume
@@ -40,6 +46,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.forgetting import MEASURE_LIMIT, masked_lm_loss, pseudo_perplexity, split_general
+from models.head_warmup import (
+    HeadWarmupError,
+    HeadWarmupResult,
+    head_parameter_names,
+    load_head,
+    save_head,
+    warm_up_head,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -52,6 +66,7 @@ ENCODER_DIR = "encoder"
 CHECKPOINTS_DIR = "checkpoints"
 PHASES_DIR = "phases"
 CURVES_PNG = "adapt_curves.png"
+HEAD_WARMUP_DIR = "head_warmup"
 PHASE_CONFIG = "phase_config.json"
 PHASE_DONE = "phase_done.json"
 EARLY_STOPPING_PATIENCE = 3  # evaluations without a better held-out loss before stopping
@@ -258,6 +273,17 @@ def _collator(tokenizer, adapt: AdaptConfig, seed: int, pad_to_multiple_of: int 
     from transformers import DataCollatorForLanguageModeling
 
     class DomainMLMCollator(DataCollatorForLanguageModeling):
+        def create_rng(self):
+            # The library refuses to seed outside the main process unless inside a DataLoader worker; a
+            # Prefect runner executes flows in a child process with no DataLoader workers, where one seeded
+            # generator is exactly right.
+            import torch.utils.data
+
+            if torch.utils.data.get_worker_info() is None:
+                self.generator = self.get_generator(self.seed)
+            else:
+                super().create_rng()
+
         def torch_call(self, examples):
             examples = [dict(e) for e in examples]
             nsp = (
@@ -538,6 +564,7 @@ def _carry_pooler(base: Path, encoder_dir: Path, prefix: str) -> bool:
 def _measure(
     model, tokenizer, domain: list[str], general: list[str], adapt: AdaptConfig
 ) -> dict[str, float | None]:
+    """Domain and general MLM loss (fixed masks) and general pseudo-perplexity; ``general=[]`` skips those."""
     options = {"max_length": adapt.max_length, "batch_size": max(adapt.batch_size, 16)}
     return {
         "domain_loss": masked_lm_loss(model, tokenizer, domain, **options),
@@ -548,16 +575,97 @@ def _measure(
     }
 
 
+def _head_warmup_fingerprint(
+    recipe: Recipe, start: str, domain: list[str], general: list[str], names: list[str], vocabulary_size: int
+) -> str:
+    adapt = recipe.adapt
+    payload = {
+        "settings": adapt.model_dump(
+            mode="json",
+            include={
+                "objective",
+                "batch_size",
+                "max_length",
+                "mlm_probability",
+                "whole_word_mask",
+                "head_warmup_steps",
+                "head_warmup_learning_rate",
+            },
+        ),
+        "seed": recipe.seed,
+        "start": start,
+        "domain": _sha(domain),
+        "general": _sha(general),
+        "parameters": names,
+        "vocabulary_size": vocabulary_size,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _warm_up_head(
+    model,
+    tokenizer,
+    recipe: Recipe,
+    names: list[str],
+    domain: list[str],
+    general: list[str],
+    start: str,
+    directory: Path,
+    say: Callable[[str], None],
+) -> HeadWarmupResult:
+    """Warm the new head up (or reuse the one an interrupted run with the same settings warmed up)."""
+    adapt = recipe.adapt
+    fingerprint = _head_warmup_fingerprint(recipe, start, domain, general, names, len(tokenizer))
+    reused = load_head(model, directory, fingerprint)
+    if reused is not None:
+        say(f"[adapt:head-warmup] reusing the head warmed up earlier with these settings ({directory})")
+        return reused
+    say(
+        f"[adapt:head-warmup] the base has no pretrained MLM head: training only {', '.join(names)} "
+        f"for {adapt.head_warmup_steps} steps (encoder frozen)"
+    )
+    try:
+        result = warm_up_head(
+            model,
+            names,
+            _encode(tokenizer, domain, adapt, recipe.seed + 2),
+            _encode(tokenizer, general, adapt, recipe.seed + 3),
+            _collator(tokenizer, adapt, recipe.seed + 2, None),
+            steps=adapt.head_warmup_steps,
+            learning_rate=adapt.head_warmup_learning_rate,
+            batch_size=adapt.batch_size,
+            seed=recipe.seed,
+            progress=say,
+        )
+    except HeadWarmupError as exc:
+        raise AdaptError(f"adapt.head_warmup_steps: {exc}") from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_head(model, result, directory, fingerprint)
+    return result
+
+
 def _sample(texts: list[str], seed: int, limit: int = MEASURE_LIMIT) -> list[str]:
     if len(texts) <= limit:
         return list(texts)
     return random.Random(seed).sample(texts, limit)
 
 
-def _curves(runs: list[_PhaseRun], before: dict, after: dict, path: Path, strategy: str) -> Path:
+def _curves(
+    runs: list[_PhaseRun],
+    before: dict,
+    after: dict,
+    path: Path,
+    strategy: str,
+    head_warmup: HeadWarmupResult | None = None,
+) -> Path:
     from models.plots import plot_curves
 
-    series: dict[str, list[tuple[float, float]]] = {"training loss": [], "held-out domain loss": []}
+    series: dict[str, list[tuple[float, float]]] = {}
+    if head_warmup is not None:  # drawn before step 0: it happens before adaptation and before "before"
+        series["MLM-head warm-up loss (encoder frozen)"] = [
+            (step - head_warmup.steps, loss) for step, loss in head_warmup.loss_curve
+        ]
+    series.update({"training loss": [], "held-out domain loss": []})
     offset = 0
     for run in runs:
         for entry in run.log_history:
@@ -597,7 +705,8 @@ def _plan(recipe: Recipe, corpus: list[str], task: list[str]) -> list[tuple[str,
 
 
 def _load_start(recipe: Recipe, out_dir: Path, corpus: list[str], task: list[str]):
-    """(tokenizer, model, start description, MLM head freshly initialised?) before any training."""
+    """(tokenizer, model, start description, names of the newly initialised head parameters) before training;
+    for scratch every parameter is new and the names are empty (nothing to warm up against)."""
     from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, BertForPreTraining
 
     adapt = recipe.adapt
@@ -615,7 +724,7 @@ def _load_start(recipe: Recipe, out_dir: Path, corpus: list[str], task: list[str
         except ScratchConfigError as exc:
             raise AdaptError(str(exc)) from None
         model_class = BertForPreTraining if adapt.objective == "mlm+nsp" else BertForMaskedLM
-        return tokenizer, model_class(config), f"scratch:{_sha(corpus + task)[:16]}", True
+        return tokenizer, model_class(config), f"scratch:{_sha(corpus + task)[:16]}", []
     base = Path(recipe.resolved_base_model())
     if not (base / "config.json").is_file():
         raise AdaptError(f"base_model {base} is not a Hugging Face model directory (no config.json)")
@@ -626,8 +735,7 @@ def _load_start(recipe: Recipe, out_dir: Path, corpus: list[str], task: list[str
         )
     model_class = _model_class(adapt.objective, AutoConfig.from_pretrained(base).model_type)
     model, info = model_class.from_pretrained(base, output_loading_info=True)
-    head_new = any(key.startswith(("cls.", "lm_head.")) for key in info["missing_keys"])
-    return tokenizer, model, str(base.resolve()), head_new
+    return tokenizer, model, str(base.resolve()), head_parameter_names(model, info["missing_keys"])
 
 
 def adapt_encoder(
@@ -656,18 +764,27 @@ def adapt_encoder(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus, task = _clean(corpus), _clean(task_texts)
-    measured_general, replay_pool = split_general(general, adapt.replay_fraction, recipe.seed)
-    measured_general = _sample(measured_general, recipe.seed)
     plan = _plan(recipe, corpus, task)
     started = time.perf_counter()
 
     set_seed(recipe.seed)
-    tokenizer, model, start, head_new = _load_start(recipe, out_dir, corpus, task)
+    tokenizer, model, start, new_head = _load_start(recipe, out_dir, corpus, task)
+    scratch = adapt.strategy == "scratch"
+    warm_head = bool(new_head) and adapt.head_warmup_steps > 0
+    # general text trained on (replay, head warm-up) is never measured; see split_general
+    measured_general, general_pool = split_general(
+        general, adapt.replay_fraction, recipe.seed, trained_on=warm_head
+    )
+    measured_general = _sample(measured_general, recipe.seed)
+    replay_pool = general_pool
     phases: list[_Phase] = []
     rng = random.Random(recipe.seed)
     replayed = 0
+    warmup_domain: list[str] = []  # the first phase's own training text, before replay is mixed in
     for name, texts in plan:
         train, heldout = split_heldout(texts, adapt.heldout_fraction, recipe.seed)
+        if not phases:
+            warmup_domain = train
         if replay_pool and adapt.replay_fraction > 0:
             wanted = round(adapt.replay_fraction / (1 - adapt.replay_fraction) * len(train))
             extra = (
@@ -686,6 +803,8 @@ def adapt_encoder(
         domain_texts, domain_on = phases[0].train_texts, "train"
     else:
         domain_texts, domain_on = task, "task"
+    if warm_head and not phases:  # strategy none: warm up on one half of the domain text, measure the other
+        warmup_domain, domain_texts = split_heldout(domain_texts, 0.5, recipe.seed)
     domain_texts = _sample(domain_texts, recipe.seed)
 
     added_tokens = extend_vocabulary(tokenizer, model, corpus, adapt.extend_vocab) if plan else []
@@ -693,11 +812,31 @@ def adapt_encoder(
         say(
             f"[adapt] added {len(added_tokens)} domain words to the vocabulary: {', '.join(added_tokens[:10])}..."
         )
-    frozen = freeze_lower_layers(model, adapt.freeze_layers) if plan else 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    say(f"[adapt] measuring before: {len(domain_texts)} domain / {len(measured_general)} general texts")
-    before = _measure(model, tokenizer, domain_texts, measured_general, adapt)
+    head_warmup = None
+    if warm_head:
+        head_warmup = _warm_up_head(
+            model,
+            tokenizer,
+            recipe,
+            new_head,
+            warmup_domain,
+            general_pool,
+            start,
+            out_dir / HEAD_WARMUP_DIR,
+            say,
+        )
+    elif new_head:
+        say(
+            "[adapt] warning: the MLM head is newly initialised and adapt.head_warmup_steps is 0, so the "
+            "losses before adaptation measure a random head; forgetting is not reported"
+        )
+    frozen = freeze_lower_layers(model, adapt.freeze_layers) if plan else 0
+    # scratch: a random model knows no general text, so there is no "general before" to forget from
+    general_before = [] if scratch else measured_general
+    say(f"[adapt] measuring before: {len(domain_texts)} domain / {len(general_before)} general texts")
+    before = _measure(model, tokenizer, domain_texts, general_before, adapt)
 
     runs: list[_PhaseRun] = []
     pooler_kept = False
@@ -732,6 +871,16 @@ def adapt_encoder(
         say("[adapt] measuring after")
         after = _measure(model, tokenizer, domain_texts, measured_general, adapt)
 
+    if scratch:
+        forgetting_note = (
+            "scratch: no pretrained model to forget; general loss is reported after training only"
+        )
+    elif new_head and not warm_head:
+        forgetting_note = "MLM head was random when measured before (adapt.head_warmup_steps is 0)"
+    elif not measured_general:
+        forgetting_note = "no general text given (data.general)"
+    else:
+        forgetting_note = None
     train_tokens = sum(r.train_tokens for r in runs)
     train_seconds = sum(r.train_seconds for r in runs)
     log_history = [{"phase": r.name, **entry} for r in runs for entry in r.log_history]
@@ -744,13 +893,20 @@ def adapt_encoder(
         "general_loss_before": before["general_loss"],
         "general_loss_after": after["general_loss"],
         "forgetting_delta": (
-            after["general_loss"] - before["general_loss"] if before["general_loss"] is not None else None
+            after["general_loss"] - before["general_loss"]
+            if before["general_loss"] is not None
+            and after["general_loss"] is not None
+            and not forgetting_note
+            else None
         ),
+        "forgetting_note": forgetting_note,
         "general_pseudo_perplexity_before": before["general_pseudo_perplexity"],
         "general_pseudo_perplexity_after": after["general_pseudo_perplexity"],
         "general_texts_measured": len(measured_general),
         "domain_texts_measured": len(domain_texts),
-        "mlm_head_initialised": head_new,
+        "mlm_head_initialised": bool(new_head) or scratch,
+        "head_warmup_steps": head_warmup.steps if head_warmup else 0,
+        "head_warmup": head_warmup.to_metrics() if head_warmup else None,
         "train_tokens": train_tokens,
         "train_seconds": round(train_seconds, 3),
         "tokens_per_second": round(train_tokens / train_seconds, 1) if train_seconds > 0 else None,
@@ -778,7 +934,7 @@ def adapt_encoder(
     }
     curves_png = None
     if runs and int(os.environ.get("RANK", "0")) == 0:
-        curves_png = _curves(runs, before, after, out_dir / CURVES_PNG, adapt.strategy)
+        curves_png = _curves(runs, before, after, out_dir / CURVES_PNG, adapt.strategy, head_warmup)
     (out_dir / "adapt_metrics.json").write_text(json.dumps(metrics, indent=2))
     say(
         f"[adapt] done: domain loss {_fmt(before['domain_loss'])} -> {_fmt(after['domain_loss'])}, "

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import httpx
 import pytest
-import yaml
+
+from tests.tiny_recipe import write_tiny_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -18,47 +16,6 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def write_tiny_recipe(folder: Path, sample: Path, base_model: Path, **sections) -> Path:
-    """A recipe over a small slice of data/sample/ and the tiny BERT, so the whole flow takes seconds."""
-    folder.mkdir(parents=True, exist_ok=True)
-    corpus = sample.joinpath("corpus.txt").read_text(encoding="utf-8").splitlines()[:80]
-    folder.joinpath("corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
-    general = sample.joinpath("general.txt").read_text(encoding="utf-8").splitlines()[:30]
-    folder.joinpath("general.txt").write_text("\n".join(general) + "\n", encoding="utf-8")
-    with sample.joinpath("sentiment.csv").open(encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    picked = []
-    for label in ("negative", "neutral", "positive"):
-        picked += [r for r in rows if r["label"] == label][:20]
-    with folder.joinpath("train.csv").open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(picked)
-    recipe = {
-        "name": "tiny",
-        "task": "classification",
-        "base_model": str(base_model),
-        "data": {
-            "corpus": "corpus.txt",
-            "general": "general.txt",
-            "train": "train.csv",
-            "slice_column": "source",
-            "labels": ["negative", "neutral", "positive"],
-            "eval_fraction": 0.25,
-        },
-        "validation": {"min_examples_per_class": 5},
-        "adapt": {"strategy": "dapt", "max_steps": 3, "batch_size": 8, "max_length": 32},
-        "finetune": {"max_steps": 6, "batch_size": 8, "max_length": 32},
-        "export": {"variants": ["fp32", "int8"], "min_label_agreement": 0.5},
-        "gate": {"min_value": 0.0, "tolerance": 1.0},
-    }
-    for key, value in sections.items():
-        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return path
 
 
 def test_flow_registers_promotes_and_serves_over_http(tmp_path, sample_dir, tiny_base_model, prefect_harness):
@@ -94,6 +51,8 @@ def test_flow_registers_promotes_and_serves_over_http(tmp_path, sample_dir, tiny
     # A second run registers version 2 and the gate decides with both numbers in view.
     second = run_recipe(recipe)
     assert second["version"] == 2
+    assert first["adapt_cache_hit"] is False
+    assert second["adapt_cache_hit"] is True  # unchanged data and settings: adaptation is skipped
     assert second["gate"]["incumbent_value"] is not None
     assert second["gate"]["candidate_value"] is not None
 

@@ -1,0 +1,120 @@
+"""Scheduled retraining against a real `prefect server start` on 127.0.0.1 (bounded in time)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.tiny_recipe import write_tiny_recipe
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture()
+def prefect_server(tmp_path):
+    from dapt.cli import free_port
+
+    port = free_port()
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-server"), "PREFECT_API_URL": ""}
+    log = open(tmp_path / "prefect-server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert server.poll() is None, (tmp_path / "prefect-server.log").read_text()[-2000:]
+        time.sleep(1)
+    else:
+        _stop(server)
+        pytest.fail("prefect server was not healthy within 120 s")
+    yield url
+    _stop(server)
+    log.close()
+
+
+def test_cron_deployment_runs_the_flow_and_publishes_artifacts(tmp_path, sample_dir, tiny_base_model, prefect_server):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    recipe = write_tiny_recipe(tmp_path / "recipe", sample_dir, tiny_base_model)
+    env = os.environ | {
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "DAPT_HOME": str(tmp_path / "home"),
+        "PREFECT_HOME": str(tmp_path / "home" / "prefect"),
+    }
+    schedule_log = tmp_path / "schedule.log"
+    with open(schedule_log, "w") as log:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "dapt.cli", "schedule", str(recipe), "--cron", "0 3 * * *"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        with temporary_settings({PREFECT_API_URL: prefect_server}):
+            with get_client(sync_client=True) as client:
+                deployment = None
+                deadline = time.monotonic() + 120
+                while deployment is None and time.monotonic() < deadline:
+                    assert runner.poll() is None, schedule_log.read_text()[-3000:]
+                    try:
+                        deployment = client.read_deployment_by_name("retrain/tiny-scheduled")
+                    except Exception:  # noqa: BLE001 - not created yet
+                        time.sleep(1)
+                assert deployment is not None, "the deployment was not created within 120 s"
+                crons = [s.schedule.cron for s in deployment.schedules]
+                assert crons == ["0 3 * * *"]
+
+                flow_run = run_deployment("retrain/tiny-scheduled", timeout=0)
+                deadline = time.monotonic() + 420
+                state = None
+                while time.monotonic() < deadline:
+                    state = client.read_flow_run(flow_run.id).state
+                    if state is not None and state.is_final():
+                        break
+                    time.sleep(2)
+                assert state is not None and state.is_completed(), (
+                    f"flow run ended as {state!r}\n{schedule_log.read_text()[-3000:]}"
+                )
+                from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+                artifacts = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+                )
+                by_key = {a.key: a for a in artifacts}
+                assert "tiny-report" in by_key and "tiny-metrics" in by_key
+                assert "Gate (production)" in by_key["tiny-report"].data
+    finally:
+        _stop(runner)
