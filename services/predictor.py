@@ -26,6 +26,13 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 THREADS_ENV = "DAPT_ORT_THREADS"
 _ORT_QUIET = 4  # fatal only: onnxruntime-gpu on a CPU host logs a library error for every CUDA attempt
+# Checked before a bundle serves (start-up and every reload): plain, long, odd Unicode and near-empty text.
+PROBE_TEXTS = (
+    "Aspirin relieved the patient's headache within an hour.",
+    "The company reported higher quarterly profit. " * 20,
+    "Café naïve — 😀 emoji, e\u0301 combining, \u202eRTL\u202c and 中文 text",
+    "x",
+)
 
 
 class BundleError(RuntimeError):
@@ -319,10 +326,42 @@ class OnnxPredictor:
         _, feeds = self._encode(["warm up"])
         self.session.run(None, feeds)
 
+    def self_check(self, texts: list[str] | tuple[str, ...] = PROBE_TEXTS) -> None:
+        """Raise BundleError unless the model gives well-formed answers for ``texts`` (run before serving).
+
+        Catches what checksums cannot: a bundle that loads but answers NaN, the wrong number of labels, or
+        spans outside the text (e.g. a tokenizer that does not belong to the graph).
+        """
+        texts = list(texts)
+        logits = self.logits(texts)
+        if not np.isfinite(logits).all():
+            raise BundleError(f"{self.bundle_dir}: the model answers non-finite logits for the probe texts")
+        if logits.shape[0] != len(texts) or logits.shape[-1] != len(self.spec.labels):
+            raise BundleError(
+                f"{self.bundle_dir}: logits of shape {logits.shape} do not match {len(texts)} probe texts and "
+                f"{len(self.spec.labels)} labels in {SERVING_SPEC}"
+            )
+        if self.spec.task == "classification":
+            for result in self.classify(texts):
+                total = sum(result["scores"].values())
+                if not 0.0 <= result["score"] <= 1.0 or (not self.spec.multi_label and abs(total - 1) > 1e-3):
+                    raise BundleError(
+                        f"{self.bundle_dir}: probe probabilities are not a distribution: {result}"
+                    )
+            return
+        for text, spans in zip(texts, self.entities(texts), strict=True):
+            for span in spans:
+                if (
+                    not (0 <= span["start"] < span["end"] <= len(text))
+                    or text[span["start"] : span["end"]] != (span["text"])
+                ):
+                    raise BundleError(f"{self.bundle_dir}: probe span {span} does not point into {text!r}")
+
     def info(self) -> dict[str, Any]:
+        """What this predictor runs (the served name and version are the service's to say)."""
         return {
             "name": self.spec.name,
-            "version": os.environ.get("DAPT_MODEL_VERSION") or self.spec.extra.get("version", "unversioned"),
+            "version": str(self.spec.extra.get("version", "unversioned")),
             "task": self.spec.task,
             "variant": self.variant,
             "provider": self.provider,

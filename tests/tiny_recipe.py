@@ -47,3 +47,35 @@ def write_tiny_recipe(folder: Path, sample: Path, base_model: Path, **sections) 
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path
+
+
+def write_tiny_ner_recipe(folder: Path, sample: Path, base_model: Path, **sections) -> Path:
+    """The NER variant: a slice of data/sample/ner.conll with ORG, MONEY, PERCENT, DATE."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = sample.joinpath("corpus.txt").read_text(encoding="utf-8").splitlines()[:60]
+    folder.joinpath("corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    general = sample.joinpath("general.txt").read_text(encoding="utf-8").splitlines()[:30]
+    folder.joinpath("general.txt").write_text("\n".join(general) + "\n", encoding="utf-8")
+    sentences = sample.joinpath("ner.conll").read_text(encoding="utf-8").split("\n\n")[:60]
+    folder.joinpath("ner.conll").write_text("\n\n".join(s.strip() for s in sentences) + "\n", encoding="utf-8")
+    recipe = {
+        "name": "tinyner",
+        "task": "ner",
+        "base_model": str(base_model),
+        "data": {
+            "corpus": "corpus.txt",
+            "general": "general.txt",
+            "train": "ner.conll",
+            "labels": ["ORG", "MONEY", "PERCENT", "DATE"],
+            "eval_fraction": 0.25,
+        },
+        "adapt": {"strategy": "dapt", "max_steps": 2, "batch_size": 8, "max_length": 48},
+        "finetune": {"max_steps": 6, "batch_size": 8, "max_length": 48},
+        "export": {"variants": ["fp32", "int8"], "min_label_agreement": 0.5},
+        "gate": {"metric": "entity_f1", "min_value": 0.0, "tolerance": 1.0},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path

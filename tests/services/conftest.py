@@ -67,3 +67,13 @@ def ner_bundle(tiny_base_model, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ner_bundle")
     checkpoint = make_checkpoint(tiny_base_model, root / "checkpoint", "ner", NER_TAGS, favour="B-DRUG")
     return export_tiny(checkpoint, root / "bundle", "ner", NER_TAGS)
+
+
+@pytest.fixture(scope="session")
+def positive_bundle(tiny_base_model, tmp_path_factory) -> Path:
+    """A second classifier version whose head always answers "positive" (tells the versions apart)."""
+    root = tmp_path_factory.mktemp("positive_bundle")
+    checkpoint = make_checkpoint(
+        tiny_base_model, root / "checkpoint", "classification", CLASS_LABELS, favour="positive"
+    )
+    return export_tiny(checkpoint, root / "bundle", "classification", CLASS_LABELS)

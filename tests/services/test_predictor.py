@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.predictor import BundleError, ChecksumError, OnnxPredictor, WrongTaskError, sha256_of
 
@@ -128,3 +130,31 @@ def test_manifest_checksums_are_verified_at_load(classifier_bundle, tmp_path):
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
     with pytest.raises(ChecksumError, match="onnx/int8/model.onnx"):
         OnnxPredictor(bundle)
+
+
+def test_self_check_passes_on_a_good_bundle_and_catches_a_mismatched_tokenizer(classifier, tagger, tmp_path):
+    classifier.self_check()
+    tagger.self_check()
+
+    class NaNSession:  # a graph that loads but answers garbage: what checksums cannot see
+        def __init__(self, real):
+            self.real = real
+
+        def run(self, names, feeds):
+            return [np.full_like(self.real.run(names, feeds)[0], np.nan)]
+
+    broken = OnnxPredictor.__new__(OnnxPredictor)
+    broken.__dict__.update(classifier.__dict__)
+    broken.session = NaNSession(classifier.session)
+    with pytest.raises(BundleError, match="non-finite"):
+        broken.self_check()
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(text=st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=60))
+def test_entity_offsets_point_into_any_unicode_text(tagger, text):
+    """Emoji, combining marks, RTL marks, NUL, CJK: every span is text[start:end] of the text sent."""
+    (spans,) = tagger.entities([text])
+    for span in spans:
+        assert 0 <= span["start"] < span["end"] <= len(text)
+        assert text[span["start"] : span["end"]] == span["text"]

@@ -23,6 +23,8 @@ def classify_client(classifier_bundle):
         "DAPT_MODEL_VERSION": "5",
         "DAPT_MAX_TEXTS": "3",
         "DAPT_MAX_CHARS": "80",
+        "DAPT_MAX_BODY_BYTES": "8192",
+        "DAPT_RELOAD_POLL_S": "0",
     }
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
@@ -64,11 +66,120 @@ def test_bad_input_is_a_4xx_naming_the_field_and_limit(classify_client, texts, s
 
 def test_wrong_type_and_wrong_endpoint_are_4xx(classify_client):
     wrong_type = classify_client.post("/classify", json={"texts": "not a list"})
-    assert wrong_type.status_code == 400
-    assert wrong_type.json()["detail"][0]["loc"] == ["texts"]
+    assert wrong_type.status_code == 422
+    assert wrong_type.json()["field"] == "texts" and "list of strings" in wrong_type.json()["error"]
     wrong_endpoint = classify_client.post("/entities", json={"texts": ["Aspirin"]})
     assert wrong_endpoint.status_code == 400
     assert "/classify" in wrong_endpoint.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field", "words"),
+    [
+        (b'{"texts": ["a"', 400, "body", "not valid JSON"),
+        (b"", 400, "body", "empty"),
+        (b"null", 400, "body", "JSON object"),
+        (b'["a"]', 400, "body", "JSON object"),
+        (b'{"texts": ["\xff"]}'.replace(b"\\xff", b"\xff"), 400, "body", "not UTF-8"),
+        (b'{"texts": [1]}', 422, "texts[0]", "must be a string"),
+        (b'{"texts": [["nested"]]}', 422, "texts[0]", "must be a string"),
+        (b'{"texts": {"a": 1}}', 422, "texts", "list of strings"),
+        (b'{"texts": ["ok", "a \\ud800 b"]}', 422, "texts[1]", "unpaired UTF-16 surrogate"),
+        (b'{"texts": ["\\u0000\\u200b\\u200f "]}', 422, "texts[0]", "only whitespace, control or format"),
+        (b'{"texts": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, "body", "not valid JSON"),
+        (b'{"texts": ["a"], "n": 1' + b"0" * 5000 + b"}", 400, "body", "not valid JSON"),
+    ],
+    ids=[
+        "truncated-json",
+        "empty-body",
+        "null",
+        "array-body",
+        "invalid-utf8",
+        "number-text",
+        "nested-list",
+        "object-texts",
+        "lone-surrogate",
+        "invisible-only",
+        "deep-nesting",
+        "huge-number",
+    ],
+)
+def test_malformed_requests_are_4xx_json_naming_the_field(classify_client, body, status, field, words):
+    response = classify_client.post("/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+    assert words in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "emoji 😀👍🏽 and flags 🇫🇮",
+        "e\u0301 combining a\u0308\u0308\u0308 Z\u0335\u0336",
+        "\u202eright-to-left\u202c \u200fmark",
+        "NUL \u0000 inside",
+        "中文和日本語のテキスト",
+        "\ufeffbom first",
+    ],
+)
+def test_odd_but_valid_unicode_is_answered(classify_client, text):
+    response = classify_client.post("/classify", json={"texts": [text]})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 1
+
+
+def test_body_size_is_refused_before_parsing_declared_or_streamed(classify_client):
+    big = b'{"texts": ["' + b"a" * 9000 + b'"]}'
+    declared = classify_client.post("/classify", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413
+    assert declared.json() == {
+        "error": f"request body has {len(big)} bytes; at most 8192 bytes are accepted (DAPT_MAX_BODY_BYTES)",
+        "field": "body",
+        "limit": 8192,
+    }
+
+    def chunks():  # no Content-Length: counted as it streams
+        yield b'{"texts": ["'
+        for _ in range(10):
+            yield b"b" * 1000
+        yield b'"]}'
+
+    streamed = classify_client.post(
+        "/classify", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+    assert "exceeds 8192 bytes" in streamed.json()["error"]
+    lying = classify_client.post(
+        "/classify",
+        content=b'{"texts": ["a"]}',
+        headers={"content-type": "application/json", "content-length": "x"},
+    )
+    assert lying.status_code == 400
+    assert classify_client.post("/classify", json={"texts": ["still fine"]}).status_code == 200
+
+
+def test_batch_stage_refuses_the_wrong_task_with_a_4xx(classify_client):
+    response = classify_client.post("/entities_batch", json={"texts": ["x"]})
+    assert response.status_code == 400
+    assert "/classify" in response.text
+
+
+def test_admin_reload_is_disabled_without_a_token_and_needs_the_right_one(classify_client, monkeypatch):
+    monkeypatch.delenv("DAPT_ADMIN_TOKEN", raising=False)
+    disabled = classify_client.post("/admin/reload")
+    assert disabled.status_code == 403 and "DAPT_ADMIN_TOKEN" in disabled.json()["error"]
+    monkeypatch.setenv("DAPT_ADMIN_TOKEN", "s3cret")
+    assert classify_client.post("/admin/reload").status_code == 401
+    wrong = classify_client.post("/admin/reload", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    auth = {"authorization": "Bearer s3cret"}
+    bad_version = classify_client.post("/admin/reload", json={"version": "two"}, headers=auth)
+    assert bad_version.status_code == 422 and bad_version.json()["field"] == "version"
+    # served from a folder without an alias: nothing says what to reload to
+    nothing = classify_client.post("/admin/reload", headers=auth)
+    assert nothing.status_code == 422 and "DAPT_MODEL_ALIAS" in nothing.json()["error"]
+    assert classify_client.get("/metadata").json()["version"] == "5"  # still serving
+    assert classify_client.get("/admin/reload", headers=auth).status_code == 405
 
 
 def test_metadata_readiness_and_openapi_samples(classify_client):
@@ -77,7 +188,10 @@ def test_metadata_readiness_and_openapi_samples(classify_client):
     assert metadata.json()["task"] == "classification"
     assert metadata.json()["version"] == "5"
     assert metadata.json()["labels"] == ["negative", "neutral", "positive"]
+    assert metadata.json()["max_body_bytes"] == 8192
+    assert metadata.json()["last_reload_error"] is None and metadata.json()["alias"] is None
     assert classify_client.post("/metadata", json={}).json() == metadata.json()
+    assert classify_client.post("/metadata", content=b"{not json").status_code == 200  # takes no input
     assert classify_client.get("/readyz").status_code == 200
     spec = classify_client.get("/docs.json").json()
     schema = spec["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -103,7 +217,8 @@ def test_entities_through_the_service_instance(monkeypatch, ner_bundle):
     assert {e.label for e in first} == {"DRUG"}
     wrong = asyncio.run(service.classify(texts=["x"]))
     assert wrong.status_code == 400 and b"/entities" in wrong.body
-    assert service.metadata()["task"] == "ner"
+    assert asyncio.run(service.metadata())["task"] == "ner"
+    service.slot.stop()
 
 
 def test_missing_bundle_fails_at_start_with_a_clear_message(monkeypatch, tmp_path):

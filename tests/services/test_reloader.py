@@ -1,0 +1,101 @@
+"""Model swaps in-process: ModelSlot against a real (temporary) registry with real tiny bundles."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from services.reloader import ModelSlot, ReloadFailed, load_model
+from tests.services.helpers import MINIMAL_EVIDENCE, corrupt, tmp_registry
+
+
+@pytest.fixture()
+def registry_with_two_versions(tmp_path, classifier_bundle, positive_bundle):
+    registry = tmp_registry(tmp_path)
+    assert registry.register("tiny", classifier_bundle, MINIMAL_EVIDENCE).version == 1
+    assert registry.register("tiny", positive_bundle, MINIMAL_EVIDENCE).version == 2
+    registry.set_alias("tiny", "production", 1, reason="test")
+    return registry
+
+
+def _slot(registry, alias="production") -> ModelSlot:
+    path = registry.load_path("tiny", version=1, verify=True)
+    return ModelSlot(load_model(path, "tiny", "1"), alias=alias, poll_s=0, registry=registry)
+
+
+def test_alias_move_swaps_to_the_new_version_after_checks(registry_with_two_versions):
+    registry = registry_with_two_versions
+    slot = _slot(registry)
+    old = slot.current
+    assert slot.poll_once() is None  # alias still on v1: nothing to do
+    registry.set_alias("tiny", "production", 2, reason="test")
+    result = slot.poll_once()
+    assert result["swapped"] is True and result["from_version"] == "1" and result["to_version"] == "2"
+    assert slot.current.version == "2" and slot.current is not old
+    assert slot.current.predictor.classify(["anything"])[0]["label"] == "positive"  # v2's head
+    assert old.predictor.classify(["still usable"])  # a request holding v1 finishes on it
+    assert slot.status()["last_reload"]["to_version"] == "2"
+    assert slot.reload(2, reason="again") == {
+        "swapped": False,
+        "version": "2",
+        "message": "v2 is already serving",
+    }
+
+
+def test_corrupted_artifact_is_refused_and_the_old_version_keeps_serving(registry_with_two_versions):
+    registry = registry_with_two_versions
+    slot = _slot(registry)
+    v2 = registry.get_version("tiny", version=2)
+    corrupt(v2.path / "onnx" / "int8" / "model.onnx")
+    registry.set_alias("tiny", "production", 2, reason="test")
+    assert slot.poll_once() is None
+    assert slot.current.version == "1"
+    error = slot.status()["last_reload_error"]
+    assert (
+        error["version"] == "v2"
+        and "onnx/int8/model.onnx" in error["error"]
+        and "v1 keeps serving" in error["error"]
+    )
+    assert slot.poll_once() is None and slot.status()["last_reload_error"]["at"] == error["at"]  # not retried
+    with pytest.raises(ReloadFailed) as by_hand:  # an admin reload retries at once, and fails the same way
+        slot.reload(2, reason="admin")
+    assert by_hand.value.status == 422
+
+
+def test_unknown_version_task_change_and_missing_target_are_refused(registry_with_two_versions, ner_bundle):
+    registry = registry_with_two_versions
+    slot = _slot(registry)
+    with pytest.raises(ReloadFailed) as unknown:
+        slot.reload(9, reason="admin")
+    assert unknown.value.status == 404 and "v9" in str(unknown.value)
+    assert registry.register("tiny", ner_bundle, MINIMAL_EVIDENCE).version == 3
+    with pytest.raises(ReloadFailed, match="task change") as task_change:
+        slot.reload(3, reason="admin")
+    assert task_change.value.status == 422
+    assert slot.current.version == "1"
+    without_alias = _slot(registry, alias=None)
+    with pytest.raises(ReloadFailed, match="nothing to reload"):
+        without_alias.reload(None, reason="admin")
+
+
+def test_one_reload_at_a_time(registry_with_two_versions):
+    slot = _slot(registry_with_two_versions)
+    entered, release = threading.Event(), threading.Event()
+    real_loader = slot._loader
+
+    def slow_loader(path, name, version):
+        entered.set()
+        release.wait(10)
+        return real_loader(path, name, version)
+
+    slot._loader = slow_loader
+    worker = threading.Thread(target=slot.reload, args=(2,), kwargs={"reason": "first"})
+    worker.start()
+    assert entered.wait(10)
+    with pytest.raises(ReloadFailed) as busy:
+        slot.reload(2, reason="second")
+    assert busy.value.status == 409 and slot.status()["reloading"] is True
+    release.set()
+    worker.join(10)
+    assert slot.current.version == "2"
