@@ -58,11 +58,12 @@ def adaptation_key(recipe: Recipe, fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _adapt_cache_key(context, parameters: dict) -> str | None:
-    key = parameters["cache_key"]
-    encoder = dapt_home() / "adapt" / key / "encoder"
-    # A cache entry whose encoder folder was deleted must not be reused.
-    return f"adapt-{key}" if (encoder / "config.json").is_file() else f"adapt-{key}-{dt.datetime.now().timestamp()}"
+def _adapt_cache_key(context, parameters: dict) -> str:
+    return f"adapt-{parameters['cache_key']}"
+
+
+def _adapted_encoder_exists(cache_key: str) -> bool:
+    return (dapt_home() / "adapt" / cache_key / "encoder" / "config.json").is_file()
 
 
 @task(name="validate-data", cache_policy=NO_CACHE)
@@ -240,7 +241,9 @@ def retrain(recipe: Recipe) -> dict:
         return Failed(message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"])
 
     key = adaptation_key(recipe, fingerprint)
-    adapt_state = adapt_encoder(recipe, key, return_state=True)
+    # A cached result whose encoder folder was deleted must not be reused: refresh it.
+    adapt_task = adapt_encoder.with_options(refresh_cache=not _adapted_encoder_exists(key))
+    adapt_state = adapt_task(recipe, key, return_state=True)
     adapted = adapt_state.result()
     adapt_cache_hit = adapt_state.name == "Cached"
     if adapt_cache_hit:

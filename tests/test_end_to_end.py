@@ -25,7 +25,7 @@ def test_flow_registers_promotes_and_serves_over_http(tmp_path, sample_dir, tiny
     recipe = write_tiny_recipe(tmp_path / "run", sample_dir, tiny_base_model)
     first = run_recipe(recipe)
     assert first["version"] == 1
-    assert first["gate"]["passed"] is True
+    assert first["gate"]["passed"] is True, first["gate"]["summary"]
     registry = Registry()
     production = registry.get_version("tiny", alias="production")
     assert production.version == 1
