@@ -307,9 +307,26 @@ def _collator(tokenizer, adapt: AdaptConfig, seed: int, pad_to_multiple_of: int 
                 batch["input_ids"], batch["labels"] = self.torch_mask_tokens(
                     batch["input_ids"], special_tokens_mask=special, offset_mapping=padded
                 )
+            self._ensure_a_target(batch)
             if nsp is not None:
                 batch["next_sentence_label"] = torch.tensor(nsp, dtype=torch.long)
             return batch
+
+        def _ensure_a_target(self, batch) -> None:
+            # A batch of one or two short windows (an epoch's last, or the held-out set's) can draw no masked
+            # token at all; its loss is then NaN, which poisons the averaged eval_loss (and with it early
+            # stopping and best-checkpoint choice) or, in training, the weights. Mask one token instead.
+            labels = batch["labels"]
+            if (labels != -100).any():
+                return
+            special = torch.tensor(self.tokenizer.all_special_ids)
+            candidates = (batch["attention_mask"] == 1) & ~torch.isin(batch["input_ids"], special)
+            positions = candidates.nonzero()
+            if not len(positions):
+                return
+            row, column = positions[torch.randint(len(positions), (1,), generator=self.generator)][0].tolist()
+            labels[row, column] = batch["input_ids"][row, column]
+            batch["input_ids"][row, column] = self.tokenizer.mask_token_id
 
     # whole-word masking in 4.57 supports [MASK] replacement only (and warns with a crash otherwise)
     probabilities = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if adapt.whole_word_mask else {}

@@ -83,13 +83,14 @@ class AdaptConfig(_Section):
     # A base without a pretrained MLM head (all-MiniLM-L6-v2 ships none) gets a random one: its loss (~10.7 nats)
     # says nothing about forgetting and its gradients damage the encoder. So the new head is trained alone first
     # (encoder and tied decoder frozen) on domain + general text, then "before" is measured. Ignored for scratch.
+    # 300 x 128 masked tokens at 2e-3: MiniLM's general loss 10.7 -> ~5 nats in ~30-60 s on 2 CPU cores.
     head_warmup_steps: int = Field(
-        default=200,
+        default=300,
         ge=0,
         description="Steps training only a newly initialised MLM/NSP head before measuring and adapting; "
         "0 skips (forgetting is then not reported).",
     )
-    head_warmup_learning_rate: float = Field(default=1e-3, gt=0, description="Learning rate of the head warm-up.")
+    head_warmup_learning_rate: float = Field(default=2e-3, gt=0, description="Learning rate of the head warm-up.")
     # from scratch only
     scratch_vocab_size: int = Field(default=8000, ge=100)
     scratch_hidden_size: int = Field(default=256, ge=16)

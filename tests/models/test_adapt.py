@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -42,6 +43,8 @@ def make_recipe(base: Path, **adapt):
         "batch_size": 8,
         "heldout_fraction": 0.2,
         "warmup_ratio": 0.0,
+        "head_warmup_steps": 30,  # the tiny base is a bare BertModel: its MLM head is new
+        "head_warmup_learning_rate": 3e-3,
     }
     settings.update(adapt)
     return recipe_from_dict(
@@ -170,6 +173,10 @@ def test_scratch_trains_own_tokenizer_and_a_loadable_model(tiny_base_model, tmp_
     model = AutoModelForTokenClassification.from_pretrained(result.encoder_dir, num_labels=3)
     assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1
     assert result.metrics["domain_loss_after"] < result.metrics["domain_loss_before"]
+    # nothing pretrained to forget: general loss after only, no delta, no head warm-up
+    assert result.metrics["general_loss_before"] is None and result.metrics["general_loss_after"] is not None
+    assert result.metrics["forgetting_delta"] is None and "scratch" in result.metrics["forgetting_note"]
+    assert result.metrics["head_warmup"] is None and result.metrics["head_warmup_steps"] == 0
 
 
 def test_scratch_rejects_heads_that_do_not_divide_hidden(tiny_base_model, tmp_path):
@@ -197,6 +204,9 @@ def test_mlm_nsp_trains_pretraining_heads(tiny_base_model, tmp_path):
     with safe_open(result.encoder_dir / "model.safetensors", "pt") as weights:
         assert any(k.startswith("cls.seq_relationship") for k in weights.keys())
     assert any("loss" in entry for entry in result.log_history)
+    warmed = result.metrics["head_warmup"]["parameter_names"]  # the new NSP head is warmed up too
+    assert "cls.seq_relationship.weight" in warmed and "cls.predictions.transform.dense.weight" in warmed
+    assert not any(name.startswith("bert.") for name in warmed)
 
 
 def test_freeze_layers_keeps_embeddings_and_lower_layers_identical(tiny_base_model, tmp_path):
@@ -234,6 +244,17 @@ def test_replay_mixes_general_text_and_measures_on_other_sentences(tiny_base_mod
     n_train = len(CORPUS) - round(len(CORPUS) * 0.2)
     assert result.metrics["replay_examples"] == round(0.25 / 0.75 * n_train)
     assert result.metrics["general_texts_measured"] == len(measured)
+
+
+def test_general_text_trained_on_is_never_measured_and_the_split_ignores_the_replay_share():
+    from models.forgetting import split_general
+
+    assert split_general(GENERAL, 0.0, seed=42) == ([t.strip() for t in GENERAL], [])  # nothing trained on
+    warmup_only = split_general(GENERAL, 0.0, seed=42, trained_on=True)
+    with_replay = split_general(GENERAL, 0.2, seed=42, trained_on=True)
+    assert warmup_only == with_replay  # curbed and uncurbed runs are measured on the same sentences
+    measured, pool = warmup_only
+    assert measured and pool and not set(measured) & set(pool)
 
 
 def test_extend_vocab_adds_split_words_and_resizes(tiny_base_model, tmp_path):
@@ -336,6 +357,10 @@ def test_resumes_from_checkpoint_after_the_process_is_killed(tiny_base_model, tm
         recipe, out, corpus=CORPUS, general=[], task_texts=[], progress=lines.append, checkpoint_every=1
     )
     assert any("resumed from checkpoint-2" in line for line in lines)
+    assert any(
+        "reusing the head warmed up earlier" in line for line in lines
+    )  # same "before" as the first run
+    assert result.metrics["head_warmup"]["reused"] is True
     trained_steps = [
         int(line.split()[2].split("/")[0]) for line in lines if line.startswith("[adapt:dapt] step")
     ]
@@ -344,3 +369,126 @@ def test_resumes_from_checkpoint_after_the_process_is_killed(tiny_base_model, tm
     steps = [entry["step"] for entry in result.log_history if "loss" in entry]
     assert steps == sorted(set(steps)) and steps[-1] == 5
     assert (result.encoder_dir / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- head warm-up
+
+
+def _tiny_mlm(base: Path):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from models.head_warmup import head_parameter_names
+
+    torch.manual_seed(0)
+    model, info = AutoModelForMaskedLM.from_pretrained(base, output_loading_info=True)
+    return model, AutoTokenizer.from_pretrained(base), head_parameter_names(model, info["missing_keys"])
+
+
+def _features(tokenizer, texts):
+    encoded = tokenizer(texts, truncation=True, max_length=32, return_special_tokens_mask=True)
+    return [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
+
+
+def test_head_warmup_trains_only_the_new_head_and_leaves_the_encoder_byte_identical(tiny_base_model):
+    from transformers import DataCollatorForLanguageModeling
+
+    from models.head_warmup import warm_up_head
+
+    model, tokenizer, names = _tiny_mlm(tiny_base_model)
+    # the transform and the output bias are new; the decoder weight is the (pretrained) word-embedding matrix
+    assert set(names) == {
+        "cls.predictions.bias",
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias",
+    }
+    model.bert.encoder.layer[0].attention.self.query.weight.requires_grad = False  # e.g. freeze_layers
+    encoder_before = {k: v.clone() for k, v in model.bert.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.cls.state_dict().items()}
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=3, return_tensors="pt")
+    result = warm_up_head(
+        model,
+        names,
+        _features(tokenizer, CORPUS),
+        _features(tokenizer, GENERAL),
+        collator,
+        steps=40,
+        learning_rate=3e-3,
+        batch_size=8,
+        seed=1,
+    )
+    for key, tensor in model.bert.state_dict().items():
+        assert tensor.equal(encoder_before[key]), f"{key} changed during the head warm-up"
+    changed = {k for k, v in model.cls.state_dict().items() if not v.equal(head_before[k])}
+    assert "predictions.transform.dense.weight" in changed and "predictions.bias" in changed
+    assert "predictions.decoder.weight" not in changed  # tied to the frozen word embeddings
+    # the new output bias starts at the targets' log token frequencies: far below a random head's ln(vocabulary)
+    assert result.bias_from_token_frequencies
+    assert result.loss_curve[0][1] < math.log(tokenizer.vocab_size) - 3
+    assert result.loss_curve[-1][1] < result.loss_curve[0][1] - 0.2  # and the head learned from there
+    assert (result.domain_sequences, result.general_sequences) == (160, 160)  # fair to both kinds of text
+    assert result.trained_parameters == sum(model.get_parameter(n).numel() for n in names)
+    # requires_grad restored: adaptation trains everything it trained before, freezing kept
+    assert model.bert.encoder.layer[0].attention.self.query.weight.requires_grad is False
+    assert all(
+        p.requires_grad for n, p in model.named_parameters() if "layer.0.attention.self.query.weight" not in n
+    )
+
+
+def test_head_warmup_runs_before_measuring_and_is_recorded(tiny_base_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from models.forgetting import masked_lm_loss, split_general
+
+    lines: list[str] = []
+    result = run_adapt(tiny_base_model, tmp_path / "warm", lines=lines, max_steps=3, head_warmup_steps=40)
+    metrics = result.metrics
+    warmup = metrics["head_warmup"]
+    assert metrics["mlm_head_initialised"] is True and metrics["head_warmup_steps"] == 40
+    assert warmup["steps"] == 40 and warmup["loss_last"] < warmup["loss_first"] and not warmup["reused"]
+    assert [step for step, _ in warmup["loss_curve"]][-1] == 40
+    assert metrics["forgetting_note"] is None and metrics["forgetting_delta"] is not None
+    assert lines.index(
+        next(x for x in lines if x.startswith("[adapt:head-warmup] step 40/40"))
+    ) < lines.index(next(x for x in lines if x.startswith("[adapt] measuring before")))
+    # "general loss before" is the loss of the base encoder under the warmed head (saved for resuming)
+    model, tokenizer, _ = _tiny_mlm(tiny_base_model)
+    warmed = load_file(tmp_path / "warm" / "head_warmup" / "head.safetensors")
+    assert set(warmed) == set(warmup["parameter_names"])
+    model.load_state_dict(warmed, strict=False)
+    measured, _ = split_general(GENERAL, 0.0, seed=42, trained_on=True)
+    assert masked_lm_loss(model, tokenizer, measured, max_length=128) == pytest.approx(
+        metrics["general_loss_before"], rel=1e-5
+    )
+    assert metrics["general_texts_measured"] == len(measured)
+
+
+def test_head_warmup_is_skipped_when_the_base_has_a_pretrained_head(tiny_base_model, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForMaskedLM
+
+    with_head = tmp_path / "with_head"
+    model, _, _ = _tiny_mlm(tiny_base_model)
+    model.save_pretrained(with_head)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_base_model / name).is_file():
+            shutil.copy(tiny_base_model / name, with_head / name)
+    _, info = AutoModelForMaskedLM.from_pretrained(with_head, output_loading_info=True)
+    assert not info["missing_keys"]
+    lines: list[str] = []
+    result = run_adapt(with_head, tmp_path / "run", lines=lines, max_steps=2)
+    assert result.metrics["mlm_head_initialised"] is False and result.metrics["head_warmup_steps"] == 0
+    assert result.metrics["head_warmup"] is None and not (tmp_path / "run" / "head_warmup").exists()
+    assert not any("head-warmup" in line for line in lines)
+    assert result.metrics["forgetting_delta"] is not None
+
+
+def test_new_head_without_warmup_reports_no_forgetting(tiny_base_model, tmp_path):
+    lines: list[str] = []
+    result = run_adapt(tiny_base_model, tmp_path / "cold", strategy="none", lines=lines, head_warmup_steps=0)
+    assert result.metrics["head_warmup"] is None and result.metrics["forgetting_delta"] is None
+    assert "head_warmup_steps is 0" in result.metrics["forgetting_note"]
+    assert any("warning: the MLM head is newly initialised" in line for line in lines)
