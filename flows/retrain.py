@@ -270,6 +270,8 @@ def retrain(recipe: Recipe) -> dict:
             "general_loss_before": adapted["metrics"].get("general_loss_before"),
             "general_loss_after": adapted["metrics"].get("general_loss_after"),
             "delta": adapted["metrics"].get("forgetting_delta"),
+            "note": adapted["metrics"].get("forgetting_note"),
+            "head_warmup_steps": adapted["metrics"].get("head_warmup_steps"),
         },
         "adaptation": adapted["metrics"],
         "parity": exported["parity"],

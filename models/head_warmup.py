@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 
 # Distinct masked sequences run through the encoder once; the steps cycle over their cached outputs. For the demo
 # data (64-token windows and short general sentences) 1280 sequences give ~5k masked targets for ~50k token
-# forward passes (~20-40 s of MiniLM on 2 CPU cores); 640 left the domain side under-fitted (+0.5 nats).
+# forward passes (~45-60 s of MiniLM on 2 CPU cores at load ~3); 640 left the domain side under-fitted.
 HEAD_WARMUP_MAX_SEQUENCES = 1280
 # Masked tokens per step. Measured on MiniLM + data/sample: 300 steps of 128 at lr 2e-3 bring general loss on
-# unseen sentences from 10.7 (random head) / 6.6 (token-frequency bias alone) to ~5, held-out domain to ~5.9.
+# unseen sentences from 10.7 (random head) / 6.6 (token-frequency bias alone) to 5.0, held-out domain to 5.6.
 TOKENS_PER_STEP = 128
 ENCODE_BATCH_SIZE = 32  # no gradients: a larger batch than training is affordable
 HEAD_FILE = "head.safetensors"

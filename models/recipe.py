@@ -83,7 +83,8 @@ class AdaptConfig(_Section):
     # A base without a pretrained MLM head (all-MiniLM-L6-v2 ships none) gets a random one: its loss (~10.7 nats)
     # says nothing about forgetting and its gradients damage the encoder. So the new head is trained alone first
     # (encoder and tied decoder frozen) on domain + general text, then "before" is measured. Ignored for scratch.
-    # 300 x 128 masked tokens at 2e-3: MiniLM's general loss 10.7 -> ~5 nats in ~30-60 s on 2 CPU cores.
+    # 300 steps x 128 masked tokens at 2e-3: MiniLM's general loss 10.7 -> 5.0 nats (benchmarks/forgetting.py);
+    # 106-188 s on 2 CPU cores at load ~3 (where training ran ~4x slower than on a quiet machine).
     head_warmup_steps: int = Field(
         default=300,
         ge=0,
