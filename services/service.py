@@ -46,6 +46,7 @@ from services.guard import RequestGuard, max_body_bytes, surrogate_error, unpair
 from services.metrics import describe as describe_metrics
 from services.metrics import service_metrics
 from services.reloader import ModelSlot, ServedModel, load_model
+from services.timeouts import install as install_prompt_timeouts
 
 BUNDLE_ENV = "DAPT_BUNDLE_DIR"
 BENTO_MODEL_ENV = "DAPT_BENTO_MODEL"
@@ -62,6 +63,9 @@ DEFAULT_MAX_CHARS = 10_000
 BATCH_SIZE = 32  # what one ONNX Runtime call takes at most; larger requests are split by the dispatcher
 # The batcher answers 503 to a request it expects to miss this deadline; generous, because CPUs are slow.
 BATCH_DEADLINE_MS = int(os.environ.get("DAPT_BATCH_DEADLINE_MS", "10000"))
+
+# BentoML's request timeout pins each request's state for the whole timeout (services/timeouts.py).
+install_prompt_timeouts()
 
 SAMPLE_TEXTS = ["Aspirin relieved the patient's headache within an hour."]
 
