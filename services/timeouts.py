@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from typing import Any
 
 _installed = False
@@ -27,9 +28,14 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from bentoml._internal.server.http import traffic
+    try:
+        from bentoml._internal.server.http import traffic
 
-    traffic.TimeoutMiddleware = _prompt_class(traffic.TimeoutMiddleware)
+        upstream = traffic.TimeoutMiddleware
+    except (ImportError, AttributeError) as exc:  # another BentoML layout: serve as it is, and say so
+        logging.getLogger("dapt").warning("BentoML timeout fix not installed (%s); check services/timeouts.py", exc)
+        return
+    traffic.TimeoutMiddleware = _prompt_class(upstream)
     _installed = True
 
 

@@ -17,6 +17,8 @@ Sentiment labels follow fixed rules, from the point of view of an investor in th
 - mixed sentences: the profitability clause decides ("net sales rose, but operating profit fell" is negative).
 
 Usage: python data/sample/generate.py [--out DIR] [--seed N]
+       python data/sample/generate.py --out DIR --only sentiment --sentiment-rows 4000 --label-noise 0.03 --seed 7
+       (a Financial-PhraseBank-sized labelled set; from code: ``write_sentiment(path, rows, seed, label_noise)``)
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import csv
 import random
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 SEED = 20240611
+SAMPLE_DIR = Path(__file__).resolve().parent
 CORPUS_LINES = 1300
 GENERAL_LINES = 320
 NER_SENTENCES = 480
@@ -782,15 +786,37 @@ def sentiment_sentence(w: Writer, label: str, style: str) -> str:
     return w.event(co, label, style, year)
 
 
-def build_sentiment(w: Writer) -> list[tuple[str, str, str]]:
+def sentiment_counts(rows: int) -> dict[str, int]:
+    """Rows per label for a set of ``rows`` sentences with the sample's class mix (largest remainder)."""
+    if rows < len(SENTIMENT_COUNTS):
+        raise ValueError(
+            f"sentiment rows must be at least {len(SENTIMENT_COUNTS)} (one per label), got {rows}"
+        )
+    total = sum(SENTIMENT_COUNTS.values())
+    exact = {label: rows * count / total for label, count in SENTIMENT_COUNTS.items()}
+    counts = {label: int(value) for label, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda label: exact[label] - counts[label], reverse=True)
+    for label in by_remainder[: rows - sum(counts.values())]:
+        counts[label] += 1
+    return counts
+
+
+def build_sentiment(
+    w: Writer, counts: dict[str, int] | None = None, exclude: Iterable[str] = ()
+) -> list[tuple[str, str, str]]:
+    """Labelled sentences, ``counts`` per label (default: the sample's), none inside an ``exclude`` text."""
     rows: list[tuple[str, str, str]] = []
     seen: set[str] = set()
-    for label, count in SENTIMENT_COUNTS.items():
-        made = 0
+    excluded = "\n".join(text.lower() for text in exclude)  # one string: a fast substring search
+    for label, count in (counts or SENTIMENT_COUNTS).items():
+        made, tries = 0, 0
         while made < count:
+            tries += 1
+            if tries > 200 * count + 10_000:  # the templates ran out of distinct sentences
+                raise ValueError(f"could not write {count} distinct {label} sentences; ask for fewer rows")
             style = "newswire" if w.rng.random() < SOURCE_SHARE_NEWSWIRE else "press_release"
             text = sentiment_sentence(w, label, style)
-            if text.lower() in seen:
+            if text.lower() in seen or (excluded and text.lower() in excluded):
                 continue
             seen.add(text.lower())
             rows.append((text, label, style))
@@ -1297,22 +1323,109 @@ Punctuation and the possessive `'s` are tokens of their own.
 """
 
 
-def generate(out: Path, seed: int = SEED) -> dict[str, int]:
+# Share of flipped labels that go to the adjacent class: annotators of financial news mostly disagree on
+# whether a sentence is neutral or polar, rarely on positive vs negative.
+POLAR_TO_NEUTRAL_SHARE = 0.9
+
+
+def add_label_noise(
+    rows: list[tuple[str, str, str]], share: float, rng: random.Random
+) -> list[tuple[str, str, str]]:
+    """Flip the label of ``round(share * len(rows))`` rows chosen at random, like annotator disagreement.
+
+    A flipped positive or negative row becomes neutral (90 %) or the opposite polarity (10 %); a flipped
+    neutral row becomes positive or negative in proportion to their sizes in the sample mix.
+    """
+    if not 0.0 <= share < 0.5:
+        raise ValueError(f"label noise must be a share in [0, 0.5), got {share}")
+    flipped = list(rows)
+    polar_weights = [SENTIMENT_COUNTS["positive"], SENTIMENT_COUNTS["negative"]]
+    for index in rng.sample(range(len(rows)), round(share * len(rows))):
+        text, label, source = rows[index]
+        if label == "neutral":
+            new_label = rng.choices(["positive", "negative"], weights=polar_weights)[0]
+        elif rng.random() < POLAR_TO_NEUTRAL_SHARE:
+            new_label = "neutral"
+        else:
+            new_label = "negative" if label == "positive" else "positive"
+        flipped[index] = (text, new_label, source)
+    return flipped
+
+
+def sentiment_rows(
+    rows: int | None = None, seed: int = SEED, label_noise: float = 0.0, exclude: Iterable[str] = ()
+) -> list[tuple[str, str, str]]:
+    """(text, label, source) rows: the sample's sentiment set, or ``rows`` of them with the same class mix.
+
+    ``label_noise`` flips that share of labels (:func:`add_label_noise`, its own random stream, so the texts
+    do not depend on it); no row occurs inside an ``exclude`` text (e.g. a line of the adaptation corpus).
+    """
+    rng = random.Random(seed)
+    writer = Writer(rng, make_companies(rng))
+    result = build_sentiment(writer, None if rows is None else sentiment_counts(rows), exclude)
+    if label_noise > 0:
+        result = add_label_noise(result, label_noise, random.Random(f"label-noise-{seed}"))
+    return result
+
+
+def write_sentiment_csv(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer_csv = csv.writer(handle, lineterminator="\n")
+        writer_csv.writerow(["text", "label", "source"])
+        writer_csv.writerows(rows)
+
+
+def write_sentiment(
+    path: str | Path,
+    rows: int | None = None,
+    seed: int = SEED,
+    label_noise: float = 0.0,
+    exclude: Iterable[str] = (),
+) -> dict[str, int]:
+    """Write a sentiment CSV (``text,label,source``) of ``rows`` sentences; return the rows per label.
+
+    Same arguments, same bytes. With the defaults the rows are those of the committed ``sentiment.csv``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = sentiment_rows(rows, seed, label_noise, exclude)
+    write_sentiment_csv(path, result)
+    return dict(Counter(label for _, label, _ in result))
+
+
+def generate(
+    out: Path,
+    seed: int = SEED,
+    sentiment_size: int | None = None,
+    label_noise: float = 0.0,
+    only: str | None = None,
+) -> dict[str, int]:
+    """Write the sample files into ``out``; ``only="sentiment"`` writes just ``sentiment.csv``.
+
+    The defaults reproduce the committed sample byte for byte. More rows or label noise change only the
+    sentiment set (the noise has its own random stream); the other files then follow a different stream.
+    """
+    if only == "sentiment":
+        out.mkdir(parents=True, exist_ok=True)
+        counts = write_sentiment(out / "sentiment.csv", sentiment_size, seed, label_noise)
+        return {"sentiment": sum(counts.values())}
+    if only is not None:
+        raise ValueError(f"only must be None or 'sentiment', got {only!r}")
     rng = random.Random(seed)
     companies = make_companies(rng)
     writer = Writer(rng, companies)
-    rows = build_sentiment(writer)
+    counts = None if sentiment_size is None else sentiment_counts(sentiment_size)
+    rows = build_sentiment(writer, counts)
     corpus = build_corpus(writer, [text for text, _, _ in rows])
     general = build_general(rng)
     ner = build_ner(NerWriter(rng, companies))
+    if label_noise > 0:
+        rows = add_label_noise(rows, label_noise, random.Random(f"label-noise-{seed}"))
 
     out.mkdir(parents=True, exist_ok=True)
     write_lines(out / "corpus.txt", corpus)
     write_lines(out / "general.txt", general)
-    with open(out / "sentiment.csv", "w", encoding="utf-8", newline="") as handle:
-        writer_csv = csv.writer(handle, lineterminator="\n")
-        writer_csv.writerow(["text", "label", "source"])
-        writer_csv.writerows(rows)
+    write_sentiment_csv(out / "sentiment.csv", rows)
     conll = "\n".join("".join(f"{token} {tag}\n" for token, tag in sentence) for sentence in ner)
     (out / "ner.conll").write_text(conll, encoding="utf-8")
     (out / "README.md").write_text(readme_text(corpus, general, rows, ner, seed), encoding="utf-8")
@@ -1321,10 +1434,31 @@ def generate(out: Path, seed: int = SEED) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="output folder")
+    parser.add_argument("--out", type=Path, default=SAMPLE_DIR, help="output folder")
     parser.add_argument("--seed", type=int, default=SEED, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--sentiment-rows",
+        type=int,
+        default=None,
+        help="rows of sentiment.csv, same class mix as the sample (default: the sample's 1005)",
+    )
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        help="share of sentiment labels flipped to another class, like annotator disagreement (default 0)",
+    )
+    parser.add_argument("--only", choices=["sentiment"], default=None, help="write only this file")
     args = parser.parse_args()
-    counts = generate(args.out, args.seed)
+    changed = args.sentiment_rows is not None or args.label_noise > 0 or args.only is not None
+    if changed and args.out.resolve() == SAMPLE_DIR:
+        parser.error(
+            "--sentiment-rows, --label-noise and --only would overwrite the committed sample: add --out DIR"
+        )
+    try:
+        counts = generate(args.out, args.seed, args.sentiment_rows, args.label_noise, args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
     print(" ".join(f"{name}={count}" for name, count in counts.items()), f"-> {args.out}")
 
 
