@@ -311,6 +311,15 @@ def _mount_models() -> None:
 _mount_models()
 
 
+def _mount_stages() -> None:
+    from dapt.cli_stages import register
+
+    register(app)
+
+
+_mount_stages()
+
+
 def main() -> None:
     """Console entry point: user mistakes are one readable line, not a stack trace."""
     try:
@@ -334,4 +343,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m dapt.cli` runs this file as __main__; run the importable module's main instead, so the
+    # UserError that command modules import from dapt.cli is the one caught there.
+    from dapt import cli as _importable
+
+    _importable.main()

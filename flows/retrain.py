@@ -77,64 +77,30 @@ def validate_data(recipe: Recipe, out_dir: Path, reference_profile: dict | None)
 
 @task(name="adapt-encoder", cache_key_fn=_adapt_cache_key, persist_result=True)
 def adapt_encoder(recipe: Recipe, cache_key: str) -> dict:
-    from models.adapt import adapt_encoder as run_adaptation
-    from models.data import load_task_data, read_corpus, task_texts
+    from models.stages import adapt_stage
 
-    out_dir = dapt_home() / "adapt" / cache_key
-    corpus = [line for line in read_corpus(recipe.data.corpus, recipe.data.corpus_text_column) if line.strip()]
-    general = read_corpus(recipe.data.general) if recipe.data.general else []
-    general = [line for line in general if line.strip()]
-    texts = task_texts(recipe, load_task_data(recipe))
-    result = run_adaptation(
-        recipe, out_dir, corpus=corpus, general=general, task_texts=texts, progress=_logger_progress()
-    )
-    return _plain(result)
+    return _plain(adapt_stage(recipe, dapt_home() / "adapt" / cache_key, progress=_logger_progress()))
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
 def finetune_model(recipe: Recipe, encoder_dir: str, out_dir: Path) -> dict:
-    from models.data import load_task_data
-    from models.finetune import finetune
+    from models.stages import finetune_stage
 
-    data = load_task_data(recipe)
-    result = finetune(recipe, Path(encoder_dir), data.train, data.eval, out_dir, progress=_logger_progress())
-    return _plain(result)
+    return _plain(finetune_stage(recipe, Path(encoder_dir), out_dir, progress=_logger_progress()))
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_model(recipe: Recipe, model_dir: str, out_dir: Path) -> dict:
-    from models.data import load_task_data
-    from models.evaluate import evaluate_model as run_evaluation
+    from models.stages import evaluate_stage
 
-    data = load_task_data(recipe)
-    return _plain(run_evaluation(recipe, Path(model_dir), data.eval, out_dir))
+    return _plain(evaluate_stage(recipe, Path(model_dir), out_dir))
 
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
 def export_onnx(recipe: Recipe, model_dir: str, out_dir: Path) -> dict:
-    from models.data import load_task_data, ner_text
-    from models.export import export_bundle
+    from models.stages import export_stage
 
-    data = load_task_data(recipe)
-    if recipe.task == "ner":
-        texts = [ner_text(tokens) for tokens in data.eval["tokens"]]
-        labels = None
-        tags = ["O"] + [f"{p}-{t}" for t in recipe.data.labels for p in ("B", "I")]
-    else:
-        texts, labels, tags = list(data.eval["text"]), list(data.eval["label"]), list(recipe.data.labels)
-    result = export_bundle(
-        Path(model_dir),
-        out_dir,
-        name=recipe.name,
-        task=recipe.task,
-        labels=tags,
-        max_length=recipe.finetune.max_length,
-        config=recipe.export,
-        parity_texts=texts,
-        parity_labels=labels,
-        progress=_logger_progress(),
-    )
-    return _plain(result)
+    return _plain(export_stage(recipe, Path(model_dir), out_dir, progress=_logger_progress()))
 
 
 @task(name="register-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])

@@ -1,0 +1,103 @@
+"""One function per training stage that reads the recipe's data itself.
+
+The retrain flow's tasks (flows/retrain.py) and the single-stage commands (``dapt adapt|finetune|evaluate|
+export RECIPE``) both call these, so a stage run alone does exactly what it does inside the flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.adapt import AdaptResult
+    from models.evaluate import EvalResult
+    from models.export import ExportResult
+    from models.finetune import FinetuneResult
+    from models.recipe import Recipe
+
+Progress = Callable[[str], None]
+
+
+class StageInputError(ValueError):
+    """A stage was pointed at something it cannot use (a folder that is not a model, ...)."""
+
+
+def adapt_stage(recipe: Recipe, out_dir: Path, progress: Progress | None = None) -> AdaptResult:
+    """Domain/task-adaptive pretraining of the recipe's base encoder; the encoder lands in ``out_dir/encoder``."""
+    from models.adapt import adapt_encoder
+    from models.data import load_task_data, read_corpus, task_texts
+
+    corpus = [
+        line for line in read_corpus(recipe.data.corpus, recipe.data.corpus_text_column) if line.strip()
+    ]
+    general = read_corpus(recipe.data.general) if recipe.data.general else []
+    general = [line for line in general if line.strip()]
+    texts = task_texts(recipe, load_task_data(recipe))
+    return adapt_encoder(recipe, out_dir, corpus=corpus, general=general, task_texts=texts, progress=progress)
+
+
+def finetune_stage(
+    recipe: Recipe, encoder_dir: Path, out_dir: Path, progress: Progress | None = None
+) -> FinetuneResult:
+    """Fine-tune ``encoder_dir`` (an adapted encoder, or the base model) on the recipe's labelled data."""
+    from models.data import load_task_data
+    from models.finetune import finetune
+
+    data = load_task_data(recipe)
+    return finetune(
+        recipe, model_folder(encoder_dir, "encoder"), data.train, data.eval, out_dir, progress=progress
+    )
+
+
+def evaluate_stage(recipe: Recipe, model_dir: Path, out_dir: Path) -> EvalResult:
+    """Task metrics, per-class and per-slice, calibration and plots of a fine-tuned model on the eval split."""
+    from models.data import load_task_data
+    from models.evaluate import evaluate_model
+
+    data = load_task_data(recipe)
+    return evaluate_model(recipe, model_folder(model_dir, "model"), data.eval, out_dir)
+
+
+def export_stage(
+    recipe: Recipe, model_dir: Path, out_dir: Path, progress: Progress | None = None
+) -> ExportResult:
+    """ONNX variants of a fine-tuned model, each checked for parity on the eval split, as a serving bundle."""
+    from models.data import load_task_data, ner_text
+    from models.export import export_bundle
+
+    data = load_task_data(recipe)
+    if recipe.task == "ner":
+        texts = [ner_text(tokens) for tokens in data.eval["tokens"]]
+        labels = None
+        tags = ["O"] + [f"{prefix}-{label}" for label in recipe.data.labels for prefix in ("B", "I")]
+    else:
+        texts, labels, tags = list(data.eval["text"]), list(data.eval["label"]), list(recipe.data.labels)
+    return export_bundle(
+        model_folder(model_dir, "model"),
+        out_dir,
+        name=recipe.name,
+        task=recipe.task,
+        labels=tags,
+        max_length=recipe.finetune.max_length,
+        config=recipe.export,
+        parity_texts=texts,
+        parity_labels=labels,
+        progress=progress,
+    )
+
+
+def model_folder(path: Path, inner: str) -> Path:
+    """A Hugging Face model folder: ``path`` itself, or ``path/<inner>`` when given a stage's output folder
+    (``dapt adapt`` writes ``<out>/encoder``, ``dapt finetune`` writes ``<out>/model``)."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / inner):
+        if (candidate / "config.json").is_file():
+            return candidate
+    if not path.exists():
+        raise StageInputError(f"{path} does not exist")
+    raise StageInputError(
+        f"{path} is not a model folder: no config.json in it or in {path / inner}; give the folder a previous "
+        f"stage wrote (dapt adapt → <out>/encoder, dapt finetune → <out>/model)"
+    )
