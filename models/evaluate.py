@@ -88,6 +88,19 @@ def expected_calibration_error(
     return float(ece), table
 
 
+def per_class_table(labels: list[str], precision, recall, f1, support) -> dict:
+    """``{label: {precision, recall, f1, support}}`` from sklearn's per-label arrays (in ``labels`` order)."""
+    return {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(labels)
+    }
+
+
 def classification_metrics(
     gold: list[int], predicted: list[int], labels: list[str], slices: list[str] | None = None
 ) -> dict:
@@ -103,15 +116,7 @@ def classification_metrics(
         "accuracy": float(accuracy_score(gold, predicted)),
         "macro_f1": float(f1_score(gold, predicted, labels=ids, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(gold, predicted, labels=ids, average="weighted", zero_division=0)),
-        "per_class": {
-            label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, label in enumerate(labels)
-        },
+        "per_class": per_class_table(labels, precision, recall, f1, support),
     }
     if slices is not None:
         per_slice = {}
@@ -366,15 +371,7 @@ def _evaluate_multi_label(tokenizer, model, labels, eval_df, max_length, batch_s
         "macro_f1": float(f1_score(gold, predicted, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(gold, predicted, average="weighted", zero_division=0)),
         "micro_f1": float(f1_score(gold, predicted, average="micro", zero_division=0)),
-        "per_class": {
-            label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, label in enumerate(labels)
-        },
+        "per_class": per_class_table(labels, precision, recall, f1, support),
     }
     # each (row, label) decision is a binary prediction with confidence max(p, 1 - p)
     confidence = np.maximum(probabilities, 1 - probabilities).ravel()

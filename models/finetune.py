@@ -820,37 +820,24 @@ def epoch_curves(history: list[dict]) -> dict[str, list[tuple[float, float]]]:
 
 def plot_learning_curves(history: list[dict], path: Path, title: str = "fine-tuning") -> Path:
     """PNG with train/eval loss (left) and eval macro-F1 (right) per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from models.plots import Panel, plot_panels
 
     curves = epoch_curves(history)
-    figure, (loss_axis, f1_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, style in (("train_loss", "o-"), ("eval_loss", "s--")):
-        if curves[key]:
-            xs, ys = zip(*curves[key], strict=True)
-            loss_axis.plot(xs, ys, style, label=key.replace("_", " "))
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("loss")
-    loss_axis.legend()
-    loss_axis.grid(alpha=0.3)
-    if curves["eval_macro_f1"]:
-        xs, ys = zip(*curves["eval_macro_f1"], strict=True)
-        f1_axis.plot(xs, ys, "o-", color="tab:green")
-    else:
-        f1_axis.text(0.5, 0.5, "no evaluation", ha="center", va="center", transform=f1_axis.transAxes)
-    f1_axis.set_xlabel("epoch")
-    f1_axis.set_ylabel("eval macro-F1")
-    f1_axis.set_ylim(0, 1)
-    f1_axis.grid(alpha=0.3)
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    losses = Panel(
+        {"train loss": curves["train_loss"], "eval loss": curves["eval_loss"]},
+        xlabel="epoch",
+        ylabel="loss",
+        styles={"train loss": "o-", "eval loss": "s--"},
+    )
+    f1 = Panel(
+        {"eval macro-F1": curves["eval_macro_f1"]},
+        xlabel="epoch",
+        ylabel="eval macro-F1",
+        ylim=(0.0, 1.0),
+        empty_note="no evaluation",
+        styles={"eval macro-F1": "o-"},
+    )
+    return plot_panels([losses, f1], title, path)
 
 
 # -------------------------------------------------------------------------------------------- augmentation study
