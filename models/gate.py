@@ -108,11 +108,17 @@ def decide(candidate: dict[str, Any], incumbent: dict[str, Any] | None, gate: Ga
     if gate.max_forgetting is not None:
         forgetting = candidate.get("forgetting") or {}
         delta = _number(forgetting.get("delta"))
-        if delta is None:
+        note = forgetting.get("note")
+        if delta is None and isinstance(note, str) and note.startswith("scratch"):
+            # A model trained from scratch has no earlier general competence to lose: the budget does not apply.
+            check(True, f"forgetting budget not applicable ({note})")
+        elif delta is None:
+            why = note or "evidence has no forgetting.delta"
             check(
                 False,
-                f"forgetting was not measured (evidence has no forgetting.delta) but the gate allows at most "
-                f"{gate.max_forgetting:.4f}; add general text to the recipe or unset gate.max_forgetting",
+                f"forgetting was not measured ({why}) but the gate allows at most {gate.max_forgetting:.4f}; "
+                "fix what the note says (e.g. add data.general, keep adapt.head_warmup_steps > 0) or unset "
+                "gate.max_forgetting",
             )
         else:
             before, after = (

@@ -73,6 +73,19 @@ def test_forgetting_not_measured_fails_only_when_budget_set():
     assert not refused.passed and "not measured" in refused.failures[0]
 
 
+def test_unmeasured_forgetting_names_the_reason_from_adaptation():
+    candidate = evidence(forgetting__delta=None, forgetting__note="no general text given (data.general)")
+    refused = decide(candidate, None, GateConfig(max_forgetting=0.1))
+    assert not refused.passed and "no general text given (data.general)" in refused.failures[0]
+
+
+def test_forgetting_budget_does_not_apply_to_a_model_trained_from_scratch():
+    note = "scratch: no pretrained model to forget; general loss is reported after training only"
+    decision = decide(evidence(forgetting__delta=None, forgetting__note=note), None, GateConfig(max_forgetting=0.1))
+    assert decision.passed
+    assert any("not applicable" in reason and "scratch" in reason for reason in decision.reasons)
+
+
 def test_failed_parity_variant_is_named():
     candidate = evidence(parity__int8={"max_abs_diff": 0.4, "label_agreement": 0.91, "passed": False})
     decision = decide(candidate, None, GateConfig(require_parity=True))
