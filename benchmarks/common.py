@@ -7,12 +7,10 @@ inside the functions that need them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,29 +49,6 @@ def load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
-
-
-@contextlib.contextmanager
-def output_to(log_path: Path) -> Iterator[None]:
-    """Point this process's fd 1 and 2 at a log file while the block runs.
-
-    A child started inside the block inherits the log file as its stdout/stderr, which keeps server logs out
-    of the benchmark's JSON on stdout even when the starter (``dapt.cli.start_server``) does not redirect.
-    """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def log_tail(path: Path, chars: int = 2000) -> str:

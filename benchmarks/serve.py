@@ -46,7 +46,6 @@ from benchmarks.common import (  # noqa: E402 - after the sys.path fix so `pytho
     log_tail,
     machine_info,
     matmul_flops_per_s,
-    output_to,
     say,
     texts_of_exact_tokens,
 )
@@ -204,8 +203,7 @@ def resolve_bundle(args: argparse.Namespace) -> tuple[Path, str, str]:
 def start_ours(bundle: Path, name: str, version: str, port: int, log: Path) -> subprocess.Popen:
     from dapt.cli import start_server
 
-    with output_to(log):  # start_server lets the child inherit our stdout; keep it off the JSON
-        return start_server(bundle, name, version, "127.0.0.1", port)  # type: ignore[arg-type]
+    return start_server(bundle, name, version, "127.0.0.1", port, log=log)  # type: ignore[arg-type]
 
 
 def start_baseline(bundle: Path, port: int, threads: int, log: Path) -> subprocess.Popen:

@@ -160,9 +160,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def start_server(
-    bundle_dir: Path, name: str, version: int, host: str, port: int, alias: str | None = None
+    bundle_dir: Path,
+    name: str,
+    version: int,
+    host: str,
+    port: int,
+    alias: str | None = None,
+    log: Path | None = None,
 ) -> subprocess.Popen:
-    """`bentoml serve` on a verified bundle; with an alias the service can follow it when it moves."""
+    """`bentoml serve` on a verified bundle; with an alias the service can follow it when it moves.
+
+    The server writes to this process's stdout/stderr, or with ``log`` appends both to that file.
+    """
     env = os.environ | {
         "DAPT_BUNDLE_DIR": str(bundle_dir),
         "DAPT_MODEL_NAME": name,
@@ -172,7 +181,13 @@ def start_server(
         env["DAPT_MODEL_ALIAS"] = alias
     command = [sys.executable, "-m", "bentoml", "serve", "services.service:DaptService", "--host", host]
     command += ["--port", str(port)]
-    return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
+    if log is None:
+        return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, start_new_session=True, stdout=handle, stderr=subprocess.STDOUT
+        )
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
