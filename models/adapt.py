@@ -127,11 +127,36 @@ def split_heldout(texts: list[str], fraction: float, seed: int) -> tuple[list[st
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+# A period after these ends a word, not a sentence ("Mr. Smith", "Acme Corp. said", "Jan. 5").
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st mt ft no nos vs etc inc corp co ltd plc llc bros dept est approx fig figs vol "
+    "jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun".split()
+)
+# Initials and dotted acronyms: "J.", "U.S.", "e.g.", "i.e.", "a.m."
+_INITIALS = re.compile(r"(?:^|\s)(?:[A-Za-z]\.)+$")
+
+
+def _ends_with_abbreviation(chunk: str) -> bool:
+    last_word = chunk.rsplit(None, 1)[-1]
+    if not last_word.endswith("."):
+        return False
+    return last_word.rstrip(".").lower() in _ABBREVIATIONS or bool(_INITIALS.search(chunk))
 
 
 def split_sentences(document: str) -> list[str]:
-    """Sentences of a document; a one-sentence document of 6+ words is cut in half so it still yields a pair."""
-    sentences = [s.strip() for s in _SENTENCE_END.split(document) if s.strip()]
+    """Sentences of a document; a one-sentence document of 6+ words is cut in half so it still yields a pair.
+
+    Rule-based: a break after ., ! or ? before a capital or digit, except after a known abbreviation or an
+    initial/dotted acronym ("U.S. sales rose" stays one sentence).
+    """
+    sentences: list[str] = []
+    for chunk in (c.strip() for c in _SENTENCE_END.split(document)):
+        if not chunk:
+            continue
+        if sentences and _ends_with_abbreviation(sentences[-1]):
+            sentences[-1] = f"{sentences[-1]} {chunk}"
+        else:
+            sentences.append(chunk)
     if len(sentences) == 1:
         words = sentences[0].split()
         if len(words) >= 6:

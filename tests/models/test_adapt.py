@@ -492,3 +492,19 @@ def test_new_head_without_warmup_reports_no_forgetting(tiny_base_model, tmp_path
     assert result.metrics["head_warmup"] is None and result.metrics["forgetting_delta"] is None
     assert "head_warmup_steps is 0" in result.metrics["forgetting_note"]
     assert any("warning: the MLM head is newly initialised" in line for line in lines)
+
+
+def test_nsp_sentence_split_keeps_abbreviations_and_initials_inside_sentences():
+    from models.adapt import split_sentences
+
+    document = (
+        "Sales in the U.S. rose 5%. Mr. Smith of Acme Corp. said so on Jan. 5. Profit fell! "
+        "What next? J. K. Rowling wrote it."
+    )
+    assert split_sentences(document) == [
+        "Sales in the U.S. rose 5%.",
+        "Mr. Smith of Acme Corp. said so on Jan. 5.",
+        "Profit fell!",
+        "What next?",
+        "J. K. Rowling wrote it.",
+    ]
