@@ -137,8 +137,15 @@ def _bentoml_home() -> Path:
     return Path(os.environ.get("BENTOML_HOME") or stack_environment()["BENTOML_HOME"])
 
 
-def build_bento(tag: str, *, timeout_s: float = 600.0) -> tuple[str, Path]:
-    """Run `bentoml build` (repo root, bentofile.yaml) packing model ``tag``; return (bento tag, Dockerfile path)."""
+GPU_BENTOFILE = "bentofile.yaml"  # CUDA 12.8 + cuDNN 9 base, onnxruntime-gpu
+CPU_BENTOFILE = "bentofile.cpu.yaml"  # python:3.11-slim base, onnxruntime (CPU build)
+
+
+def build_bento(tag: str, *, cpu: bool = False, timeout_s: float = 600.0) -> tuple[str, Path]:
+    """Run `bentoml build` (repo root) packing model ``tag``; return (bento tag, Dockerfile path).
+
+    The image is the GPU one (bentofile.yaml) unless ``cpu`` asks for the CPU one (bentofile.cpu.yaml).
+    """
     env = dict(os.environ)
     for key, value in stack_environment().items():
         env.setdefault(key, value)
@@ -149,6 +156,8 @@ def build_bento(tag: str, *, timeout_s: float = 600.0) -> tuple[str, Path]:
         "-m",
         "bentoml",
         "build",
+        "--bentofile",
+        str(REPO_ROOT / (CPU_BENTOFILE if cpu else GPU_BENTOFILE)),
         "--output",
         "tag",
         "--arg",

@@ -281,19 +281,27 @@ def bento_build(
     name: str = typer.Option(None, help="Registered model name (default: the only one registered)."),
     alias: str = typer.Option("production", help="Alias whose version is packaged."),
     version: int = typer.Option(None, help="Package this version instead of the alias."),
+    cpu: bool = typer.Option(
+        False, "--cpu", help="CPU image (python:3.11-slim, onnxruntime) instead of the GPU one (CUDA 12.8 base)."
+    ),
 ) -> None:
     """Import a registered version into the BentoML store and build a Bento with its Dockerfile (offline).
 
-    Example: dapt bento build --alias production
+    The image is the GPU one from bentofile.yaml (it falls back to CPU on a host without a GPU); --cpu builds
+    the smaller CPU-only image from bentofile.cpu.yaml.
+
+    Example: dapt bento build --alias production --cpu
     """
     from dapt.bento import build_bento, import_bundle_to_bentoml
 
     chosen, path = _resolve_served_version(name, alias, version)
     tag = import_bundle_to_bentoml(path, chosen.name, chosen.version, {"metrics": chosen.metrics})
-    bento_tag, dockerfile = build_bento(tag)
-    console.print(f"model {tag} → bento {bento_tag}")
+    bento_tag, dockerfile = build_bento(tag, cpu=cpu)
+    console.print(f"model {tag} → bento {bento_tag} ({'CPU' if cpu else 'GPU'} image)")
     console.print(f"Dockerfile: {dockerfile}")
     console.print(f"container: `bentoml containerize {bento_tag}` on a machine with Docker")
+    if not cpu:
+        console.print("run it with `docker run --gpus all ...` to serve on CUDA (it uses the CPU without a GPU)")
 
 
 @app.command()

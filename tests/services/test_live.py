@@ -346,8 +346,11 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
     assert (stored / "serving.json").is_file() and (stored / "onnx" / "int8" / "model.onnx").is_file()
     assert not (stored / "pytorch").exists()  # serving files only
 
-    bento_tag, dockerfile = build_bento(tag)
-    assert dockerfile.is_file() and "FROM " in dockerfile.read_text()
+    bento_tag, dockerfile = build_bento(tag)  # the GPU image (bentofile.yaml)
+    froms = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("FROM ")]
+    assert froms and froms[0].startswith("nvidia/cuda:12.8.1-cudnn-runtime")
+    gpu_requirements = (dockerfile.parents[1] / "python" / "requirements.txt").read_text()
+    assert "onnxruntime-gpu>=1.20,<1.27" in gpu_requirements  # the CUDA 12 builds, matching the base image
     bento_yaml = (dockerfile.parents[2] / "bento.yaml").read_text()
     assert "tag: tiny-cls:1" in bento_yaml  # the service declared the model, so the bento references it
     assert "bento_model: tiny-cls:1" in bento_yaml
@@ -368,3 +371,12 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
     entrypoint = max(i for i, line in enumerate(docker_lines) if line.startswith("ENTRYPOINT"))
     assert max(i for i, line in enumerate(docker_lines) if line.startswith("USER ")) < entrypoint
     assert "sqlalchemy" in requirements.lower()  # the registry client, for following an alias
+
+    cpu_tag, cpu_dockerfile = build_bento(tag, cpu=True)  # bentofile.cpu.yaml
+    assert cpu_tag != bento_tag
+    cpu_froms = [line.split()[1] for line in cpu_dockerfile.read_text().splitlines() if line.startswith("FROM ")]
+    assert cpu_froms and cpu_froms[0].startswith("python:3.11-slim")
+    cpu_requirements = (cpu_dockerfile.parents[1] / "python" / "requirements.txt").read_text()
+    assert "onnxruntime>=1.20" in cpu_requirements and "onnxruntime-gpu" not in cpu_requirements
+    cpu_lines = [line.strip() for line in cpu_dockerfile.read_text().splitlines()]
+    assert [line.split()[1] for line in cpu_lines if line.startswith("USER ")][-1] == "bentoml"
