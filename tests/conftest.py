@@ -57,3 +57,26 @@ def copy_sample(tmp_path) -> Path:
     target = tmp_path / "sample"
     shutil.copytree(SAMPLE, target)
     return target
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+# Tests that measure something (load, fuzzing, swaps, shutdown) print lines like "[load] requests=10000 ...".
+# They are collected from the captured output and repeated at the end of the run, so CI logs show the figures
+# without `pytest -s`.
+FIGURE_PREFIXES = ("[load]", "[fuzz]", "[swap]", "[metrics]", "[sigterm]")
+_figures: list[str] = []
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.when != "call":
+        return
+    for line in report.capstdout.splitlines():
+        if line.startswith(FIGURE_PREFIXES):
+            _figures.append(line)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _figures:
+        terminalreporter.section("figures measured by the tests")
+        for line in _figures:
+            terminalreporter.write_line(line)
