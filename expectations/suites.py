@@ -97,7 +97,10 @@ def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = Fals
             "length_chars",
             "rows",
             gxe.ExpectColumnValuesToBeBetween(
-                column="stripped_chars", min_value=cfg.min_chars, max_value=cfg.max_chars
+                column="stripped_chars",
+                min_value=cfg.min_chars,
+                max_value=cfg.max_chars,
+                mostly=_within_rate(cfg.max_length_outlier_rate),
             ),
             "fragments shorter than min_chars carry no context; documents over max_chars are usually "
             "concatenated dumps",
@@ -106,7 +109,9 @@ def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = Fals
         Check(
             "length_tokens",
             "rows",
-            gxe.ExpectColumnValuesToBeBetween(column="token_count", max_value=cfg.max_tokens),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="token_count", max_value=cfg.max_tokens, mostly=_within_rate(cfg.max_length_outlier_rate)
+            ),
             "text past max_tokens subword tokens is truncated away by the encoder and never trained on",
         ),
         Check(
@@ -143,14 +148,19 @@ def _length_checks(cfg: ValidationConfig, frame: str) -> list[Check]:
             "length_chars",
             frame,
             gxe.ExpectColumnValuesToBeBetween(
-                column="stripped_chars", min_value=cfg.min_chars, max_value=cfg.max_chars
+                column="stripped_chars",
+                min_value=cfg.min_chars,
+                max_value=cfg.max_chars,
+                mostly=_within_rate(cfg.max_length_outlier_rate),
             ),
             "examples far outside the expected length are usually parsing errors",
         ),
         Check(
             "length_tokens",
             frame,
-            gxe.ExpectColumnValuesToBeBetween(column="token_count", max_value=cfg.max_tokens),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="token_count", max_value=cfg.max_tokens, mostly=_within_rate(cfg.max_length_outlier_rate)
+            ),
             "tokens past max_tokens are truncated, so the evidence for the label may be cut off",
         ),
     ]
@@ -198,7 +208,9 @@ def classification_suite(cfg: ValidationConfig, labels: list[str], with_eval: bo
         Check(
             "conflicting_labels",
             "rows",
-            gxe.ExpectColumnValuesToBeInSet(column="conflicting_label", value_set=[False]),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="conflicting_label", value_set=[False], mostly=_within_rate(cfg.max_conflict_rate)
+            ),
             "the same text with different labels is contradictory supervision (caps achievable accuracy)",
             show=lambda row: f"[{row['split']}] label {row['label']!r}: {row['text']}",
         ),
@@ -270,7 +282,9 @@ def ner_suite(cfg: ValidationConfig, entity_types: list[str], with_eval: bool) -
         Check(
             "length_tokens",
             "sentences",
-            gxe.ExpectColumnValuesToBeBetween(column="token_count", max_value=cfg.max_tokens),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="token_count", max_value=cfg.max_tokens, mostly=_within_rate(cfg.max_length_outlier_rate)
+            ),
             "subword tokens past max_tokens are truncated, so their entities are never tagged",
         ),
     ]

@@ -160,6 +160,8 @@ def load_task_data(recipe: Recipe) -> TaskData:
         tr, ev = stratified_split(train, data.eval_fraction, recipe.seed, column=None)
         return TaskData(tr, ev, True)
     train = read_classification(data.train, data.text_column, data.label_column, data.slice_column)
+    # A repeated (text, label) row adds no evidence, and split apart it would put an eval answer in train.
+    train = train.drop_duplicates(subset=["text", "label"]).reset_index(drop=True)
     if data.eval is not None:
         evaluation = read_classification(data.eval, data.text_column, data.label_column, data.slice_column)
         return TaskData(train, evaluation, False)

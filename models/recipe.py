@@ -51,6 +51,18 @@ class ValidationConfig(_Section):
     max_duplicate_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     max_bad_char_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     max_pii_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_length_outlier_rate: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of texts allowed outside min_chars..max_chars or over max_tokens (real data has a few).",
+    )
+    max_conflict_rate: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of labelled rows allowed to repeat a text under another label (annotator disagreement).",
+    )
     min_examples_per_class: int = Field(default=20, ge=1)
     max_class_imbalance: float = Field(default=20.0, ge=1.0, description="Largest class / smallest class.")
     drift_warn: float = Field(default=0.1, ge=0.0, description="Profile distance that warns.")

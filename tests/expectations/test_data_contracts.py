@@ -205,6 +205,18 @@ def test_conflicting_labels_name_the_offending_rows(make_recipe, tmp_path):
     assert others == []
 
 
+def test_a_few_conflicts_and_length_outliers_are_tolerated_like_real_annotated_data(make_recipe, tmp_path):
+    """Real labelled sets (e.g. financial sentiment with annotator disagreement) repeat a sentence under another
+    label now and then, and hold a few very short lines: under 1% of rows each passes, and is still counted."""
+    train = clean_labelled(n_per_class=200)  # 400 rows
+    clash = pd.DataFrame([{"text": train.loc[0, "text"], "label": "neg"}, {"text": "Ok.", "label": "pos"}])
+    train = pd.concat([train, clash], ignore_index=True)  # 2 conflicting rows + 1 short row in 402
+    report = validate_recipe_data(make_recipe(train=train), tmp_path / "out")
+    assert report.success, [f"{c.suite}.{c.name}" for c in report.failures]
+    assert report.check("conflicting_labels").failing_count == 2
+    assert report.check("length_chars", "classification").failing_count == 1
+
+
 def test_too_few_examples_per_class_fails(make_recipe, tmp_path):
     report = validate_recipe_data(make_recipe(train=clean_labelled(n_per_class=5)), tmp_path / "out")
     result, _ = assert_failed(report, "min_examples_per_class")
