@@ -36,7 +36,12 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_json(path, lines=True, dtype=False)
         if suffix == ".parquet":
             return pd.read_parquet(path)
-    except (ValueError, UnicodeDecodeError, OSError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); re-encode it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` for Latin-1 files"
+        ) from None
+    except (ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot be read as {suffix[1:].upper()}: {exc}") from None
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .parquet")
 

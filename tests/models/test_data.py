@@ -29,3 +29,18 @@ def test_repeated_rows_are_trained_on_once_and_never_straddle_the_split(tmp_path
     assert len(data.train) + len(data.eval) == 60  # the 30 repeats are gone
     assert not set(data.train["text"]) & set(data.eval["text"])
     assert sorted(data.eval["label"].value_counts().tolist()) == [7, 8]  # stratified
+
+
+def test_a_latin1_csv_is_refused_with_the_fix(tmp_path):
+    import pytest
+
+    from models.data import DataError, read_classification
+
+    path = tmp_path / "fpb.csv"
+    path.write_bytes(
+        "text,label\nThe company's net sales in 2008 totalled EUR 36.5 mn \u00e0 Espoo.,neutral\n".encode(
+            "latin-1"
+        )
+    )
+    with pytest.raises(DataError, match=r"not UTF-8.*iconv -f latin1 -t utf-8 fpb.csv"):
+        read_classification(path)
