@@ -1,0 +1,227 @@
+"""The quality benchmark's parts: the FPB-scale generator options, the data-only recipe and its overrides.
+
+The full benchmark (``benchmarks/quality.py``) runs ``dapt run`` end to end; its ``--quick`` mode takes over a
+minute on 2 shared cores, so it is not run here (``test_quick_run_prints_targets`` is opt-in, marked
+integration). These tests pin the pieces it is built from.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+def _load(name: str, path: Path):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def generate():
+    return _load("sample_generate", SAMPLE / "generate.py")
+
+
+@pytest.fixture(scope="module")
+def quality():
+    sys.path.insert(0, str(REPO))
+    return _load("benchmarks.quality", REPO / "benchmarks" / "quality.py")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --------------------------------------------------------------------------- generator
+
+
+def test_write_sentiment_with_defaults_reproduces_the_committed_sample(generate, tmp_path):
+    counts = generate.write_sentiment(tmp_path / "sentiment.csv")
+    assert (tmp_path / "sentiment.csv").read_bytes() == (SAMPLE / "sentiment.csv").read_bytes()
+    assert counts == {"neutral": 580, "positive": 285, "negative": 140}
+
+
+def test_more_rows_keep_the_sample_class_mix(generate, tmp_path):
+    counts = generate.write_sentiment(tmp_path / "big.csv", rows=1500, seed=7)
+    rows = _rows(tmp_path / "big.csv")
+    assert len(rows) == 1500 and sum(counts.values()) == 1500
+    assert len({r["text"].lower() for r in rows}) == 1500  # no duplicate sentences
+    shares = {label: count / 1500 for label, count in Counter(r["label"] for r in rows).items()}
+    for label, sample_count in generate.SENTIMENT_COUNTS.items():
+        assert shares[label] == pytest.approx(sample_count / 1005, abs=0.002), label
+    assert {r["source"] for r in rows} == {"newswire", "press_release"}
+
+
+def test_label_noise_flips_exactly_that_share_and_keeps_the_texts(generate):
+    clean = generate.sentiment_rows(600, seed=3)
+    noisy = generate.sentiment_rows(600, seed=3, label_noise=0.05)
+    assert [r[0] for r in clean] == [r[0] for r in noisy]  # noise has its own random stream
+    changed = [(a[1], b[1]) for a, b in zip(clean, noisy, strict=True) if a[1] != b[1]]
+    assert len(changed) == 30
+    assert all(new in {"negative", "neutral", "positive"} and new != old for old, new in changed)
+    # Disagreement is mostly neutral vs polar, like real annotators'.
+    polar_swaps = sum(1 for old, new in changed if "neutral" not in (old, new))
+    assert polar_swaps < len(changed) / 3
+
+
+def test_no_generated_row_occurs_inside_an_excluded_text(generate):
+    corpus = (SAMPLE / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    joined = "\n".join(corpus).lower()
+    assert any(r[0].lower() in joined for r in generate.sentiment_rows(2000, seed=7))  # overlap is possible
+    rows = generate.sentiment_rows(2000, seed=7, exclude=corpus)
+    assert len(rows) == 2000 and not any(r[0].lower() in joined for r in rows)
+
+
+def test_bad_generator_arguments_say_what_is_wrong(generate):
+    with pytest.raises(ValueError, match="label noise"):
+        generate.sentiment_rows(100, label_noise=0.7)
+    with pytest.raises(ValueError, match="at least 3"):
+        generate.sentiment_counts(2)
+
+
+def test_cli_writes_only_the_sentiment_file_and_refuses_to_overwrite_the_sample(tmp_path):
+    script = str(SAMPLE / "generate.py")
+    out = tmp_path / "fpb"
+    done = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--out",
+            str(out),
+            "--only",
+            "sentiment",
+            "--sentiment-rows",
+            "90",
+            "--label-noise",
+            "0.1",
+            "--seed",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["sentiment.csv"]
+    assert len(_rows(out / "sentiment.csv")) == 90
+
+    refused = subprocess.run(
+        [sys.executable, script, "--only", "sentiment", "--sentiment-rows", "90"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "--out" in refused.stderr
+    assert (
+        subprocess.run(
+            ["git", "diff", "--quiet", "--", "data/sample/sentiment.csv"], cwd=REPO, timeout=30
+        ).returncode
+        == 0
+    )
+
+
+# --------------------------------------------------------------------------- recipe and overrides
+
+
+def test_overrides_parse_numbers_lists_and_booleans(quality):
+    parsed = quality.parse_overrides(
+        [
+            "finetune.learning_rate=1e-4",
+            "finetune.epochs=4",
+            "finetune.unfreeze_schedule=[1, 2]",
+            "finetune.class_weights=false",
+            "adapt.strategy=none",
+        ]
+    )
+    assert parsed == {
+        "finetune.learning_rate": 1e-4,
+        "finetune.epochs": 4,
+        "finetune.unfreeze_schedule": [1, 2],
+        "finetune.class_weights": False,
+        "adapt.strategy": "none",
+    }
+    assert isinstance(parsed["finetune.learning_rate"], float)
+    for bad in ("finetune.learning_rate", "=3", "Finetune.lr=1"):
+        with pytest.raises(quality.BenchmarkError, match="dotted recipe key"):
+            quality.parse_overrides([bad])
+
+
+def test_recipe_names_only_the_data_so_every_other_field_is_the_default(quality, tmp_path):
+    from models.recipe import FinetuneConfig, Recipe, load_recipe
+
+    train = tmp_path / "train.csv"
+    train.write_text("text,label,source\n", encoding="utf-8")
+    raw = quality.build_recipe(train)
+    assert set(raw) == {"name", "task", "data"}
+    recipe = load_recipe(quality.write_recipe(tmp_path / "recipe.yaml", raw))
+    assert recipe.finetune == FinetuneConfig() and recipe.adapt == Recipe.model_fields["adapt"].default
+    assert recipe.base_model is None and recipe.data.train == train.resolve()
+    assert recipe.data.slice_column == "source" and recipe.data.eval_fraction == 0.2
+
+    tuned = load_recipe(
+        quality.write_recipe(
+            tmp_path / "tuned.yaml",
+            quality.build_recipe(train, quality.parse_overrides(["finetune.learning_rate=1e-4", "seed=1"])),
+        )
+    )
+    assert tuned.finetune.learning_rate == 1e-4 and tuned.seed == 1
+    assert tuned.finetune.epochs == FinetuneConfig().epochs
+
+
+def test_a_misspelt_override_fails_before_the_run_and_names_the_field(quality, tmp_path):
+    raw = quality.build_recipe(tmp_path / "train.csv", {"finetune.learning_rat": 1e-4})
+    with pytest.raises(quality.BenchmarkError, match="finetune.learning_rat"):
+        quality.write_recipe(tmp_path / "recipe.yaml", raw)
+
+
+def test_targets_are_judged_against_issue_5(quality):
+    results = {
+        "accuracy": 0.87,
+        "macro_f1": 0.83,
+        "int8": {"accuracy_drop_points": 0.2, "macro_f1_drop_points": 0.6},
+    }
+    verdict = quality.judge(results, wall_seconds=14 * 60)
+    assert verdict["accuracy"]["met"] and not verdict["macro_f1"]["met"]
+    assert not verdict["int8_within_half_point"]["met"]  # the worse of the two drops counts
+    assert verdict["wall_minutes"]["met"] and not quality.judge(results, 16 * 60)["wall_minutes"]["met"]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not os.environ.get("DAPT_RUN_QUALITY_QUICK"), reason="~80 s: set DAPT_RUN_QUALITY_QUICK=1"
+)
+@pytest.mark.timeout(300)
+def test_quick_run_prints_targets(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--out", str(tmp_path / "q")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=290,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert set(report["meets_target"]) == {
+        "accuracy",
+        "macro_f1",
+        "int8_within_half_point",
+        "within_15_minutes",
+    }
+    assert report["data"]["rows"] == 300 and 0.0 <= report["macro_f1"] <= 1.0
+    assert report["wall_seconds"]["stages"]["fine-tune"] > 0
