@@ -157,7 +157,8 @@ def test_schemathesis_fuzz_of_the_openapi_spec_finds_no_5xx(served):
             fuzz(result.ok(), mode)
     total = sum(cases.values())
     print(
-        f"\n[fuzz] schemathesis {schemathesis.__version__}: {total} cases over {len(cases)} operation/modes"
+        f"\n[fuzz] schemathesis {schemathesis.__version__}: {total} cases over {len(cases)} operation/modes, "
+        f"{len(server_errors)} answered 5xx"
     )
     for key, count in sorted(cases.items()):
         print(f"[fuzz]   {key}: {count}" + (" (no such input exists)" if key in unsatisfiable else ""))
