@@ -350,6 +350,10 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
     bento_tag, dockerfile = build_bento(tag)  # the GPU image (bentofile.yaml)
     froms = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("FROM ")]
     assert froms and froms[0].startswith("nvidia/cuda:12.8.1-cudnn-runtime")
+    gpu_lines = dockerfile.read_text().splitlines()
+    uv_copied = next(i for i, line in enumerate(gpu_lines) if line.startswith("COPY --from=ghcr.io/astral-sh/uv:"))
+    uv_needed = next(i for i, line in enumerate(gpu_lines) if line.startswith("RUN") and "pip install uv" in line)
+    assert uv_copied < uv_needed  # the CUDA base's Python has no pip: uv must be there before BentoML asks
     gpu_requirements = (dockerfile.parents[1] / "python" / "requirements.txt").read_text()
     assert "onnxruntime-gpu>=1.20,<1.27" in gpu_requirements  # the CUDA 12 builds, matching the base image
     bento_yaml = (dockerfile.parents[2] / "bento.yaml").read_text()
