@@ -156,13 +156,6 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     return path
 
 
-def build_tiny_base_model(out: Path) -> Path:
-    """A 2-layer, 32-hidden BERT with MiniLM's real tokenizer (what the tests use), for --quick."""
-    from models.tiny import save_tiny_bert
-
-    return save_tiny_bert(out)
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -240,6 +233,7 @@ def onnx_scores(bundle: Path, texts: list[str], gold: list[str]) -> dict[str, di
 
 def read_results(recipe_path: Path, home: Path) -> dict[str, Any]:
     """Metrics of the version the run registered (evidence) and of its ONNX variants on the same split."""
+    from models.bundle import ServingSpec
     from models.data import load_task_data
     from models.recipe import load_recipe
     from models.registry import Registry
@@ -277,7 +271,7 @@ def read_results(recipe_path: Path, home: Path) -> dict[str, Any]:
                 if (parity.get("int8") or {}).get("macro_f1_drop_vs_pytorch") is not None
                 else None
             ),
-            "served_on_cpu": _preferred_variant(bundle),
+            "served_on_cpu": ServingSpec.read(bundle).preferred_cpu_variant,
         },
         "adaptation": {
             key: (evidence.get("adaptation") or {}).get(key)
@@ -299,13 +293,6 @@ def read_results(recipe_path: Path, home: Path) -> dict[str, Any]:
             if key in evidence["recipe"]
         },
     }
-
-
-def _preferred_variant(bundle: Path) -> str | None:
-    spec = bundle / "serving.json"
-    return (
-        json.loads(spec.read_text(encoding="utf-8")).get("preferred_cpu_variant") if spec.is_file() else None
-    )
 
 
 def judge(results: dict[str, Any], wall_seconds: float) -> dict[str, dict[str, Any]]:
@@ -385,8 +372,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     say(f"writing {rows} labelled rows (seed {args.seed}, label noise {args.label_noise}) into {out}")
     class_counts = write_dataset(out / "sentiment.csv", rows, args.seed, args.label_noise)
     if args.quick:
+        from models.tiny import save_tiny_bert
+
         say("--quick: building a tiny BERT base model")
-        tiny = build_tiny_base_model(out / "tiny_bert")
+        tiny = save_tiny_bert(out / "tiny_bert")  # what the tests use
         overrides = {"base_model": str(tiny), **QUICK_OVERRIDES, **overrides}
     recipe_path = write_recipe(out / "recipe.yaml", build_recipe(out / "sentiment.csv", overrides))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from dapt.cli_stages import register as register_stage_commands
 from dapt.settings import configure_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,13 +335,7 @@ def _mount_models() -> None:
 _mount_models()
 
 
-def _mount_stages() -> None:
-    from dapt.cli_stages import register
-
-    register(app)
-
-
-_mount_stages()
+register_stage_commands(app)
 
 
 def main() -> None:

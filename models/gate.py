@@ -10,7 +10,8 @@ A gate compares two *evidence* dicts (the ones the registry stores with every ve
 Rules (all must hold):
   1. ``metrics[gate.metric] >= gate.min_value``
   2. with an incumbent: ``candidate >= incumbent - gate.tolerance`` (metrics are higher-is-better)
-  3. with ``gate.max_forgetting`` set: ``forgetting.delta <= gate.max_forgetting``
+  3. with ``gate.max_forgetting`` set: ``forgetting.delta <= gate.max_forgetting`` (not applied to models
+     trained from scratch, ``adaptation.strategy == "scratch"``: they have nothing to forget)
   4. with ``gate.require_parity``: at least one parity entry, and every entry ``passed``
   5. ``validation.success`` is true
 
@@ -109,9 +110,9 @@ def decide(candidate: dict[str, Any], incumbent: dict[str, Any] | None, gate: Ga
         forgetting = candidate.get("forgetting") or {}
         delta = _number(forgetting.get("delta"))
         note = forgetting.get("note")
-        if delta is None and isinstance(note, str) and note.startswith("scratch"):
+        if delta is None and (candidate.get("adaptation") or {}).get("strategy") == "scratch":
             # A model trained from scratch has no earlier general competence to lose: the budget does not apply.
-            check(True, f"forgetting budget not applicable ({note})")
+            check(True, f"forgetting budget not applicable ({note or 'trained from scratch'})")
         elif delta is None:
             why = note or "evidence has no forgetting.delta"
             check(

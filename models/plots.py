@@ -33,11 +33,13 @@ def plot_curves(
     Series with one or two points (before/after markers) are drawn as markers only, longer ones as lines;
     empty series are skipped. Returns ``path``.
     """
-    return plot_panels([Panel(series, xlabel=xlabel, ylabel=ylabel)], title, path, single_title=True)
+    return plot_panels([Panel(series, xlabel=xlabel, ylabel=ylabel)], title, path)
 
 
-def plot_panels(panels: list[Panel], title: str, path: Path, *, single_title: bool = False) -> Path:
-    """Panels side by side in one PNG (e.g. loss on the left, a metric on the right). Returns ``path``."""
+def plot_panels(panels: list[Panel], title: str, path: Path) -> Path:
+    """Panels side by side in one PNG (e.g. loss on the left, a metric on the right). Returns ``path``.
+
+    One panel carries the title itself; several share it above them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +52,7 @@ def plot_panels(panels: list[Panel], title: str, path: Path, *, single_title: bo
     try:
         for panel, axes in zip(panels, axes_list[0], strict=True):
             _draw(panel, axes)
-        if single_title:
+        if len(panels) == 1:
             axes_list[0][0].set_title(title)
         else:
             figure.suptitle(title)

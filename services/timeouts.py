@@ -20,14 +20,9 @@ import contextvars
 import logging
 from typing import Any
 
-_installed = False
-
 
 def install() -> None:
     """Make BentoML build its apps with :class:`PromptTimeoutMiddleware` (idempotent)."""
-    global _installed
-    if _installed:
-        return
     try:
         from bentoml._internal.server.http import traffic
 
@@ -36,11 +31,10 @@ def install() -> None:
         logging.getLogger("dapt").warning("BentoML timeout fix not installed (%s); check services/timeouts.py", exc)
         return
     traffic.TimeoutMiddleware = _prompt_class(upstream)
-    _installed = True
 
 
 def _prompt_class(upstream: type) -> type:
-    if getattr(upstream, "cancels_its_timer", False):
+    if getattr(upstream, "cancels_its_timer", False):  # already installed
         return upstream
 
     class PromptTimeoutMiddleware(upstream):  # type: ignore[misc, valid-type]

@@ -81,7 +81,9 @@ def test_unmeasured_forgetting_names_the_reason_from_adaptation():
 
 def test_forgetting_budget_does_not_apply_to_a_model_trained_from_scratch():
     note = "scratch: no pretrained model to forget; general loss is reported after training only"
-    decision = decide(evidence(forgetting__delta=None, forgetting__note=note), None, GateConfig(max_forgetting=0.1))
+    candidate = evidence(forgetting__delta=None, forgetting__note=note)
+    candidate["adaptation"] = {"strategy": "scratch"}  # as the retrain flow records it
+    decision = decide(candidate, None, GateConfig(max_forgetting=0.1))
     assert decision.passed
     assert any("not applicable" in reason and "scratch" in reason for reason in decision.reasons)
 

@@ -348,9 +348,9 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
     assert not (stored / "pytorch").exists()  # serving files only
 
     bento_tag, dockerfile = build_bento(tag)  # the GPU image (bentofile.yaml)
-    froms = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("FROM ")]
-    assert froms and froms[0].startswith("nvidia/cuda:12.8.1-cudnn-runtime")
     gpu_lines = dockerfile.read_text().splitlines()
+    froms = [line.split()[1] for line in gpu_lines if line.startswith("FROM ")]
+    assert froms and froms[0].startswith("nvidia/cuda:12.8.1-cudnn-runtime")
     uv_copied = next(i for i, line in enumerate(gpu_lines) if line.startswith("COPY --from=ghcr.io/astral-sh/uv:"))
     uv_needed = next(i for i, line in enumerate(gpu_lines) if line.startswith("RUN") and "pip install uv" in line)
     assert uv_copied < uv_needed  # the CUDA base's Python has no pip: uv must be there before BentoML asks
