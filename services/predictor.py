@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import MANIFEST, SERVING_SPEC, TOKENIZER_DIR, ServingSpec
+from models.bundle import (
+    MANIFEST,
+    SERVING_SPEC,
+    TOKENIZER_DIR,
+    BundlePathError,
+    ServingSpec,
+    resolve_in_bundle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +91,22 @@ def verify_manifest(bundle_dir: Path, only: list[str] | None = None) -> int:
         entries = _manifest_entries(json.loads(manifest_path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise BundleError(f"{manifest_path} is not a readable manifest: {exc}") from None
+    if only is not None:
+        # What is loaded must be covered: a file the manifest does not list would be loaded unchecked.
+        uncovered = sorted(set(only) - set(entries))
+        if uncovered:
+            raise ChecksumError(
+                f"{', '.join(uncovered)} in {bundle_dir} is loaded but not listed in {MANIFEST}; "
+                "re-register the bundle"
+            )
     checked = 0
     for relative, expected in sorted(entries.items()):
         if only is not None and relative not in only:
             continue
-        path = bundle_dir / relative
+        try:
+            path = resolve_in_bundle(bundle_dir, relative, f"{MANIFEST} entry")
+        except BundlePathError as exc:
+            raise ChecksumError(str(exc)) from None
         if not path.is_file():
             raise ChecksumError(f"{relative} is listed in {MANIFEST} but missing from {bundle_dir}")
         actual = sha256_of(path)
@@ -146,7 +164,10 @@ class OnnxPredictor:
                 f"{self.bundle_dir} is not a serving bundle ({SERVING_SPEC} is missing); "
                 "point DAPT_BUNDLE_DIR at a folder written by `dapt export`"
             )
-        self.spec = ServingSpec.read(self.bundle_dir)
+        try:
+            self.spec = ServingSpec.read(self.bundle_dir)
+        except BundlePathError as exc:
+            raise BundleError(str(exc)) from None
         if variant is not None and variant not in self.spec.variants:
             raise BundleError(
                 f"variant {variant!r} is not in this bundle; it has {sorted(self.spec.variants)}"
@@ -192,7 +213,10 @@ class OnnxPredictor:
     # ------------------------------------------------------------------ loading
 
     def _onnx_path(self, variant: str) -> Path:
-        path = self.bundle_dir / self.spec.variants[variant]
+        try:
+            path = resolve_in_bundle(self.bundle_dir, self.spec.variants[variant], f"variant {variant!r}")
+        except BundlePathError as exc:
+            raise BundleError(str(exc)) from None
         if not path.is_file():
             raise BundleError(
                 f"{self.spec.variants[variant]} (variant {variant}) is missing from {self.bundle_dir}"
