@@ -384,3 +384,20 @@ def test_a_registration_is_on_stable_storage_before_it_is_committed(make_registr
     if registry.url.startswith("sqlite"):
         with registry.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+# ------------------------------------------------------------------------------ databases from earlier releases
+def test_a_database_from_before_these_changes_is_upgraded_in_place(make_registry, bundle):
+    old = make_registry()
+    first = old.register("finsent", bundle, make_evidence())
+    with old.engine.begin() as connection:  # back to the earlier schema: no heartbeat, no key, no index
+        connection.execute(text("DROP INDEX uq_versions_name_idempotency_key"))
+        connection.execute(text("ALTER TABLE versions DROP COLUMN heartbeat_at"))
+        connection.execute(text("ALTER TABLE versions DROP COLUMN idempotency_key"))
+    old.dispose()
+
+    upgraded = make_registry()
+    assert upgraded.load_path("finsent", 1) == first.path
+    again = upgraded.register("finsent", bundle, make_evidence(), idempotency_key="after-upgrade")
+    assert upgraded.register("finsent", bundle, make_evidence(), idempotency_key="after-upgrade") == again
+    assert [v.version for v in upgraded.list_versions("finsent")] == [1, 2]
