@@ -311,7 +311,8 @@ class DaptService:
                 )
             position = unpaired_surrogate(text)
             if position is not None:
-                return _error(422, **surrogate_error(index, text, position))
+                problem = surrogate_error(index, text, position)
+                return _error(422, problem["error"], field=problem["field"])
         return None
 
     # ------------------------------------------------------------------ batching

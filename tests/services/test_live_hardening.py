@@ -121,7 +121,8 @@ def test_idle_and_half_open_connections_are_closed_and_readiness_stays_responsiv
             extra = _open_half_open(port, 15, partial=False)  # 65 open: the last ones are over the cap
             refused = [_closed_by_server(sock, 1.0) for sock in extra]
             over_cap = [answer for answer in refused if answer and answer.startswith(b"HTTP/1.1 503")]
-            closed = [_closed_by_server(sock, header_timeout + 5) for sock in held]
+            deadline = opened + header_timeout + 5
+            closed = [_closed_by_server(sock, max(0.1, deadline - time.monotonic())) for sock in held]
             closed_after = time.monotonic() - opened
             print(
                 f"\n[load] 50 half-open connections closed by the server after {closed_after:.1f} s "
