@@ -1,4 +1,4 @@
-"""The HTTP service: BentoML 1.4 + ONNX Runtime, with adaptive batching across concurrent requests.
+"""The HTTP service: BentoML 1.4 + ONNX Runtime, with micro-batching across concurrent requests (one hop).
 
     DAPT_BUNDLE_DIR=.dapt/artifacts/demo/3 bentoml serve services.service:DaptService --port 3000
 
