@@ -242,6 +242,11 @@ class DaptService:
             max_wait_ms=_wait_ms_env(),
             max_queue_texts=_int_env(MAX_QUEUE_TEXTS_ENV, DEFAULT_MAX_QUEUE_TEXTS),
         )
+        if self.batcher.max_queue_texts < self.max_texts:
+            raise RuntimeError(
+                f"{MAX_QUEUE_TEXTS_ENV}={self.batcher.max_queue_texts} is below {MAX_TEXTS_ENV}={self.max_texts}: "
+                "a full-size request would only be taken when nothing else waits; raise the queue bound"
+            )
         self.slot.start()
         self._ready = True
 
