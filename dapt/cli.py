@@ -372,48 +372,52 @@ _mount_models()
 register_stage_commands(app)
 
 
-def _usage_errors() -> tuple[type[BaseException], ...]:
-    """Usage-error classes of both click flavours: Typer 0.29 raises its own bundled copy of click's
-    exceptions (``typer._click``), while a command or library may still raise the real ``click`` ones."""
-    import click
-
-    classes: list[type[BaseException]] = [click.exceptions.ClickException]
+def _click_classes() -> dict[str, tuple[type[BaseException], ...]]:
+    """Exit, abort and usage-error classes of both click flavours: Typer 0.29 raises its own bundled copy of
+    click (``typer._click``), while a library called by a command may still raise the real ``click`` ones."""
+    found: dict[str, list[type[BaseException]]] = {
+        "exit": [typer.Exit],
+        "abort": [typer.Abort],
+        "usage": [],
+    }
     try:
         from typer._click.exceptions import ClickException as BundledClickException
-    except ImportError:  # a Typer that uses the real click package
+    except ImportError:  # a Typer built on the real click package
         pass
     else:
-        classes.append(BundledClickException)
-    return tuple(classes)
-
-
-def _exit_classes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    import click
-
-    exits: list[type[BaseException]] = [typer.Exit, click.exceptions.Exit]
-    aborts: list[type[BaseException]] = [typer.Abort, click.exceptions.Abort]
-    return tuple(exits), tuple(aborts)
+        found["usage"].append(BundledClickException)
+    try:
+        import click
+    except ImportError:  # Typer 0.29 does not need it
+        pass
+    else:
+        found["exit"].append(click.exceptions.Exit)
+        found["abort"].append(click.exceptions.Abort)
+        found["usage"].append(click.exceptions.ClickException)
+    return {kind: tuple(classes) for kind, classes in found.items()}
 
 
 def run_cli(args: list[str] | None = None) -> int:
     """Run the app and return its exit code (see dapt/exit_codes.py) instead of exiting."""
-    exits, aborts = _exit_classes()
+    classes = _click_classes()
     try:
         # standalone_mode=False lets UserError reach us; in exchange Typer hands back the code of a
         # `typer.Exit` as the return value instead of exiting with it, so that value must be used.
         returned = app(args=args, prog_name="dapt", standalone_mode=False)
     except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
-    except exits as exc:
+    except classes["exit"] as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
-    except aborts:
+    except classes["abort"]:
         err.print("aborted")
         return ExitCode.INTERRUPTED
     except KeyboardInterrupt:
         err.print("interrupted")
         return ExitCode.INTERRUPTED
-    except _usage_errors() as exc:
+    except classes["usage"] as exc:
         exc.show()  # click's usual "Usage: ... Try 'dapt ... --help' ... Error: ..." on stderr
         return int(getattr(exc, "exit_code", ExitCode.USAGE))
     # Commands return None; an int here is the code of a `typer.Exit` raised inside a command.
