@@ -2,14 +2,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The versions `make test` last passed with (`make lock` refreshes them; see README "Install and lock").
+LOCK := requirements.lock
 export DAPT_HOME ?= $(CURDIR)/.dapt
 
-.PHONY: demo test setup lint bench clean
+.PHONY: demo test setup lint bench clean lock
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	$(BIN)/python -m pip install -q --upgrade pip -c $(LOCK)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[test,dev]'
 	touch $@
 
 setup: $(BIN)/.installed
@@ -27,6 +29,15 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/validate.py
 	$(BIN)/python benchmarks/serve.py
+
+# Resolve pyproject.toml afresh in a throwaway venv (no -c), then write requirements.lock and the Bento
+# requirement files (docker/requirements.{gpu,cpu}.txt) from what it installed. Review the diff, `make test`.
+lock:
+	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
+	$(PYTHON) -m venv "$$d/venv" && \
+	"$$d/venv/bin/python" -m pip install -q --upgrade pip && \
+	"$$d/venv/bin/python" -m pip install -q -e '.[test,dev]' && \
+	"$$d/venv/bin/python" scripts/lock.py
 
 clean:
 	rm -rf $(DAPT_HOME)

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from dapt.cli_stages import register as register_stage_commands
+from dapt.exit_codes import ExitCode
 from dapt.settings import configure_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,15 @@ app.add_typer(bento_app, name="bento")
 
 
 class UserError(Exception):
-    """A mistake the user can fix; printed as one red line, exit code 2."""
+    """A problem the user can act on, printed as one red line (no traceback).
+
+    The exit code says which kind: ``ExitCode.USAGE`` (2, the default) for a wrong command or input,
+    ``ExitCode.FAILURE`` (1) when the command ran and failed, ``ExitCode.GATE_REFUSED`` (3).
+    """
+
+    def __init__(self, message: str, exit_code: int = ExitCode.USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = int(exit_code)
 
 
 @app.callback()
@@ -92,20 +101,42 @@ def run_recipe(recipe_path: Path) -> dict:
             from expectations.runner import render_report_dict
 
             render_report_dict(data, console)
-            raise UserError("data validation failed: fix the data (or the thresholds in the recipe) and run again")
-        raise UserError(f"run failed: {state.message}")
+            raise UserError(
+                "data validation failed: fix the data (or the thresholds in the recipe) and run again",
+                exit_code=ExitCode.FAILURE,
+            )
+        raise UserError(f"run failed: {state.message}", exit_code=ExitCode.FAILURE)
     summary = state.result()
     _print_run_summary(summary)
     return summary
+
+
+def refuse_unless_promoted(summary: dict) -> None:
+    """Exit 3 when the gate kept the new version out of its alias: say why and what to run next."""
+    gate = summary.get("gate") or {}
+    if gate.get("passed"):
+        return
+    name, version = summary["name"], summary["version"]
+    failures = gate.get("failures") or [gate.get("summary", "the gate was not evaluated")]
+    raise UserError(
+        f"the gate refused {name} v{version}: it is registered but not promoted.\n"
+        + "".join(f"  - {reason}\n" for reason in failures)
+        + f"  inspect it: dapt models show {name} --version {version}\n"
+        + f"  compare:    dapt models list {name}\n"
+        + f'  force it:   dapt models promote {name} {version} --force "reason"',
+        exit_code=ExitCode.GATE_REFUSED,
+    )
 
 
 @app.command()
 def run(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/demo.yaml")) -> None:
     """Run the whole flow: validate → adapt → fine-tune → evaluate → export → register → promote.
 
+    Exit code 3 when the new version is registered but the promotion gate refused it.
+
     Example: dapt run recipes/demo.yaml
     """
-    run_recipe(recipe)
+    refuse_unless_promoted(run_recipe(recipe))
 
 
 @app.command()
@@ -122,7 +153,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/
     report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
     report.render(console)
     if not report.success:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILURE)
 
 
 def _production_profile(name: str) -> dict | None:
@@ -283,6 +314,7 @@ def demo(
     import httpx
 
     summary = run_recipe(recipe)
+    refuse_unless_promoted(summary)
     chosen, path = _resolve_served_version(summary["name"], "production", None)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -302,7 +334,9 @@ def demo(
         console.print(f"POST {url}/{endpoint} -> {response.status_code}")
         console.print_json(json.dumps(response.json()))
         if response.status_code != 200:
-            raise UserError(f"the prediction request failed with HTTP {response.status_code}")
+            raise UserError(
+                f"the prediction request failed with HTTP {response.status_code}", exit_code=ExitCode.FAILURE
+            )
     finally:
         stop_server(process)
         console.print("server stopped")
@@ -369,26 +403,64 @@ _mount_models()
 register_stage_commands(app)
 
 
-def main() -> None:
-    """Console entry point: user mistakes are one readable line, not a stack trace."""
+def _click_classes() -> dict[str, tuple[type[BaseException], ...]]:
+    """Exit, abort and usage-error classes of both click flavours: Typer 0.29 raises its own bundled copy of
+    click (``typer._click``), while a library called by a command may still raise the real ``click`` ones."""
+    found: dict[str, list[type[BaseException]]] = {
+        "exit": [typer.Exit],
+        "abort": [typer.Abort],
+        "usage": [],
+    }
     try:
-        app(standalone_mode=False)
-    except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code or 0)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
+        from typer._click.exceptions import ClickException as BundledClickException
+    except ImportError:  # a Typer built on the real click package
+        pass
+    else:
+        found["usage"].append(BundledClickException)
+    try:
         import click
+    except ImportError:  # Typer 0.29 does not need it
+        pass
+    else:
+        found["exit"].append(click.exceptions.Exit)
+        found["abort"].append(click.exceptions.Abort)
+        found["usage"].append(click.exceptions.ClickException)
+    return {kind: tuple(classes) for kind, classes in found.items()}
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def run_cli(args: list[str] | None = None) -> int:
+    """Run the app and return its exit code (see dapt/exit_codes.py) instead of exiting."""
+    classes = _click_classes()
+    try:
+        # standalone_mode=False lets UserError reach us; in exchange Typer hands back the code of a
+        # `typer.Exit` as the return value instead of exiting with it, so that value must be used.
+        returned = app(args=args, prog_name="dapt", standalone_mode=False)
+    except UserError as exc:
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except classes["exit"] as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except classes["abort"]:
+        err.print("aborted")
+        return ExitCode.INTERRUPTED
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return ExitCode.INTERRUPTED
+    except classes["usage"] as exc:
+        exc.show()  # click's usual "Usage: ... Try 'dapt ... --help' ... Error: ..." on stderr
+        return int(getattr(exc, "exit_code", ExitCode.USAGE))
+    # Commands return None; an int here is the code of a `typer.Exit` raised inside a command.
+    if isinstance(returned, int) and not isinstance(returned, bool):
+        return returned
+    return ExitCode.OK
+
+
+def main() -> None:
+    """Console entry point: exits with the command's code; user mistakes are one readable line, not a stack
+    trace. Unexpected exceptions keep their traceback and exit 1 (a bug to report)."""
+    sys.exit(int(run_cli()))
 
 
 if __name__ == "__main__":

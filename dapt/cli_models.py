@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 from rich.console import Console
 
+from dapt.exit_codes import ExitCode
 from dapt.settings import configure_environment
 
 if TYPE_CHECKING:
@@ -45,17 +46,18 @@ def _registry() -> Registry:
 
 
 def _friendly_errors(command: _F) -> _F:
-    """Registry errors become one red line and exit code 1."""
+    """Registry errors become one red line and exit code 1 (3 when the promotion gate refused)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from models.registry import RegistryError
+        from models.registry import GateRefused, RegistryError
 
         try:
             return command(*args, **kwargs)
         except RegistryError as error:
             err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            code = ExitCode.GATE_REFUSED if isinstance(error, GateRefused) else ExitCode.FAILURE
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
 

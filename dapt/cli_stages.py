@@ -166,16 +166,22 @@ def register(app: typer.Typer) -> None:
     def export_(
         recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/demo.yaml"),
         model: Path = typer.Option(..., help="Fine-tuned model folder from `dapt finetune`."),
-        out: Path = typer.Option(None, help="Bundle folder (default: DAPT_HOME/runs/export-<time>-<name>)."),
+        out: Path = typer.Option(
+            None,
+            help="Bundle folder: new, empty or an earlier export (default: DAPT_HOME/runs/export-<time>-<name>).",
+        ),
     ) -> None:
         """Export a fine-tuned model to ONNX variants (the `export` section), each checked for parity.
 
         Example: dapt export recipes/demo.yaml --model .dapt/stages/finetune --out .dapt/stages/bundle
         """
         from dapt.cli import _recipe, console
+        from models.export import check_export_target
         from models.stages import export_stage
 
         parsed = _recipe(recipe)
+        if out is not None:  # checked before the folder is created: never leave one in the registry's store
+            _run(lambda: check_export_target(out))
         out_dir = _out_dir(out, "export", parsed.name)
         result = _run(lambda: export_stage(parsed, model, out_dir, progress=_progress))
         console.print_json(json.dumps({"variants": {k: str(v) for k, v in result.variants.items()}}))

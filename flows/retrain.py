@@ -183,6 +183,12 @@ def _report_markdown(recipe: Recipe, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def artifact_key(model_name: str, kind: str) -> str:
+    """A Prefect artifact key for this model: Prefect allows only lowercase letters, digits and dashes, while
+    a model name may also hold '_' (models/recipe.py), so '_' becomes '-'."""
+    return f"{model_name}-{kind}".lower().replace("_", "-")
+
+
 def _inline_pictures(paths: list[Path], max_bytes: int = 400_000) -> str:
     """PNG plots embedded in the markdown artifact, so the Prefect UI shows them without a file server."""
     import base64
@@ -290,12 +296,12 @@ def retrain(recipe: Recipe) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2), encoding="utf-8")
     pictures = sorted((Path(exported["bundle_dir"]) / "reports").glob("*.png"))
     create_markdown_artifact(
-        key=f"{recipe.name}-report",
+        key=artifact_key(recipe.name, "report"),
         markdown=_report_markdown(recipe, summary) + _inline_pictures(pictures),
         description="retrain report",
     )
     create_table_artifact(
-        key=f"{recipe.name}-metrics",
+        key=artifact_key(recipe.name, "metrics"),
         table=[{"metric": k, "value": round(float(v), 4)} for k, v in summary["metrics"].items()],
         description=f"{recipe.name} v{version} metrics",
     )

@@ -32,6 +32,7 @@ from models.bundle import (
     ONNX_DIR,
     PYTORCH_DIR,
     REPORTS_DIR,
+    SERVING_SPEC,
     TOKENIZER_DIR,
     ServingSpec,
 )
@@ -49,6 +50,10 @@ PARITY_REPORT = "parity.json"
 VARIANT_SIDE_FILES = ("config.json", "ort_config.json")
 FP16_NOT_CHECKED = "not checked on this device"
 PARITY_CHUNK = 32  # rows per forward pass: all texts share one padded length, memory stays bounded
+# Every finished export writes both; a folder holding them is an earlier export that may be replaced.
+EXPORT_MARKERS = (SERVING_SPEC, f"{REPORTS_DIR}/{PARITY_REPORT}")
+# Written only by the registry into a version folder (models/registry.py); such a folder is never an --out.
+REGISTRY_EVIDENCE = "evidence.json"
 
 
 class ExportError(RuntimeError):
@@ -85,6 +90,7 @@ def export_bundle(
     """
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_export_target(out_dir)
     say = _reporter(progress)
     _check_arguments(model_dir, task, labels, max_length, parity_texts, parity_labels)
     model_config = _read_model_config(model_dir, task, labels)
@@ -179,6 +185,42 @@ def _reporter(progress: Progress | None) -> Progress:
             progress(message)
 
     return say
+
+
+def check_export_target(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` the export would damage: it replaces onnx/, tokenizer/ and pytorch/ there.
+
+    Allowed: a folder that does not exist yet, an empty one, or an earlier export (it holds serving.json and
+    reports/parity.json). Never a registered version (a folder with the registry's evidence.json, or anything
+    under the registry's artifact store): registered versions are immutable.
+    """
+    from dapt.settings import artifact_root
+
+    out_dir = Path(out_dir).expanduser().resolve()
+    store = artifact_root().expanduser().resolve()
+    if out_dir == store or store in out_dir.parents:
+        raise ExportError(
+            f"--out {out_dir} is inside the registry's artifact store {store}: registered versions are never "
+            "overwritten. Export to a new or empty folder outside it (`dapt run` registers a new version)"
+        )
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is a file, not a folder: give a new or empty folder")
+    if not any(out_dir.iterdir()):
+        return
+    if (out_dir / REGISTRY_EVIDENCE).exists():
+        raise ExportError(
+            f"--out {out_dir} holds {REGISTRY_EVIDENCE}: it is a registered model version, which is never "
+            "overwritten. Export to a new or empty folder"
+        )
+    if all((out_dir / marker).is_file() for marker in EXPORT_MARKERS):
+        return
+    raise ExportError(
+        f"--out {out_dir} is not empty and holds no earlier export (no {' and '.join(EXPORT_MARKERS)}); "
+        f"exporting would replace {ONNX_DIR}/, {TOKENIZER_DIR}/ and {PYTORCH_DIR}/ in it. Give a new or empty "
+        "folder, or empty this one yourself if nothing in it is needed"
+    )
 
 
 def _check_arguments(model_dir, task, labels, max_length, parity_texts, parity_labels) -> None:

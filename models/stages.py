@@ -65,8 +65,9 @@ def export_stage(
 ) -> ExportResult:
     """ONNX variants of a fine-tuned model, each checked for parity on the eval split, as a serving bundle."""
     from models.data import load_task_data, ner_text
-    from models.export import export_bundle
+    from models.export import check_export_target, export_bundle
 
+    check_export_target(out_dir)  # before any work: the export replaces folders inside out_dir
     data = load_task_data(recipe)
     if recipe.task == "ner":
         texts = [ner_text(tokens) for tokens in data.eval["tokens"]]

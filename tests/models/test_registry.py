@@ -502,7 +502,7 @@ def test_cli_refusal_and_errors_are_one_red_line_with_exit_1(cli, registry, bund
     assert cli("promote", "finsent", "1").exit_code == 0
 
     refused = cli("promote", "finsent", "2")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 3  # ExitCode.GATE_REFUSED (dapt/exit_codes.py)
     assert "gate refused finsent v2" in refused.output and "--force" in refused.output
     assert "Traceback" not in refused.output
 

@@ -363,7 +363,10 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
     uv_needed = next(i for i, line in enumerate(gpu_lines) if line.startswith("RUN") and "pip install uv" in line)
     assert uv_copied < uv_needed  # the CUDA base's Python has no pip: uv must be there before BentoML asks
     gpu_requirements = (dockerfile.parents[1] / "python" / "requirements.txt").read_text()
-    assert "onnxruntime-gpu>=1.20,<1.27" in gpu_requirements  # the CUDA 12 builds, matching the base image
+    gpu_runtime = [line for line in gpu_requirements.splitlines() if line.startswith("onnxruntime")]
+    assert gpu_runtime == ["onnxruntime-gpu==1.26.0"]  # the last CUDA 12 build, matching the base image
+    # Pinned from requirements.lock (docker/requirements.*.txt), the Postgres registry driver included.
+    assert "psycopg==" in gpu_requirements and "psycopg-binary==" in gpu_requirements
     bento_yaml = (dockerfile.parents[2] / "bento.yaml").read_text()
     assert "tag: tiny-cls:1" in bento_yaml  # the service declared the model, so the bento references it
     assert "bento_model: tiny-cls:1" in bento_yaml
@@ -390,6 +393,7 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
     cpu_froms = [line.split()[1] for line in cpu_dockerfile.read_text().splitlines() if line.startswith("FROM ")]
     assert cpu_froms and cpu_froms[0].startswith("python:3.11-slim")
     cpu_requirements = (cpu_dockerfile.parents[1] / "python" / "requirements.txt").read_text()
-    assert "onnxruntime>=1.20" in cpu_requirements and "onnxruntime-gpu" not in cpu_requirements
+    assert "\nonnxruntime==" in cpu_requirements and "onnxruntime-gpu" not in cpu_requirements
+    assert "psycopg==" in cpu_requirements and "psycopg-binary==" in cpu_requirements
     cpu_lines = [line.strip() for line in cpu_dockerfile.read_text().splitlines()]
     assert [line.split()[1] for line in cpu_lines if line.startswith("USER ")][-1] == "bentoml"
