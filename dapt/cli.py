@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from dapt.cli_stages import register as register_stage_commands
+from dapt.cli_ui import register as register_ui_command
 from dapt.settings import configure_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,6 +337,7 @@ _mount_models()
 
 
 register_stage_commands(app)
+register_ui_command(app)
 
 
 def main() -> None:
