@@ -122,6 +122,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/
     out = runs_dir() / f"validate-{time.strftime('%Y%m%dT%H%M%S')}-{parsed.name}"
     report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
     report.render(console)
+    console.print(f"Validation report (opens offline): {report.write_html(out / 'report.html', f'Data validation — {parsed.name}')}")
     if not report.success:
         raise typer.Exit(1)
 

@@ -83,6 +83,10 @@ class ValidationReport:
         path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
         return path
 
+    def write_html(self, path: Path, title: str = "Data validation") -> Path:
+        """Every check as one HTML file that opens offline (unlike GX's Data Docs, which load CDN assets)."""
+        return write_validation_html(self.to_dict(), path, title)
+
     def summary(self) -> str:
         verdict = "PASSED" if self.success else "FAILED"
         parts = [
