@@ -344,7 +344,10 @@ register_ui_command(app)
 def main() -> None:
     """Console entry point: user mistakes are one readable line, not a stack trace."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a typer.Exit's code instead of exiting with it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
     except UserError as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(2)

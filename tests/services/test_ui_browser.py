@@ -156,11 +156,17 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def live_ui(tmp_path_factory):
+def registry_root(tmp_path_factory) -> Path:
     from tests.services.ui_registry import populate
 
     root = tmp_path_factory.mktemp("ui_browser_registry")
     populate(root).dispose()
+    return root
+
+
+@pytest.fixture(scope="module")
+def live_ui(registry_root):
+    root = registry_root
     port = _free_port()
     process = start_ui(root, port)
     url = f"http://127.0.0.1:{port}"
@@ -214,3 +220,13 @@ def test_admin_forms_are_absent_in_the_read_only_browser_view(browser, live_ui):
     browser.open(live_ui + "/models/finsent")
     assert browser.evaluate("document.querySelectorAll('form[method=post]').length") == 0
     assert "read-only" in browser.evaluate("document.querySelector('header.top').innerText")
+
+
+def test_validation_report_file_opens_offline_from_disk_and_shows_its_checks(browser, registry_root):
+    report = registry_root / "runs" / "run-2" / "validation" / "report.html"
+    requested = browser.open(report.as_uri())
+    assert all(url.startswith(("file://", "data:")) for url in requested), requested
+    rows = browser.evaluate("[...document.querySelectorAll('#checks tbody tr')].map(r => r.innerText)")
+    assert len(rows) == 3 and any("mojibake" in row and "warn" in row for row in rows)
+    # the inlined stylesheet applied: a status pill has its colour without any network
+    assert browser.evaluate("getComputedStyle(document.querySelector('.pill.warn')).color") == "rgb(138, 90, 0)"
