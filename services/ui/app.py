@@ -415,7 +415,8 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
         if not token:
             raise HTTPException(403, "admin actions are disabled: start `dapt ui` with DAPT_ADMIN_TOKEN set")
         origin = request.headers.get("origin")
-        if origin and origin not in (f"http://{request.headers.get('host')}", "null"):
+        host = request.headers.get("host")
+        if origin and origin not in (f"http://{host}", f"https://{host}"):
             raise HTTPException(403, f"cross-origin form post from {origin} refused")
         body = (await request.body()).decode("utf-8", "replace")
         form = {key: values[-1] for key, values in parse_qs(body, keep_blank_values=True).items()}
