@@ -105,6 +105,8 @@ def test_version_page_shows_every_piece_of_evidence_plots_and_the_card(client):
     assert any("int8" in r and "0.9800" in r for r in rows(page, "parity"))
     assert any("delta" in r and "0.0400" in r for r in rows(page, "forgetting"))
     assert "0.9000</strong> nats lower" in page  # adaptation gain 3.0 -> 2.1
+    adaptation = "".join(rows(page, "adaptation"))
+    assert "strategy" in adaptation and "dapt" in adaptation and "log" not in adaptation  # scalars only
     assert "3 checks: 2 pass, 1 warn, 0 fail" in page
     assert 'href="/models/finsent/2/validation"' in page
     assert any("run_dir" in r for r in rows(page, "lineage"))

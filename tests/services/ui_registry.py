@@ -47,6 +47,7 @@ def ui_evidence(macro_f1: float, run_dir: Path, **extra) -> dict:
     }
     evidence["parity"]["int8"] = {"max_abs_diff": 0.06, "label_agreement": 0.98, "passed": True}
     evidence["validation"] = validation_dict()
+    evidence["adaptation"] = {"strategy": "dapt", "steps": 40, "domain_loss_after": 2.1, "log": [{"step": 1}]}
     evidence["lineage"]["run_dir"] = str(run_dir)
     evidence.update(extra)
     return evidence
