@@ -314,10 +314,15 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
         name = check_name(request.path_params["name"])
         mv = version_of(name, request.path_params["version"])
         files = manifest_files(mv)
-        card_meta, card_body = "", ""
+        card_meta, card_body, card_error = "", "", ""
         if MODEL_CARD in files:
-            card_meta, text = split_front_matter((mv.path / MODEL_CARD).read_text(encoding="utf-8"))
-            card_body = markdown_to_html(text, image_prefix=f"/models/{name}/{mv.version}/files/")
+            try:  # the card is shown only as registered (same check as every served file)
+                text = verified_file(mv, MODEL_CARD).read_text(encoding="utf-8")
+            except HTTPException as error:
+                card_error = str(error.detail)
+            else:
+                card_meta, text = split_front_matter(text)
+                card_body = markdown_to_html(text, image_prefix=f"/models/{name}/{mv.version}/files/")
         return page(
             request,
             "version.html",
@@ -333,6 +338,7 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
             events=[m for m in registry.audit_log(name) if m.to_version == mv.version],
             card_meta=card_meta,
             card_body=card_body,
+            card_error=card_error,
             metrics=shown_metrics([mv], limit=100),
         )
 

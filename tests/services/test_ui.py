@@ -135,6 +135,9 @@ def test_a_changed_plot_is_refused_not_served(tmp_path):
     corrupt(registry.get_version("finsent", 1).path / "reports" / "reliability.png")
     response = client.get("/models/finsent/1/files/reports/reliability.png")
     assert response.status_code == 409 and "changed since registration" in response.text
+    corrupt(registry.get_version("finsent", 2).path / "README.md")
+    page = client.get("/models/finsent/2")
+    assert page.status_code == 200 and 'id="card-error"' in page.text and 'id="model-card"' not in page.text
 
 
 def test_diff_page_puts_two_versions_side_by_side(client):
