@@ -24,14 +24,14 @@ main { max-width:1200px; margin:0 auto; padding:20px 24px 48px; }
 h1 { font-size:22px; margin:4px 0 14px; } h2 { font-size:17px; margin:26px 0 10px; }
 h3 { font-size:14px; margin:16px 0 8px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; }
 .crumbs { color:var(--muted); font-size:13px; margin-bottom:4px; }
-.card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:14px 18px; margin:12px 0; }
+.card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:14px 18px; margin:12px 0; overflow-x:auto; }
 .card > h3:first-child { margin-top:0; }
-.grid { display:grid; grid-template-columns:repeat(auto-fit,minmax(300px,1fr)); gap:14px; }
+.grid { display:grid; grid-template-columns:repeat(auto-fit,minmax(320px,1fr)); gap:14px; }
 table { border-collapse:collapse; width:100%; background:var(--card); font-variant-numeric:tabular-nums; }
 th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
 th { background:#f1f3f6; font-weight:600; font-size:12px; color:#3e4c59; white-space:nowrap; }
 td.num, th.num { text-align:right; } tr:hover td { background:#fafbfc; }
-table.kv th { width:34%; background:transparent; font-size:13px; }
+table.kv th { width:34%; background:transparent; font-size:13px; } table.kv td { overflow-wrap:anywhere; }
 code, pre { font-family:ui-monospace,"DejaVu Sans Mono",Menlo,monospace; font-size:12px; }
 code { background:#f1f3f6; padding:1px 4px; border-radius:4px; word-break:break-all; }
 pre { background:#f1f3f6; padding:10px; border-radius:6px; overflow:auto; max-height:420px; }
