@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from dapt.cli_stages import register as register_stage_commands
+from dapt.cli_ui import register as register_ui_command
 from dapt.exit_codes import ExitCode
 from dapt.settings import configure_environment
 
@@ -152,6 +153,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/
     out = runs_dir() / f"validate-{time.strftime('%Y%m%dT%H%M%S')}-{parsed.name}"
     report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
     report.render(console)
+    console.print(f"Validation report (opens offline): {report.write_html(out / 'report.html', f'Data validation — {parsed.name}')}")
     if not report.success:
         raise typer.Exit(ExitCode.FAILURE)
 
@@ -401,6 +403,7 @@ _mount_models()
 
 
 register_stage_commands(app)
+register_ui_command(app)
 
 
 def _click_classes() -> dict[str, tuple[type[BaseException], ...]]:

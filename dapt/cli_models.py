@@ -37,6 +37,40 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 @models_app.callback()
 def _setup() -> None:
     configure_environment()
+    if not console.is_terminal:
+        # Piped or redirected: tables keep their natural width instead of cutting cells at 80 columns.
+        console.width = 100_000
+
+
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON (for scripts) instead of tables.")
+
+
+def _print_json(value: Any) -> None:
+    import sys
+
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _version_json(version: ModelVersion, evidence: bool = False) -> dict[str, Any]:
+    data = {
+        "name": version.name,
+        "version": version.version,
+        "uri": version.uri,
+        "status": version.status,
+        "created_at": version.created_at.isoformat(),
+        "aliases": version.aliases,
+        "metrics": version.metrics,
+        "data_sha256": version.data_sha256,
+        "base_model": version.base_model,
+        "code_revision": version.code_revision,
+        "manifest_sha256": version.manifest_sha256,
+        "size_bytes": version.size_bytes,
+        "file_count": version.file_count,
+        "path": str(version.path),
+    }
+    if evidence:
+        data["evidence"] = version.evidence
+    return data
 
 
 def _registry() -> Registry:
@@ -80,14 +114,18 @@ def _status(version: ModelVersion) -> str:
 @_friendly_errors
 def list_command(
     name: str = typer.Argument(None, help="Only this model (default: every model)."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Registered versions with their aliases and key metrics.
 
-    Example: dapt models list finsent
+    Example: dapt models list finsent   (or --json for scripts)
     """
     from rich.table import Table
 
     versions = _registry().list_versions(name)
+    if as_json:
+        _print_json([_version_json(version) for version in versions])
+        return
     if not versions:
         where = f"of '{name}' " if name else ""
         console.print(f"no versions {where}registered yet; run `dapt run recipes/demo.yaml` to make one")
@@ -115,6 +153,7 @@ def show_command(
     version: int = typer.Option(None, "--version", "-v", help="Version number (default: newest)."),
     alias: str = typer.Option(None, "--alias", "-a", help="Alias such as production or staging."),
     verify: bool = typer.Option(False, "--verify", help="Also check every file against the sha256 manifest."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """One version: metrics, forgetting, parity, validation, lineage and where its files are.
 
@@ -124,6 +163,11 @@ def show_command(
 
     registry = _registry()
     chosen = registry.get_version(name, version=version, alias=alias)
+    if as_json:
+        if verify:
+            registry.verify(chosen)
+        _print_json(_version_json(chosen, evidence=True) | ({"verified": True} if verify else {}))
+        return
     console.print(
         f"[bold]{chosen.name} v{chosen.version}[/bold]  {_status(chosen)}  aliases: {', '.join(chosen.aliases) or '-'}"
     )
@@ -172,6 +216,7 @@ def diff_command(
     name: str = typer.Argument(..., help="Model name."),
     v1: int = typer.Argument(..., help="First version."),
     v2: int = typer.Argument(..., help="Second version."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Metric deltas and every evidence field that differs between two versions.
 
@@ -180,6 +225,17 @@ def diff_command(
     from rich.table import Table
 
     difference = _registry().diff(name, v1, v2)
+    if as_json:
+        _print_json(
+            {
+                "name": name,
+                "v1": v1,
+                "v2": v2,
+                "metrics": {m: {"v1": a, "v2": b, "delta": d} for m, (a, b, d) in difference.metrics.items()},
+                "evidence": {key: {"v1": a, "v2": b} for key, (a, b) in difference.evidence.items()},
+            }
+        )
+        return
     table = Table(title=f"{name}: metrics v{v1} -> v{v2}")
     for column in ("metric", f"v{v1}", f"v{v2}", "delta"):
         table.add_column(column, justify="left" if column == "metric" else "right")
@@ -278,6 +334,7 @@ def archive_command(
 def audit_command(
     name: str = typer.Argument(..., help="Model name."),
     alias: str = typer.Option(None, "--alias", "-a", help="Only this alias."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """The audit log of alias moves (and refused promotions): from, to, kind, reason, actor, time.
 
@@ -289,6 +346,24 @@ def audit_command(
     if not registry.list_versions(name):
         registry.get_version(name)  # raises a clear ModelNotFound
     moves = registry.audit_log(name, alias)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "id": m.id,
+                    "alias": m.alias,
+                    "kind": m.kind,
+                    "from_version": m.from_version,
+                    "to_version": m.to_version,
+                    "reason": m.reason,
+                    "actor": m.actor,
+                    "created_at": m.created_at.isoformat(),
+                    "decision": m.decision,
+                }
+                for m in moves
+            ]
+        )
+        return
     if not moves:
         console.print(f"no alias moves for '{name}' yet; run `dapt models promote {name} <version>`")
         return

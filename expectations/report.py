@@ -83,6 +83,10 @@ class ValidationReport:
         path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
         return path
 
+    def write_html(self, path: Path, title: str = "Data validation") -> Path:
+        """Every check as one HTML file that opens offline (unlike GX's Data Docs, which load CDN assets)."""
+        return write_validation_html(self.to_dict(), path, title)
+
     def summary(self) -> str:
         verdict = "PASSED" if self.success else "FAILED"
         parts = [
@@ -122,6 +126,61 @@ class ValidationReport:
         if self.data_docs is not None:
             console.print(f"Data Docs: {self.data_docs}")
         console.print(("[green]" if self.success else "[bold red]") + self.summary() + "[/]")
+
+
+def render_validation_html(report: dict, title: str = "Data validation") -> str:
+    """An HTML fragment (no external asset, no script) with every check, drift and the profile, from
+    ``ValidationReport.to_dict()`` output. The registry UI embeds it; ``write_validation_html`` makes it a file."""
+    from html import escape
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        if isinstance(value, dict | list):
+            return "<code>" + escape(json.dumps(value, sort_keys=True)[:300]) + "</code>"
+        return escape("—" if value is None else str(value))
+
+    checks = report.get("checks") or []
+    verdict = "pass" if report.get("success") else "fail"
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        f'<p><span class="pill {verdict}">{"PASSED" if report.get("success") else "FAILED"}</span> '
+        f"{escape(str(report.get('summary') or ''))}</p>",
+        '<table id="checks"><thead><tr><th>suite</th><th>check</th><th>expectation</th><th>severity</th>'
+        '<th>status</th><th class="num">failing / total</th><th>examples</th><th>reason</th></tr></thead><tbody>',
+    ]
+    for check in checks:
+        status = check.get("status") or ("pass" if check.get("success") else "fail")
+        examples = "<br>".join(escape(_example_text(e)) for e in (check.get("examples") or [])[:5])
+        parts.append(
+            f'<tr class="check {escape(status)}-row"><td>{cell(check.get("suite"))}</td><td>{cell(check.get("name"))}</td>'
+            f'<td><code>{cell(check.get("expectation"))}</code></td><td>{cell(check.get("severity"))}</td>'
+            f'<td><span class="pill {escape(status)}">{escape(status)}</span></td>'
+            f'<td class="num">{cell(check.get("failing_count"))} / {cell(check.get("total"))}</td>'
+            f"<td>{examples}</td><td>{cell(check.get('reason'))}</td></tr>"
+        )
+    parts.append("</tbody></table>")
+    drift = report.get("drift")
+    if isinstance(drift, dict):
+        parts.append("<h2>Drift against the production version's data</h2><table class=\"kv\" id=\"drift\">")
+        parts += [f"<tr><th>{escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in drift.items()]
+        parts.append("</table>")
+    profile = report.get("profile")
+    if isinstance(profile, dict) and profile:
+        parts.append('<h2>Data profile</h2><table class="kv" id="profile">')
+        parts += [f"<tr><th>{escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in sorted(profile.items())]
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
+def write_validation_html(report: dict, path: Path, title: str = "Data validation") -> Path:
+    """The validation report as one HTML file that opens offline (stylesheet inlined, no CDN, no script)."""
+    from models.htmlpage import standalone_page
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(standalone_page(title, render_validation_html(report, title)), encoding="utf-8")
+    return path
 
 
 class DataValidationError(Exception):

