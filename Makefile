@@ -21,6 +21,7 @@ demo: setup
 
 test: setup
 	@bash scripts/ensure-postgres.sh || echo 'postgres unavailable: its tests will be skipped'
+	@bash scripts/ensure-chromium.sh || echo 'chromium unavailable: the browser tests will be skipped'
 	$(BIN)/python -m pytest -q
 
 lint: setup
