@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -108,6 +108,23 @@ class AdaptConfig(_Section):
         "0 skips (forgetting is then not reported).",
     )
     head_warmup_learning_rate: float = Field(default=2e-3, gt=0, description="Learning rate of the head warm-up.")
+    # Naive continued pretraining often hurts the task; these make the adapted encoder earn its place.
+    keep_only_if_helps: bool = Field(
+        default=True,
+        description="Measure the adapted encoder against the base on the task (validation split of train) and "
+        "fine-tune the base instead when the gain is below min_gain; the run says which it kept and why.",
+    )
+    gain_check: Literal["probe", "finetune"] = Field(
+        default="probe",
+        description="How the gain is measured: a linear probe on frozen features (seconds) or two fine-tunes.",
+    )
+    min_gain: float = Field(default=0.0, description="Smallest gain (macro-F1 / entity F1) that keeps adaptation.")
+    time_budget_minutes: float | None = Field(
+        default=4.0,
+        gt=0,
+        description="Wall-clock budget for the MLM training itself: the corpus is subsampled to what fits, measured "
+        "on this machine; None trains on everything.",
+    )
     # from scratch only
     scratch_vocab_size: int = Field(default=8000, ge=100)
     scratch_hidden_size: int = Field(default=256, ge=16)
@@ -131,7 +148,11 @@ class FinetuneConfig(_Section):
         "empty trains everything from the start.",
     )
     batch_size: int = Field(default=16, ge=1)
-    max_length: int = Field(default=64, ge=8, le=512, description="Tokens per text; dominates CPU time.")
+    max_length: Annotated[int, Field(ge=8, le=512)] | Literal["auto"] = Field(
+        default="auto",
+        description="Tokens per text; 'auto' covers 99% of the training texts (rounded up to a multiple of 8, "
+        "16..512), so nothing is cut that matters and short texts cost little.",
+    )
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
     class_weights: bool = Field(default=True, description="Weight the loss by inverse class frequency.")
@@ -170,6 +191,10 @@ class GateConfig(_Section):
         default=None, ge=0.0, description="Budget for the rise of general-text MLM loss; None disables."
     )
     require_parity: bool = True
+    min_adaptation_gain: float | None = Field(
+        default=None,
+        description="Refuse unless the adapted encoder was kept with at least this task gain; None disables.",
+    )
     alias: str = "production"
 
 
