@@ -120,7 +120,7 @@ class AdaptConfig(_Section):
     )
     min_gain: float = Field(default=0.0, description="Smallest gain (macro-F1 / entity F1) that keeps adaptation.")
     time_budget_minutes: float | None = Field(
-        default=4.0,
+        default=3.0,
         gt=0,
         description="Wall-clock budget for the MLM training itself: the corpus is subsampled to what fits, measured "
         "on this machine; None trains on everything.",
