@@ -235,10 +235,41 @@ def serve(
     chosen, path = _resolve_served_version(name, alias, version)
     console.print(f"serving {chosen.name} v{chosen.version} from {path} on http://{host}:{port}")
     process = start_server(path, chosen.name, chosen.version, host, port, alias=None if version else alias)
+    code = serve_until_stopped(process)
+    if code:
+        raise typer.Exit(code)
+
+
+def serve_until_stopped(process: subprocess.Popen) -> int:
+    """Wait for the server; SIGTERM, SIGINT or SIGHUP to this command stop it gracefully (it runs in its own
+    process group, so a signal to this process alone would otherwise leave it serving). Returns its exit
+    status as a shell reports it (128 + signal number when a signal killed it)."""
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        stopping.append(signum)
+        raise _Stop
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        process.wait()
-    except KeyboardInterrupt:
-        stop_server(process)
+        try:
+            process.wait()
+        except _Stop:
+            pass
+        # Further signals while it drains must not cut the drain short: the server is already stopping.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        if stopping:
+            stop_server(process)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    code = process.returncode
+    return 128 - code if code < 0 else code
+
+
+class _Stop(BaseException):
+    """Raised by the signal handler to end the wait (BaseException: no `except Exception` swallows it)."""
 
 
 @app.command()

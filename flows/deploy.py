@@ -13,9 +13,30 @@ import os
 from flows.retrain import retrain
 from models.recipe import Recipe
 
+CONCURRENCY_ENV = "DAPT_SCHEDULE_CONCURRENCY"
+DEFAULT_CONCURRENCY = 1  # two retrains of one model at once race for the same caches and alias
+
 
 class ScheduleError(RuntimeError):
     """The schedule cannot be set up; the message says what to start or set."""
+
+
+def schedule_concurrency(value: int | str | None = None) -> int | None:
+    """How many runs of the scheduled deployment may run at once: ``value``, else $DAPT_SCHEDULE_CONCURRENCY,
+    else 1. ``0`` means no limit (returned as None). Later runs wait for a slot (Prefect's ENQUEUE strategy)."""
+    raw = os.environ.get(CONCURRENCY_ENV, "") if value is None else value
+    if raw == "" or raw is None:
+        return DEFAULT_CONCURRENCY
+    try:
+        limit = int(raw)
+    except (TypeError, ValueError):
+        limit = -1
+    if limit < 0 or isinstance(raw, bool):
+        raise ScheduleError(
+            f"{CONCURRENCY_ENV}={raw!r} is not a valid limit: use a whole number of concurrent scheduled runs "
+            "(1 by default, 0 for no limit)"
+        )
+    return limit or None
 
 
 def check_server() -> str:
@@ -45,11 +66,29 @@ def validate_cron(cron: str) -> str:
     return cron
 
 
-def serve_retraining(recipe: Recipe, cron: str, deployment_name: str | None = None, limit: int | None = None) -> None:
-    """Create (or update) the deployment `retrain/<name>` with the cron schedule and serve its runs. Blocks."""
+def serve_retraining(
+    recipe: Recipe,
+    cron: str,
+    deployment_name: str | None = None,
+    limit: int | None = None,
+    concurrency: int | str | None = None,
+) -> None:
+    """Create (or update) the deployment `retrain/<name>` with the cron schedule and serve its runs. Blocks.
+
+    ``concurrency`` (default $DAPT_SCHEDULE_CONCURRENCY, else 1; 0 = no limit) is the deployment's concurrency
+    limit on the Prefect server: a run that comes due while another is still running waits for it.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    allowed = schedule_concurrency(concurrency)
     check_server()
     validate_cron(cron)
     retrain.serve(
+        global_limit=(
+            ConcurrencyLimitConfig(limit=allowed, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+            if allowed
+            else None
+        ),
         name=deployment_name or f"{recipe.name}-scheduled",
         cron=cron,
         parameters={"recipe": recipe.model_dump(mode="json")},

@@ -114,11 +114,18 @@ def export_onnx(recipe: Recipe, model_dir: str, out_dir: Path) -> dict:
 
 
 @task(name="register-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def register_version(name: str, bundle_dir: str, evidence: dict) -> dict:
+def register_version(name: str, bundle_dir: str, evidence: dict, idempotency_key: str) -> dict:
     from models.registry import Registry
 
-    version = Registry().register(name, Path(bundle_dir), evidence)
+    # The key is the same for every retry of this task in this run: a retry after an error that came once the
+    # version was already committed returns that version instead of registering a duplicate.
+    version = Registry().register(name, Path(bundle_dir), evidence, idempotency_key=idempotency_key)
     return _plain(version)
+
+
+def registration_key(flow_run_id: Any, run_dir: Path) -> str:
+    """One key per run of the flow (its Prefect id and run folder), reused by the register task's retries."""
+    return f"retrain:{flow_run_id or 'local'}:{run_dir.name}"
 
 
 @task(name="promote", cache_policy=NO_CACHE)
@@ -289,7 +296,12 @@ def retrain(recipe: Recipe) -> dict:
         "code_revision": code_revision(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
-    registered = register_version(recipe.name, exported["bundle_dir"], evidence)
+    registered = register_version(
+        recipe.name,
+        exported["bundle_dir"],
+        evidence,
+        registration_key(flow_run.id if flow_run else None, run_dir),
+    )
     version = int(registered["version"])
     decision = promote_version(recipe, version)
 

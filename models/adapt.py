@@ -18,7 +18,8 @@ Layout under ``out_dir``::
 
     encoder/                     the adapted encoder (config, model.safetensors, tokenizer), mode 0644
     head_warmup/                 the warmed-up MLM head + its record, reused on resume (same "before")
-    checkpoints/<phase>/         Trainer checkpoints (2 kept); a killed run resumes from the last one
+    checkpoints/<phase>/         Trainer checkpoints (2 kept); a killed run resumes from the newest complete one
+    .lock                        held while a run uses this folder: a second run with the same settings waits
     phases/<phase>/              output of a finished non-final phase (dapt+tapt keeps DAPT's result here)
     scratch_tokenizer/           the trained tokenizer (strategy scratch), reused on resume
     adapt_curves.png             training loss, held-out domain loss, general loss before/after
@@ -478,17 +479,22 @@ def _train_phase(
 ) -> tuple[PreTrainedModel, _PhaseRun]:
     """One Trainer run, resumed from its last checkpoint when the same configuration was interrupted."""
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     adapt = recipe.adapt
     done_file, config_file = checkpoints / PHASE_DONE, checkpoints / PHASE_CONFIG
     if done_file.is_file() and (output_dir / "config.json").is_file():
         done = json.loads(done_file.read_text())
         if done.get("fingerprint") == fingerprint:
-            say(f"[adapt:{phase.name}] already finished with this configuration; reusing {output_dir}")
-            run = _PhaseRun(**{k: v for k, v in done.items() if k != "fingerprint"})
-            run.reused = True
-            return type(model).from_pretrained(output_dir), run
+            try:
+                reused = type(model).from_pretrained(output_dir)
+            except Exception as exc:  # noqa: BLE001 - a damaged result is trained again, never used
+                say(f"[adapt:{phase.name}] the finished result in {output_dir} does not load ({exc}); training again")
+                done_file.unlink()
+            else:
+                say(f"[adapt:{phase.name}] already finished with this configuration; reusing {output_dir}")
+                run = _PhaseRun(**{k: v for k, v in done.items() if k != "fingerprint"})
+                run.reused = True
+                return reused, run
     if checkpoints.is_dir():
         previous = json.loads(config_file.read_text()).get("fingerprint") if config_file.is_file() else None
         if previous != fingerprint:
@@ -497,7 +503,7 @@ def _train_phase(
             )
             shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(json.dumps({"fingerprint": fingerprint}))
+    _write_atomic(config_file, json.dumps({"fingerprint": fingerprint}))
 
     seed = recipe.seed
     train_features = _encode(tokenizer, phase.train_texts, adapt, seed)
@@ -556,7 +562,7 @@ def _train_phase(
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our progress callback reports instead of raw dict prints
-    last = get_last_checkpoint(str(checkpoints))
+    last = _last_complete_checkpoint(checkpoints, say, phase.name)
     run = _PhaseRun(name=phase.name)
     tokens_already_seen = 0
     if last:
@@ -583,18 +589,58 @@ def _train_phase(
     if trainer.is_world_process_zero():
         _save_pretrained(model, tokenizer, output_dir)
         done = {"fingerprint": fingerprint, **{k: v for k, v in run.__dict__.items() if k != "reused"}}
-        done_file.write_text(json.dumps(done))
+        _write_atomic(done_file, json.dumps(done))  # last: only a complete output_dir is ever marked done
         for stale in checkpoints.glob("checkpoint-*"):  # finished: the output dir replaces them
             shutil.rmtree(stale, ignore_errors=True)
     return model, run
 
 
+def _last_complete_checkpoint(checkpoints: Path, say: Callable[[str], None], phase: str) -> str | None:
+    """The newest checkpoint the Trainer finished writing, or None. The Trainer writes trainer_state.json last,
+    so a checkpoint without a readable one was cut short by a kill: it is removed, not resumed from."""
+    numbered = []
+    for path in checkpoints.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            numbered.append((int(suffix), path))
+    for _step, path in sorted(numbered, reverse=True):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+            complete = isinstance(state, dict) and "global_step" in state
+        except (OSError, ValueError):
+            complete = False
+        if complete and any((path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+            return str(path)
+        say(f"[adapt:{phase}] {path.name} is incomplete (interrupted while saving); removing it")
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, fsync it and rename it over ``path``: a kill leaves old or new."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def _save_pretrained(model, tokenizer, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    for path in directory.rglob("*"):  # save_pretrained writes 0600; containers may run as another user
+    """Save into a temporary sibling folder and rename it into place: ``directory`` is complete or absent."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for path in tmp.rglob("*"):  # save_pretrained writes 0600; containers may run as another user
         path.chmod(0o755 if path.is_dir() else 0o644)
+    tmp.chmod(0o755)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _carry_pooler(base: Path, encoder_dir: Path, prefix: str) -> bool:
@@ -617,8 +663,14 @@ def _carry_pooler(base: Path, encoder_dir: Path, prefix: str) -> bool:
         return False
     for name, tensor in pooler.state_dict().items():
         state[f"{prefix}.pooler.{name}"] = tensor.detach().contiguous()
-    save_file(state, weights, metadata={"format": "pt"})
-    weights.chmod(0o644)
+    # Rewritten after the phase is marked done: a temporary file renamed over the old one, so a kill midway
+    # leaves the complete encoder without the pooler (added on the next run), never a truncated file.
+    tmp = weights.with_name(f".{weights.name}.tmp-{os.getpid()}")
+    save_file(state, tmp, metadata={"format": "pt"})
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.chmod(0o644)
+    os.replace(tmp, weights)
     return True
 
 
@@ -894,7 +946,42 @@ def _load_start(recipe: Recipe, out_dir: Path, corpus: list[str], task: list[str
     return tokenizer, model, str(base.resolve()), head_parameter_names(model, info["missing_keys"])
 
 
-def adapt_encoder(
+def adapt_encoder(recipe: Recipe, out_dir: Path, **options: Any) -> AdaptResult:
+    """Adapt the recipe's base encoder (arguments and behaviour: :func:`_adapt_encoder`) while holding an
+    exclusive lock on ``out_dir``: a second run with the same folder (the flow's cache entry
+    ``DAPT_HOME/adapt/<key>``) waits, then reuses what the first one finished."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = options.get("progress") or logger.info
+    with _cache_lock(out_dir, say):
+        return _adapt_encoder(recipe, out_dir, **options)
+
+
+class _cache_lock:  # noqa: N801 - used as a context manager
+    """``fcntl.flock`` on ``<folder>/.lock``; released by the kernel when the holder dies, so never stale."""
+
+    def __init__(self, folder: Path, say: Callable[[str], None]):
+        self.path, self.say, self.fd = folder / ".lock", say, -1
+
+    def __enter__(self) -> _cache_lock:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.path.read_text().strip() or "another process"
+            self.say(f"[adapt] {self.path.parent} is in use by {holder}; waiting for it to finish")
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # closing the descriptor releases the lock
+
+
+def _adapt_encoder(
     recipe: Recipe,
     out_dir: Path,
     *,

@@ -16,6 +16,8 @@ Only the standard library is imported here: the serving process reads this modul
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,6 +30,50 @@ PYTORCH_DIR = "pytorch"
 REPORTS_DIR = "reports"
 
 Task = Literal["classification", "ner"]
+
+
+class BundlePathError(ValueError):
+    """A path in a bundle (serving.json variant, manifest entry) could lead outside the bundle folder."""
+
+
+def check_bundle_path(rel: object, what: str = "path") -> str:
+    """Return ``rel`` when it is a plain relative POSIX path inside the bundle, else raise BundlePathError.
+
+    Refused: empty, absolute, backslashes, ``.``/``..`` parts and doubled slashes, so that ``bundle / rel`` can
+    only name a file below the bundle root and exactly one manifest key names it.
+    """
+    if not isinstance(rel, str) or not rel:
+        raise BundlePathError(f"{what} must be a non-empty relative path, got {rel!r}")
+    parts = rel.split("/")
+    if (
+        rel.startswith("/")
+        or "\\" in rel
+        or "\x00" in rel
+        or (len(rel) > 1 and rel[1] == ":")
+        or any(part in ("", ".", "..") for part in parts)
+        or posixpath.normpath(rel) != rel
+    ):
+        raise BundlePathError(
+            f"{what} {rel!r} is not a plain path inside the bundle: use a relative path such as "
+            "'onnx/fp32/model.onnx', without '..', leading '/', backslashes or empty parts"
+        )
+    return rel
+
+
+def resolve_in_bundle(bundle_dir: str | Path, rel: str, what: str = "path") -> Path:
+    """``bundle_dir / rel`` after :func:`check_bundle_path`, refusing any symbolic link on the way (a link could
+    point outside the bundle, at a file no manifest covers)."""
+    root = Path(bundle_dir)
+    check_bundle_path(rel, what)
+    current = root
+    for part in rel.split("/"):
+        current = current / part
+        if current.is_symlink():
+            raise BundlePathError(f"{what} {rel!r}: {current} is a symbolic link; bundles hold real files only")
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(current)]) != real_root:
+        raise BundlePathError(f"{what} {rel!r} resolves outside the bundle {root}")
+    return current
 
 
 @dataclass(frozen=True)
@@ -43,6 +89,13 @@ class ServingSpec:
     preferred_gpu_variant: str = "fp32"  # fp16 when exported
     multi_label: bool = False
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Every variant must name a file inside the bundle: the registry's manifest only covers those.
+        if not isinstance(self.variants, dict) or not self.variants:
+            raise BundlePathError(f"{SERVING_SPEC}: variants must map variant names to ONNX paths")
+        for variant, rel in self.variants.items():
+            check_bundle_path(rel, f"{SERVING_SPEC} variant {variant!r}")
 
     def write(self, bundle_dir: Path) -> Path:
         path = Path(bundle_dir) / SERVING_SPEC

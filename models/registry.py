@@ -14,12 +14,25 @@ Guarantees
 * Versions are numbered per name (1, 2, 3, ...) and never change once registered (files are made read-only
   and verified against the manifest on every load; the manifest's own digest lives in the database).
 * Registration is atomic and safe under concurrency: the number is allocated in a transaction guarded by the
-  unique constraint (name, version) and retried on conflict; files are copied into a staging folder under the
-  artifact root and renamed into place; the row turns ``ready`` only after that. A process killed midway
-  leaves a ``pending`` row and a staging folder that nobody sees (list/get read ``ready``/``archived`` rows
-  only); :meth:`Registry.cleanup` (run by every registration) removes them once their owner process is dead.
-  SQLite runs in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` write transactions, so concurrent
-  writer processes queue instead of failing.
+  unique constraint (name, version) and retried on conflict; every row gets its own folder
+  (``<name>/<version>-<token>``), so no two registrations ever write or delete the same files. Files are
+  copied into a staging folder under the artifact root, fsynced, renamed into place, and only then does the
+  row turn ``ready`` (committed with SQLite ``synchronous=FULL``), so a registration that returned survives a
+  power loss. A process killed midway leaves a ``pending`` row and folders that nobody sees (list/get read
+  ``ready``/``archived`` rows only).
+* Ownership of a pending row is a lease: the registering process refreshes ``heartbeat_at`` every
+  ``lease_s / 4`` seconds; :meth:`Registry.cleanup` (run by every registration) removes a pending row only
+  when its heartbeat is older than ``lease_s`` (host names and pids are not trusted: two containers can share
+  both). Removal marks the row ``removing`` first, so its owner can no longer turn it ``ready``, then deletes
+  the folders, then the row. A failed registration re-reads its row before touching any file: when the
+  commit to ``ready`` went through (and only the answer was lost) it returns the version instead.
+* ``register(..., idempotency_key=K)``: a second call with the same name and key returns the version the
+  first one registered (the retrain flow passes one per run, so a retried register task never duplicates).
+* SQLite runs in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` write transactions, so concurrent
+  writer processes queue instead of failing. On Postgres, ``set_alias`` and ``archive`` lock the version row
+  (``SELECT ... FOR UPDATE``), so an alias can never end up on an archived version.
+* A bundle's ``serving.json`` variants must be plain relative paths to files of the bundle; ``verify`` refuses
+  a version whose loaded files are not all in its manifest, any file not in the manifest, and symbolic links.
 * Only safetensors and ONNX weights are ever loaded: bundles with pickle-based files (``*.bin``, ``*.pt``,
   ``*.pth``, ``*.pkl``, ``*.pickle``, ``*.ckpt``, ``*.joblib``) are refused at registration and at load.
 
@@ -54,11 +67,12 @@ import random
 import re
 import shutil
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -67,6 +81,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKeyConstraint,
+    Index,
     Integer,
     String,
     Text,
@@ -75,6 +90,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
     text,
     update,
@@ -84,7 +100,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from models.bundle import MANIFEST, ONNX_DIR, PYTORCH_DIR, SERVING_SPEC, TOKENIZER_DIR
+from models.bundle import (
+    MANIFEST,
+    SERVING_SPEC,
+    BundlePathError,
+    ServingSpec,
+    check_bundle_path,
+)
 from models.gate import GateDecision, decide
 from models.modelcard import render_model_card
 
@@ -100,15 +122,14 @@ EVIDENCE_FILE = "evidence.json"
 MODEL_CARD = "README.md"
 REGISTRY_FILES = frozenset({MANIFEST, EVIDENCE_FILE, MODEL_CARD})  # written by the registry, never copied
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-STRICT_DIRS = (ONNX_DIR, TOKENIZER_DIR, PYTORCH_DIR)  # an unexpected file here could be loaded: refuse it
 STAGING_DIR = ".staging"
-DEFAULT_STALE_AFTER_S = 24 * 3600  # pending work of a process on another host counts as dead after this
-_TEST_PAUSE_ENV = (
-    "DAPT_REGISTRY_TEST_PAUSE"  # "copy:SECONDS" (after each file) or "ready:SECONDS"; tests only
-)
+# A pending registration whose heartbeat is older than this counts as abandoned. Its owner refreshes the
+# heartbeat every lease/4 seconds, so only a process that is dead (or stalled for the whole lease) loses it.
+DEFAULT_LEASE_S = 120.0
+MAX_IDEMPOTENCY_KEY = 200
 _CHUNK = 1 << 20
 
-PENDING, READY, ARCHIVED = "pending", "ready", "archived"
+PENDING, READY, ARCHIVED, REMOVING = "pending", "ready", "archived", "removing"
 VISIBLE = (READY, ARCHIVED)
 
 
@@ -166,17 +187,23 @@ _JSON = JSON().with_variant(JSONB(), "postgresql")
 
 class VersionRow(Base):
     __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_versions_name_version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_versions_name_version"),
+        # NULL keys never collide (SQLite and Postgres), so registrations without a key are unaffected.
+        Index("uq_versions_name_idempotency_key", "name", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | ready | archived
-    owner: Mapped[str] = mapped_column(String(300))  # host:pid of the registering process (stale detection)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | ready | archived | removing
+    owner: Mapped[str] = mapped_column(String(300))  # <token>@host:pid of the registering call (token decides)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(MAX_IDEMPOTENCY_KEY), nullable=True)
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    artifact_path: Mapped[str] = mapped_column(String(200))  # relative to the artifact root: <name>/<version>
+    artifact_path: Mapped[str] = mapped_column(String(200))  # relative to the artifact root: <name>/<version>-<token>
     manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     file_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -309,8 +336,14 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def _new_owner() -> tuple[str, str]:
+    """(token, owner): the token names this call's folders; host and pid are only for people reading the row."""
+    token = uuid.uuid4().hex
+    return token, f"{token}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _token_of(owner: str) -> str:
+    return owner.partition("@")[0]
 
 
 def _default_actor() -> str:
@@ -323,27 +356,6 @@ def _default_actor() -> str:
     except Exception:  # no passwd entry in some containers
         user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed but unreaped child is a zombie: dead for our purposes
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _owner_dead(owner: str, started: datetime | None, stale_after_s: float) -> bool:
-    if started is None or (_now() - _utc(started)).total_seconds() > stale_after_s:
-        return True  # also covers a reused pid on this host
-    host, _, pid = owner.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
 
 
 def _jsonable(value: Any) -> Any:
@@ -382,43 +394,96 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _test_pause(stage: str) -> None:
-    # Lets tests kill a registration at a known point; unset in real use.
-    spec = os.environ.get(_TEST_PAUSE_ENV, "")
-    if spec.partition(":")[0] == stage:
-        time.sleep(float(spec.partition(":")[2] or 0))
+def _fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to stable storage (a folder fsync makes renames and creations durable)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every folder under ``root`` (files are fsynced as they are written), deepest first."""
+    folders = [Path(top) for top, _dirs, _files in os.walk(root)]
+    for folder in reversed(folders):
+        _fsync_path(folder)
+
+
+def _write_durably(path: Path, text_value: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text_value)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _pickle_files(paths: Iterable[str]) -> list[str]:
     return sorted(p for p in paths if p.lower().endswith(PICKLE_SUFFIXES))
 
 
+def _walk(root: Path) -> tuple[list[str], list[str]]:
+    """(relative paths of regular files, relative paths of symbolic links) under ``root``, links not followed."""
+    files, links = [], []
+    for top, dirs, names in os.walk(root, followlinks=False):
+        for entry in [*dirs, *names]:
+            path = Path(top) / entry
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                links.append(rel)
+            elif path.is_file():
+                files.append(rel)
+    return sorted(files), sorted(links)
+
+
+def _serving_variants(spec_path: Path) -> dict[str, str]:
+    """The variant paths of a serving.json, checked to be plain relative paths (raises BundlePathError)."""
+    try:
+        raw = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BundlePathError(f"{SERVING_SPEC} is unreadable ({error})") from error
+    variants = raw.get("variants") if isinstance(raw, dict) else None
+    if not isinstance(variants, dict) or not variants:
+        raise BundlePathError(f"{SERVING_SPEC} has no variants (variant name -> ONNX path in the bundle)")
+    for variant, rel in variants.items():
+        check_bundle_path(rel, f"{SERVING_SPEC} variant {variant!r}")
+    return variants
+
+
 def _scan_bundle(bundle: Path) -> list[str]:
-    """Relative POSIX paths of the bundle's files to copy; refuses non-bundles and pickle-based files."""
+    """Relative POSIX paths of the bundle's files to copy; refuses non-bundles, links, pickle-based files and
+    serving specs that point at files outside the bundle."""
     if not bundle.is_dir():
         raise BundleError(f"bundle folder {bundle} does not exist; pass the export stage's bundle directory")
     if not (bundle / SERVING_SPEC).is_file():
         raise BundleError(
             f"{bundle} is not a serving bundle: {SERVING_SPEC} is missing (see models/bundle.py for the layout)"
         )
-    files = []
-    for path in sorted(bundle.rglob("*")):
-        rel = path.relative_to(bundle).as_posix()
-        if path.is_symlink():
-            raise BundleError(f"{bundle}: {rel} is a symbolic link; bundles must hold real files only")
-        if path.is_file() and rel not in REGISTRY_FILES:
-            files.append(rel)
+    found, links = _walk(bundle)
+    if links:
+        raise BundleError(f"{bundle}: {links[0]} is a symbolic link; bundles must hold real files only")
+    files = [rel for rel in found if rel not in REGISTRY_FILES]
     pickles = _pickle_files(files)
     if pickles:
         raise BundleError(
             f"{bundle} contains pickle-based files the project never loads: {', '.join(pickles)}. "
             "Keep weights as safetensors/ONNX only and delete these files (e.g. training_args.bin) before registering"
         )
+    try:
+        variants = _serving_variants(bundle / SERVING_SPEC)
+        ServingSpec.read(bundle)
+    except (BundlePathError, TypeError) as error:
+        raise BundleError(f"{bundle}: {error}; fix {SERVING_SPEC} (see models/bundle.py)") from error
+    missing = [f"{variant} -> {rel}" for variant, rel in sorted(variants.items()) if rel not in files]
+    if missing:
+        raise BundleError(
+            f"{bundle}: {SERVING_SPEC} names ONNX files that are not in the bundle: {', '.join(missing)}; "
+            "export again, or fix the variant paths"
+        )
     return files
 
 
 def _copy_and_hash(source: Path, target: Path) -> tuple[str, int]:
-    """Copy one file while hashing it; the copy is read-only (registered files never change)."""
+    """Copy one file while hashing it, fsynced; the copy is read-only (registered files never change)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
     with open(source, "rb") as src, open(target, "wb") as dst:
@@ -426,6 +491,8 @@ def _copy_and_hash(source: Path, target: Path) -> tuple[str, int]:
             digest.update(chunk)
             dst.write(chunk)
             size += len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
     os.chmod(target, 0o444)
     return digest.hexdigest(), size
 
@@ -449,7 +516,8 @@ def _make_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA busy_timeout = 60000")
         cursor.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        # FULL: a committed registration (or alias move) survives a power loss, not only a process crash.
+        cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -469,12 +537,43 @@ def _retryable(error: DBAPIError) -> bool:
     )
 
 
+class _Heartbeat:
+    """Refreshes a pending registration's lease from a background thread until stopped."""
+
+    def __init__(self, registry: Registry, row_id: int, owner: str):
+        self._registry, self._row_id, self._owner = registry, row_id, owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"dapt-registry-heartbeat-{row_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        interval = self._registry.lease_s / 4
+        while not self._stop.wait(interval):
+            try:
+                if not self._registry._heartbeat(self._row_id, self._owner):
+                    return  # removed as abandoned: the registration will fail at mark_ready
+            except Exception as error:  # noqa: BLE001 - keep beating; a lost lease shows at mark_ready
+                log.warning("registry heartbeat of row %d failed: %s", self._row_id, error)
+
+
 # ----------------------------------------------------------------------------------------------- registry
 class Registry:
     """Versions, aliases and the audit log in one SQL database; bundles in the artifact store.
 
     ``Registry()`` uses ``dapt.settings.registry_url()`` and ``dapt.settings.artifact_root()``. Nothing touches
     disk or the database until the first call (which creates the tables).
+
+    ``lease_s``: how long a pending registration may go without a heartbeat before others may remove it.
+    ``hook``: called with a stage name at fixed points (``copying`` after each file, ``copied``, ``moved``,
+    ``marked-ready``, ``alias-checked``, ``archive-checked``); a seam for tests that pause, fail or kill a call
+    there. ``None`` in real use.
     """
 
     def __init__(
@@ -482,13 +581,17 @@ class Registry:
         url: str | None = None,
         artifact_root: str | Path | None = None,
         *,
-        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        lease_s: float = DEFAULT_LEASE_S,
+        hook: Callable[[str], None] | None = None,
     ):
         from dapt import settings
 
+        if not lease_s > 0:
+            raise RegistryError(f"lease_s must be positive, got {lease_s!r}")
         self.url = url or settings.registry_url()
         self.artifact_root = Path(artifact_root or settings.artifact_root()).expanduser().resolve()
-        self.stale_after_s = stale_after_s
+        self.lease_s = float(lease_s)
+        self._hook = hook
         self._engine: Engine | None = None
 
     def __repr__(self) -> str:
@@ -513,6 +616,7 @@ class Registry:
                     if connection.dialect.name == "postgresql":
                         connection.execute(text("SELECT pg_advisory_xact_lock(742001)"))
                     Base.metadata.create_all(connection)
+                    Registry._upgrade_schema(connection)
                 return
             except (IntegrityError, OperationalError) as error:
                 if attempt == 19 or (isinstance(error, OperationalError) and not _retryable(error)):
@@ -520,6 +624,22 @@ class Registry:
                         f"cannot create the registry schema in {engine.url!r}: {error.orig}"
                     ) from error
                 time.sleep(0.05 * (attempt + 1))
+
+    @staticmethod
+    def _upgrade_schema(connection: Any) -> None:
+        """Add what later releases added to ``versions`` in a database created by an earlier one."""
+        present = {column["name"] for column in inspect(connection).get_columns("versions")}
+        table = VersionRow.__table__
+        for column in ("heartbeat_at", "idempotency_key"):
+            if column not in present:
+                kind = table.c[column].type.compile(dialect=connection.dialect)
+                connection.execute(text(f"ALTER TABLE versions ADD COLUMN {column} {kind}"))
+        for index in table.indexes:
+            index.create(connection, checkfirst=True)
+
+    def _stage(self, stage: str) -> None:
+        if self._hook is not None:
+            self._hook(stage)
 
     def dispose(self) -> None:
         """Close pooled database connections (e.g. before forking)."""
@@ -549,9 +669,6 @@ class Registry:
 
     def _where(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
-
-    def _version_path(self, name: str, version: int) -> Path:
-        return self.artifact_root / name / str(version)
 
     def _to_model_version(self, row: VersionRow, aliases: list[str]) -> ModelVersion:
         return ModelVersion(
@@ -587,10 +704,31 @@ class Registry:
         )
 
     # -- registration --------------------------------------------------------------------------------------
-    def register(self, name: str, bundle_dir: str | Path, evidence: dict[str, Any]) -> ModelVersion:
+    def register(
+        self,
+        name: str,
+        bundle_dir: str | Path,
+        evidence: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> ModelVersion:
         """Copy ``bundle_dir`` into the artifact store as the next version of ``name``, with manifest, evidence
-        and model card. Returns the new ``ready`` version. Safe to call from many processes at once."""
+        and model card. Returns the new ``ready`` version. Safe to call from many processes at once.
+
+        ``idempotency_key``: when a version of ``name`` was already registered with this key, return it instead
+        of registering again (a retry after a lost answer, a crash or a timeout gets the same version); when one
+        is being registered with it right now, wait for that one.
+        """
         check_name(name)
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str)
+            or not idempotency_key.strip()
+            or len(idempotency_key) > MAX_IDEMPOTENCY_KEY
+        ):
+            raise RegistryError(
+                f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters, "
+                f"got {idempotency_key!r}"
+            )
         bundle = Path(bundle_dir).expanduser().resolve()
         files = _scan_bundle(bundle)
         if not isinstance(evidence, dict):
@@ -605,17 +743,28 @@ class Registry:
         fingerprint = evidence.get("data_fingerprint") or {}
 
         self.cleanup()
+        token, owner = _new_owner()
         created = _now()
 
-        def allocate(session: Session) -> tuple[int, int]:
+        def allocate(session: Session) -> tuple[str, Any]:
+            if idempotency_key is not None:
+                existing = session.scalars(
+                    select(VersionRow)
+                    .where(VersionRow.name == name, VersionRow.idempotency_key == idempotency_key)
+                    .with_for_update()
+                ).first()
+                if existing is not None:
+                    return ("done" if existing.status in VISIBLE else "busy"), existing.version
             latest = session.scalar(select(func.max(VersionRow.version)).where(VersionRow.name == name)) or 0
             row = VersionRow(
                 name=name,
                 version=latest + 1,
                 status=PENDING,
-                owner=_owner(),
+                owner=owner,
                 created_at=created,
-                artifact_path=f"{name}/{latest + 1}",
+                heartbeat_at=created,
+                idempotency_key=idempotency_key,
+                artifact_path=f"{name}/{latest + 1}-{token[:12]}",
                 base_model=str(evidence["base_model"]) if evidence.get("base_model") is not None else None,
                 data_sha256=fingerprint.get("sha256") if isinstance(fingerprint, dict) else None,
                 code_revision=str(evidence["code_revision"])[:100] if evidence.get("code_revision") else None,
@@ -623,37 +772,48 @@ class Registry:
                 evidence=evidence,
             )
             session.add(row)
-            session.flush()  # the unique (name, version) constraint fires here when another process won
-            return row.id, row.version
+            session.flush()  # the unique constraints fire here when another process won
+            return "new", (row.id, row.version, row.artifact_path)
 
-        row_id, version = self._write(allocate, retry_conflicts=True)
-        final = self._version_path(name, version)
-        work = self.artifact_root / STAGING_DIR / uuid.uuid4().hex
+        # A registration with the same key in flight: wait for it to finish, or for its lease to run out.
+        give_up = time.monotonic() + 2 * self.lease_s + 30
+        while True:
+            kind, value = self._write(allocate, retry_conflicts=True)
+            if kind == "new":
+                break
+            if kind == "done":
+                log.info("%s v%d was already registered with key %r; returning it", name, value, idempotency_key)
+                return self.get_version(name, value)
+            if time.monotonic() > give_up:
+                raise RegistryError(
+                    f"{name} v{value} is still being registered with key {idempotency_key!r} by another process; "
+                    "try again later"
+                )
+            time.sleep(min(1.0, self.lease_s / 8))
+            self.cleanup()
+
+        row_id, version, artifact_path = value
+        final = self.artifact_root / artifact_path
+        work = self.artifact_root / STAGING_DIR / token
         staged = work / "bundle"
-        moved = False
+        heartbeat = _Heartbeat(self, row_id, owner)
+        heartbeat.start()
         try:
             staged.mkdir(parents=True)
-            (work / "owner.json").write_text(
-                json.dumps(
-                    {"owner": _owner(), "created_at": created.isoformat(), "name": name, "version": version}
-                )
-            )
             total = sum((bundle / rel).stat().st_size for rel in files)
             log.info("registering %s v%d: copying %d files (%.1f MB)", name, version, len(files), total / 1e6)
             entries: dict[str, dict[str, Any]] = {}
             for rel in files:
                 digest, size = _copy_and_hash(bundle / rel, staged / rel)
                 entries[rel] = {"sha256": digest, "size": size}
-                _test_pause("copy")
+                self._stage("copying")
 
             serving = json.loads((staged / SERVING_SPEC).read_text(encoding="utf-8"))
-            (staged / EVIDENCE_FILE).write_text(
-                json.dumps(evidence, indent=2, sort_keys=True), encoding="utf-8"
-            )
+            _write_durably(staged / EVIDENCE_FILE, json.dumps(evidence, indent=2, sort_keys=True))
             card = render_model_card(
                 name, version, created.isoformat(timespec="seconds"), evidence, serving, entries
             )
-            (staged / MODEL_CARD).write_text(card, encoding="utf-8")
+            _write_durably(staged / MODEL_CARD, card)
             for rel in (EVIDENCE_FILE, MODEL_CARD):
                 entries[rel] = {"sha256": _sha256(staged / rel), "size": (staged / rel).stat().st_size}
                 os.chmod(staged / rel, 0o444)
@@ -664,22 +824,23 @@ class Registry:
                 "created_at": created.isoformat(),
                 "files": dict(sorted(entries.items())),
             }
-            (staged / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            _write_durably(staged / MANIFEST, json.dumps(manifest, indent=2))
             os.chmod(staged / MANIFEST, 0o444)
             manifest_sha = _sha256(staged / MANIFEST)
+            _fsync_tree(staged)
+            self._stage("copied")
 
-            # We hold the only row for (name, version), so anything at `final` is debris of a killed registration.
-            if final.exists():
-                shutil.rmtree(final)
+            # The folder is this row's alone (its name holds the token): nothing else can be there or be lost.
             final.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_path(final.parent.parent)
             os.replace(staged, final)
-            moved = True
-            _test_pause("ready")
+            _fsync_path(final.parent)  # the rename is durable before the row says ready
+            self._stage("moved")
 
             def mark_ready(session: Session) -> int:
                 result = session.execute(
                     update(VersionRow)
-                    .where(VersionRow.id == row_id, VersionRow.status == PENDING)
+                    .where(VersionRow.id == row_id, VersionRow.status == PENDING, VersionRow.owner == owner)
                     .values(
                         status=READY,
                         ready_at=_now(),
@@ -692,76 +853,134 @@ class Registry:
 
             if self._write(mark_ready) != 1:
                 raise RegistryError(
-                    f"registration of {name} v{version} was cleaned up as stale by another process before it "
-                    "finished; register again"
+                    f"registration of {name} v{version} was removed as abandoned by another process (no "
+                    f"heartbeat for {self.lease_s:.0f} s) before it finished; register again"
                 )
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            if moved:
+            self._stage("marked-ready")
+        except BaseException as error:
+            heartbeat.stop()
+            state = self._settle_failed(row_id, owner)
+            if state == READY and isinstance(error, Exception):
+                # The commit went through and only its answer was lost: the version is complete.
+                log.warning("%s v%d: %s after the version was committed; it is registered", name, version, error)
+            elif state in (REMOVING, "gone"):
+                shutil.rmtree(work, ignore_errors=True)
                 shutil.rmtree(final, ignore_errors=True)
-            try:
-                self._write(
-                    lambda s: s.execute(
-                        delete(VersionRow).where(VersionRow.id == row_id, VersionRow.status == PENDING)
-                    )
-                )
-            except Exception:  # cleanup() removes the row later
-                log.warning("could not remove pending row of %s v%d; cleanup() will", name, version)
-            raise
+                if state == REMOVING:
+                    self._delete_removing(row_id)
+                raise
+            else:  # ready but interrupted, or unknown: leave the files; cleanup() decides by the row later
+                raise
+        finally:
+            heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)
         log.info("registered %s v%d at %s (manifest sha256 %s)", name, version, final, manifest_sha[:12])
         return self.get_version(name, version)
 
-    def cleanup(self, stale_after_s: float | None = None) -> int:
-        """Remove pending rows and staging folders whose registering process is gone. Returns how many.
+    def _settle_failed(self, row_id: int, owner: str) -> str:
+        """After a failed registration, read the row again before touching any file. Returns ``ready`` (it was
+        committed), ``removing`` (it was pending: now marked for removal by us), ``gone`` (someone else removed
+        or is removing it) or ``unknown`` (the database did not answer: leave everything to cleanup())."""
 
-        A process on this host counts as gone when its pid is dead; one on another host after ``stale_after_s``.
-        """
-        stale_after = self.stale_after_s if stale_after_s is None else stale_after_s
-        removed = 0
-        with self._read() as session:
-            pending = session.execute(
-                select(
-                    VersionRow.id,
-                    VersionRow.name,
-                    VersionRow.version,
-                    VersionRow.owner,
-                    VersionRow.created_at,
-                ).where(VersionRow.status == PENDING)
-            ).all()
-        for row_id, name, version, owner, created in pending:
-            if not _owner_dead(owner, created, stale_after):
-                continue
-            # Folder first, then row: while the pending row exists nobody else can take this version number.
-            shutil.rmtree(self._version_path(name, version), ignore_errors=True)
-            statement = delete(VersionRow).where(VersionRow.id == row_id, VersionRow.status == PENDING)
+        def settle(session: Session) -> str:
+            row = session.scalars(
+                select(VersionRow)
+                .where(VersionRow.id == row_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).first()
+            if row is None or row.owner != owner or row.status == REMOVING:
+                return "gone"
+            if row.status in VISIBLE:
+                return READY
+            row.status = REMOVING
+            return REMOVING
 
-            def remove_row(session: Session, statement: Any = statement) -> int:
-                return session.execute(statement).rowcount  # type: ignore[attr-defined]
+        try:
+            return self._write(settle, attempts=20)
+        except Exception as error:  # noqa: BLE001 - the original error is what the caller sees
+            log.warning("could not read back registration row %d (%s); cleanup() will settle it", row_id, error)
+            return "unknown"
 
-            deleted = self._write(remove_row)
-            if deleted:
-                removed += 1
-                log.info("removed unfinished registration of %s v%d (owner %s is gone)", name, version, owner)
+    def _delete_removing(self, row_id: int) -> None:
+        try:
+            self._write(
+                lambda s: s.execute(
+                    delete(VersionRow).where(VersionRow.id == row_id, VersionRow.status == REMOVING)
+                )
+            )
+        except Exception:  # noqa: BLE001 - cleanup() finishes it
+            log.warning("could not delete registration row %d marked for removal; cleanup() will", row_id)
 
+    def _heartbeat(self, row_id: int, owner: str) -> bool:
+        """Refresh the lease of our pending row; False when it is no longer ours (removed as abandoned)."""
+
+        def beat(session: Session) -> int:
+            result = session.execute(
+                update(VersionRow)
+                .where(VersionRow.id == row_id, VersionRow.status == PENDING, VersionRow.owner == owner)
+                .values(heartbeat_at=_now())
+            )
+            return result.rowcount  # type: ignore[attr-defined]
+
+        return self._write(beat, attempts=10) == 1
+
+    def cleanup(self, lease_s: float | None = None) -> int:
+        """Remove abandoned registrations: pending rows whose heartbeat is older than the lease, rows left
+        ``removing``, their folders, and staging folders no live registration owns. Returns how many rows."""
+        lease = self.lease_s if lease_s is None else lease_s
+        cutoff = _now() - timedelta(seconds=lease)
         staging = self.artifact_root / STAGING_DIR
-        if staging.is_dir():
-            for work in staging.iterdir():
-                try:
-                    info = json.loads((work / "owner.json").read_text())
-                    dead = _owner_dead(info["owner"], datetime.fromisoformat(info["created_at"]), stale_after)
-                except (
-                    OSError,
-                    ValueError,
-                    KeyError,
-                ):  # killed before owner.json was written, or just removed
-                    try:
-                        dead = time.time() - work.stat().st_mtime > 600
-                    except OSError:
-                        continue
-                if dead:
+        # List the staging folders before reading the rows: a folder is created after its row is committed,
+        # so any folder seen here whose owner is alive has its row in the read below.
+        staged = list(staging.iterdir()) if staging.is_dir() else []
+        last_beat = func.coalesce(VersionRow.heartbeat_at, VersionRow.created_at)
+        with self._read() as session:
+            candidates = session.execute(
+                select(VersionRow.id, VersionRow.owner).where(
+                    (VersionRow.status == REMOVING) | ((VersionRow.status == PENDING) & (last_beat < cutoff))
+                )
+            ).all()
+        removed = 0
+        for row_id, owner in candidates:
+
+            def claim(session: Session, row_id: int = row_id) -> VersionRow | None:
+                # Conditional on the lease still being expired: a heartbeat that came in meanwhile wins.
+                row = session.scalars(
+                    select(VersionRow)
+                    .where(
+                        VersionRow.id == row_id,
+                        (VersionRow.status == REMOVING)
+                        | ((VersionRow.status == PENDING) & (last_beat < cutoff)),
+                    )
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                ).first()
+                if row is not None:
+                    row.status = REMOVING
+                return row
+
+            row = self._write(claim)
+            if row is None:
+                continue
+            # The row is `removing`: its owner can no longer turn it ready, so its folders can go.
+            shutil.rmtree(self.artifact_root / row.artifact_path, ignore_errors=True)
+            shutil.rmtree(staging / _token_of(owner), ignore_errors=True)
+            self._delete_removing(row_id)
+            removed += 1
+            log.info("removed abandoned registration of %s v%d (owner %s)", row.name, row.version, owner)
+
+        if staged:
+            with self._read() as session:
+                live = {
+                    _token_of(owner)
+                    for owner in session.scalars(
+                        select(VersionRow.owner).where(VersionRow.status == PENDING)
+                    )
+                }
+            for work in staged:
+                if work.name not in live:
                     shutil.rmtree(work, ignore_errors=True)
-                    removed += 1
         return removed
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -818,6 +1037,16 @@ class Registry:
         raise VersionNotFound(
             f"version {version} of '{name}' does not exist (versions: {numbers}); see `dapt models list {name}`"
         )
+
+    @staticmethod
+    def _lock_version(session: Session, name: str, version: int) -> None:
+        """Row-lock one version for the rest of the transaction (Postgres; SQLite writers are serialized)."""
+        session.execute(
+            select(VersionRow)
+            .where(VersionRow.name == name, VersionRow.version == version)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
 
     def get_version(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion:
         """One version: by number, by alias, or (neither given) the newest non-archived version."""
@@ -893,21 +1122,45 @@ class Registry:
         except (ValueError, KeyError) as error:
             raise ChecksumError(f"{label}: {MANIFEST} is unreadable ({error}); {fix}") from error
 
+        if not isinstance(expected, dict):
+            raise ChecksumError(f"{label}: {MANIFEST} has no 'files' mapping; {fix}")
+
         problems: list[str] = []
+        files, links = _walk(root)
+        for rel in links:
+            problems.append(f"{rel} is a symbolic link (bundles hold real files only)")
         for rel, entry in sorted(expected.items()):
+            try:
+                check_bundle_path(rel, f"{MANIFEST} entry")
+            except BundlePathError as error:
+                problems.append(str(error))
+                continue
             path = root / rel
+            if rel in links:
+                continue
             if not path.is_file():
                 problems.append(f"{rel} is missing")
             elif path.stat().st_size != entry["size"]:
                 problems.append(f"{rel} changed size ({entry['size']} -> {path.stat().st_size} bytes)")
             elif _sha256(path) != entry["sha256"]:
                 problems.append(f"{rel} changed (sha256 differs from the manifest)")
-        present = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()]
-        for rel in sorted(present):
-            if rel in expected or rel == MANIFEST:
-                continue
-            if rel.split("/", 1)[0] in STRICT_DIRS or rel.lower().endswith(PICKLE_SUFFIXES):
+        for rel in files:
+            if rel not in expected and rel != MANIFEST:
                 problems.append(f"{rel} is an unexpected file (not in the manifest)")
+        # Everything the service loads must be covered: serving.json itself and every variant it names.
+        if SERVING_SPEC not in expected:
+            problems.append(f"{SERVING_SPEC} is not in the manifest")
+        else:
+            try:
+                variants = _serving_variants(root / SERVING_SPEC)
+            except BundlePathError as error:
+                problems.append(str(error))
+            else:
+                for variant, rel in sorted(variants.items()):
+                    if rel not in expected:
+                        problems.append(
+                            f"{SERVING_SPEC} variant {variant!r} loads {rel}, which is not in the manifest"
+                        )
         if problems:
             raise ChecksumError(f"{label} failed verification at {root}: {'; '.join(problems)}; {fix}")
 
@@ -937,6 +1190,9 @@ class Registry:
         decision_dict = decision.to_dict() if isinstance(decision, GateDecision) else decision
 
         def move(session: Session) -> AliasMove:
+            # Lock the version row first: archive() takes the same lock, so on Postgres (READ COMMITTED) an
+            # archive cannot slip in between this check and the alias write (write skew).
+            self._lock_version(session, name, version)
             row = self._get_row(session, name, version, None)
             if row.status == ARCHIVED:
                 raise ArchivedVersion(
@@ -951,6 +1207,7 @@ class Registry:
                 raise RegistryError(
                     f"alias '{alias}' of '{name}' moved to v{current} while this move was being decided; try again"
                 )
+            self._stage("alias-checked")
             now = _now()
             if current == version:
                 return AliasMove(
@@ -1090,10 +1347,12 @@ class Registry:
         _check_version(version)
 
         def do_archive(session: Session) -> None:
+            self._lock_version(session, name, version)  # the lock set_alias takes: see there
             row = self._get_row(session, name, version, None)
             held = session.scalars(
                 select(AliasRow.alias).where(AliasRow.name == name, AliasRow.version == version)
             ).all()
+            self._stage("archive-checked")
             if held:
                 raise RegistryError(
                     f"{name} v{version} holds alias {', '.join(repr(a) for a in held)}; move it first "

@@ -1,12 +1,13 @@
 """ASGI middleware in front of the BentoML app: request limits before parsing, uniform JSON errors, and the
-routes BentoML APIs cannot express (``GET /metadata``, ``POST /admin/reload`` with a bearer token).
+routes BentoML APIs cannot express (``GET /metadata``; ``POST /admin/reload`` and ``GET /admin/status`` with a
+bearer token).
 
 Body size (``DAPT_MAX_BODY_BYTES``, default 2 MiB) is enforced before anything parses the body: a
 ``Content-Length`` above the limit is answered 413 at once; a body without one (chunked) is counted as it
 streams and refused as soon as it passes the limit. The body of ``/classify`` and ``/entities`` must be a JSON
-object whose ``texts`` (when present) is a list of strings; anything else is a 400/422 naming the field, so
-malformed input never reaches the model (and BentoML does not log a traceback for each bad request).
-The batching stage (``/classify_batch``, ``/entities_batch``) gets the same shape check. Every error body is
+object whose ``texts`` is a list of strings; anything else (``texts`` missing included) is a 400/422 naming the
+field, so malformed input never reaches the model (and BentoML does not log a traceback for each bad request).
+Every error body is
 ``{"error": "<what is wrong and how to fix it>", "field": ..., ...}``.
 """
 
@@ -22,10 +23,6 @@ MAX_BODY_ENV = "DAPT_MAX_BODY_BYTES"
 ADMIN_TOKEN_ENV = "DAPT_ADMIN_TOKEN"
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 PUBLIC_TEXT_ROUTES = ("/classify", "/entities")
-BATCH_ROUTES = ("/classify_batch", "/entities_batch")
-# The public endpoints call the batching stage over an in-process HTTP hop whose JSON escapes non-ASCII text
-# (an emoji taking 4 bytes in the client's body takes 12 there): the stage gets room for that expansion.
-BATCH_BODY_FACTOR = 4
 
 
 def max_body_bytes() -> int:
@@ -130,7 +127,12 @@ def check_texts_payload(body: bytes) -> tuple[int, dict[str, Any]] | None:
             "field": "body",
         }
     if "texts" not in document:
-        return None  # the OpenAPI sample default applies
+        near = [key for key in document if isinstance(key, str) and key.lower() in ("text", "inputs", "input")]
+        hint = f" (got {near[0]!r}: did you mean 'texts'?)" if near else ""
+        return 422, {
+            "error": f'texts is required: send {{"texts": ["..."]}}, a list of strings{hint}',
+            "field": "texts",
+        }
     texts = document["texts"]
     if not isinstance(texts, list):
         return 422, {
@@ -185,13 +187,15 @@ class RequestGuard:
         if path == "/admin/reload":
             await self._admin_reload(scope, receive, send)
             return
+        if path == "/admin/status":
+            await self._admin_status(scope, send)
+            return
         if method not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
 
-        limit = self.max_body * (BATCH_BODY_FACTOR if path in BATCH_ROUTES else 1)
         try:
-            body = await read_body(scope, receive, limit)
+            body = await read_body(scope, receive, self.max_body)
         except BodyTooLarge as exc:
             await send_json(send, 413, {"error": str(exc), "field": "body", "limit": exc.limit})
             return
@@ -203,7 +207,7 @@ class RequestGuard:
         if path == "/metadata":  # the POST twin of GET /metadata takes no input: any body is fine
             await self._metadata(send, head=False)
             return
-        if path in PUBLIC_TEXT_ROUTES or path in BATCH_ROUTES:
+        if path in PUBLIC_TEXT_ROUTES:
             problem = check_texts_payload(body)
             if problem is not None:
                 await send_json(send, *problem)
@@ -230,23 +234,19 @@ class RequestGuard:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if head else body})
 
-    async def _admin_reload(self, scope: dict, receive: Any, send: Any) -> None:
-        """``POST /admin/reload`` (optional body ``{"version": N}``), bearer token from DAPT_ADMIN_TOKEN."""
-        if scope["method"] != "POST":
-            await send_json(
-                send, 405, {"error": "use POST /admin/reload", "field": "method"}, [(b"allow", b"POST")]
-            )
-            return
+    @staticmethod
+    async def _authorized(scope: dict, send: Any, what: str) -> bool:
+        """True for a request with the admin bearer token; otherwise answers 403/401 and returns False."""
         token = os.environ.get(ADMIN_TOKEN_ENV, "")
         if not token:
             await send_json(
                 send,
                 403,
                 {
-                    "error": f"reload is disabled: no admin token is configured (set {ADMIN_TOKEN_ENV} on the server)"
+                    "error": f"{what} is disabled: no admin token is configured (set {ADMIN_TOKEN_ENV} on the server)"
                 },
             )
-            return
+            return False
         given = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         scheme, _, credential = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
@@ -258,6 +258,37 @@ class RequestGuard:
                 },
                 [(b"www-authenticate", b"Bearer")],
             )
+            return False
+        return True
+
+    async def _admin_status(self, scope: dict, send: Any) -> None:
+        """``GET /admin/status``: /metadata plus what only the operator should see (bundle path, raw errors)."""
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_json(
+                send, 405, {"error": "use GET /admin/status", "field": "method"}, [(b"allow", b"GET")]
+            )
+            return
+        if not await self._authorized(scope, send, "the admin status"):
+            return
+        service = self._service()
+        if service is None:
+            await send_json(
+                send, 503, {"error": "the service is still starting; retry when /readyz says 200"}
+            )
+            return
+        await send_json(send, 200, service.metadata_document(operator=True))
+
+    async def _admin_reload(self, scope: dict, receive: Any, send: Any) -> None:
+        """``POST /admin/reload`` (optional body ``{"version": N}``), bearer token from DAPT_ADMIN_TOKEN.
+
+        With a version the service stays on it (the alias poller stops); without one it goes back to the
+        alias's version and follows the alias again."""
+        if scope["method"] != "POST":
+            await send_json(
+                send, 405, {"error": "use POST /admin/reload", "field": "method"}, [(b"allow", b"POST")]
+            )
+            return
+        if not await self._authorized(scope, send, "reload"):
             return
         try:
             body = await read_body(scope, receive, 4096)
@@ -301,7 +332,7 @@ class RequestGuard:
 
         try:
             # In a plain thread, not BentoML's inference thread: predictions go on while the candidate loads.
-            result = await asyncio.to_thread(service.slot.reload, version, reason="POST /admin/reload")
+            result = await asyncio.to_thread(service.slot.pin, version, reason="POST /admin/reload")
         except ReloadFailed as exc:
             await send_json(send, exc.status, {"error": str(exc), "field": "version"})
             return

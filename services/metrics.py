@@ -32,7 +32,7 @@ class ServiceMetrics:
         )
         self.batch_size = prometheus_client.Histogram(
             "dapt_batch_size",
-            "Texts per ONNX Runtime call, after adaptive batching merged concurrent requests",
+            "Texts per ONNX Runtime call, after the micro-batcher merged concurrent requests",
             ["model_name", "model_version"],
             buckets=BATCH_SIZE_BUCKETS,
         )

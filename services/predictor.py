@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import MANIFEST, SERVING_SPEC, TOKENIZER_DIR, ServingSpec
+from models.bundle import (
+    MANIFEST,
+    SERVING_SPEC,
+    TOKENIZER_DIR,
+    BundlePathError,
+    ServingSpec,
+    resolve_in_bundle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +91,22 @@ def verify_manifest(bundle_dir: Path, only: list[str] | None = None) -> int:
         entries = _manifest_entries(json.loads(manifest_path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise BundleError(f"{manifest_path} is not a readable manifest: {exc}") from None
+    if only is not None:
+        # What is loaded must be covered: a file the manifest does not list would be loaded unchecked.
+        uncovered = sorted(set(only) - set(entries))
+        if uncovered:
+            raise ChecksumError(
+                f"{', '.join(uncovered)} in {bundle_dir} is loaded but not listed in {MANIFEST}; "
+                "re-register the bundle"
+            )
     checked = 0
     for relative, expected in sorted(entries.items()):
         if only is not None and relative not in only:
             continue
-        path = bundle_dir / relative
+        try:
+            path = resolve_in_bundle(bundle_dir, relative, f"{MANIFEST} entry")
+        except BundlePathError as exc:
+            raise ChecksumError(str(exc)) from None
         if not path.is_file():
             raise ChecksumError(f"{relative} is listed in {MANIFEST} but missing from {bundle_dir}")
         actual = sha256_of(path)
@@ -146,7 +164,10 @@ class OnnxPredictor:
                 f"{self.bundle_dir} is not a serving bundle ({SERVING_SPEC} is missing); "
                 "point DAPT_BUNDLE_DIR at a folder written by `dapt export`"
             )
-        self.spec = ServingSpec.read(self.bundle_dir)
+        try:
+            self.spec = ServingSpec.read(self.bundle_dir)
+        except BundlePathError as exc:
+            raise BundleError(str(exc)) from None
         if variant is not None and variant not in self.spec.variants:
             raise BundleError(
                 f"variant {variant!r} is not in this bundle; it has {sorted(self.spec.variants)}"
@@ -176,8 +197,10 @@ class OnnxPredictor:
         pad_id = self.tokenizer.token_to_id(pad_token)
         if pad_id is None:
             raise BundleError(f"pad token {pad_token!r} is not in {tokenizer_path}")
-        # No fixed length: pad to the longest text of each batch, which is what keeps short requests fast.
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+        # Texts are encoded one by one (no padding, whatever tokenizer.json says) and padded per batch to its
+        # longest text (:meth:`feeds`), so a batch of short texts is never padded to a fixed length.
+        self.tokenizer.no_padding()
+        self._pad_id = pad_id
         self._input_names = [i.name for i in self.session.get_inputs()]
         self.provider = self.session.get_providers()[0]
         logger.info(
@@ -192,7 +215,10 @@ class OnnxPredictor:
     # ------------------------------------------------------------------ loading
 
     def _onnx_path(self, variant: str) -> Path:
-        path = self.bundle_dir / self.spec.variants[variant]
+        try:
+            path = resolve_in_bundle(self.bundle_dir, self.spec.variants[variant], f"variant {variant!r}")
+        except BundlePathError as exc:
+            raise BundleError(str(exc)) from None
         if not path.is_file():
             raise BundleError(
                 f"{self.spec.variants[variant]} (variant {variant}) is missing from {self.bundle_dir}"
@@ -240,40 +266,65 @@ class OnnxPredictor:
 
     # ------------------------------------------------------------------ inference
 
-    def _encode(self, texts: list[str]):
+    def encode(self, texts: list[str]) -> list[Any]:
+        """Tokenize without padding (truncated to the bundle's max_length); one ``Encoding`` per text."""
         if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
             raise TypeError("texts must be a list of strings")
-        encodings = self.tokenizer.encode_batch(list(texts))
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        return encodings, {name: feeds[name] for name in self._input_names}
+        return self.tokenizer.encode_batch(list(texts))
+
+    @staticmethod
+    def truncated(encoding: Any) -> bool:
+        """Whether the text had more tokens than max_length (the rest was not seen by the model)."""
+        return bool(encoding.overflowing)
+
+    def feeds(self, encodings: list[Any]) -> dict[str, np.ndarray]:
+        """The model inputs of a batch, right-padded to its longest encoding."""
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            length = len(encoding.ids)
+            ids[row, :length] = encoding.ids
+            mask[row, :length] = encoding.attention_mask
+            types[row, :length] = encoding.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: feeds[name] for name in self._input_names}
+
+    def _encode(self, texts: list[str]):
+        encodings = self.encode(texts)
+        return encodings, self.feeds(encodings)
 
     def logits(self, texts: list[str]) -> np.ndarray:
         """Raw logits: (batch, labels) for classification, (batch, tokens, labels) for NER."""
         if not texts:
             return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
-        _, feeds = self._encode(texts)
-        return self.session.run(None, feeds)[0].astype(np.float32)
+        return self.logits_of(self.encode(texts))
+
+    def logits_of(self, encodings: list[Any]) -> np.ndarray:
+        return self.session.run(None, self.feeds(encodings))[0].astype(np.float32)
 
     def classify(self, texts: list[str]) -> list[dict[str, Any]]:
         if self.spec.task != "classification":
             raise WrongTaskError(f"{self.spec.name} is a token-classification (NER) model: use /entities")
         if not texts:
             return []
-        logits = self.logits(texts)
+        return self.classify_encoded(self.encode(texts))
+
+    def classify_encoded(self, encodings: list[Any]) -> list[dict[str, Any]]:
+        """Predictions for already tokenized texts (:meth:`encode`), with ``truncated`` per text."""
+        logits = self.logits_of(encodings)
         probabilities = _sigmoid(logits) if self.spec.multi_label else _softmax(logits)
         labels = self.spec.labels
         results = []
-        for row in probabilities:
+        for row, encoding in zip(probabilities, encodings, strict=True):
             best = int(row.argmax())
             results.append(
                 {
                     "label": labels[best],
                     "score": float(row[best]),
                     "scores": {label: float(p) for label, p in zip(labels, row, strict=True)},
+                    "truncated": self.truncated(encoding),
                 }
             )
         return results
@@ -283,8 +334,11 @@ class OnnxPredictor:
             raise WrongTaskError(f"{self.spec.name} is a classification model: use /classify")
         if not texts:
             return []
-        encodings, feeds = self._encode(texts)
-        probabilities = _softmax(self.session.run(None, feeds)[0].astype(np.float32))
+        return self.entities_encoded(texts, self.encode(texts))
+
+    def entities_encoded(self, texts: list[str], encodings: list[Any]) -> list[list[dict[str, Any]]]:
+        """Spans for already tokenized texts (``encodings[i]`` is ``texts[i]`` through :meth:`encode`)."""
+        probabilities = _softmax(self.logits_of(encodings))
         return [
             self._spans(text, encoding, probabilities[row])
             for row, (text, encoding) in enumerate(zip(texts, encodings, strict=True))

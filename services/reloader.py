@@ -10,8 +10,13 @@ A reload builds a complete new :class:`ServedModel` beside the one serving (regi
 inference, then :meth:`OnnxPredictor.self_check` on probe texts) and only then replaces ``slot.current``: one
 reference assignment, atomic under the GIL. Calls already running keep their reference to the old model and
 finish on it; it is freed when the last one returns. When any step fails the old model keeps serving, the
-error is logged and kept in :meth:`ModelSlot.status` (``last_reload_error``, shown by ``/metadata``). Two
+error is logged and kept in :meth:`ModelSlot.status` (``last_reload_error``: ``/metadata`` shows what failed
+and when; the raw error, which names files and hosts, only in the log and ``GET /admin/status``). Two
 versions are in memory for the length of a swap.
+
+A reload to a given version (``POST /admin/reload {"version": N}``) pins it: the alias poller stops following
+the alias until a reload without a version (``POST /admin/reload`` with no body) unpins and goes back to the
+alias's version. A pin lasts as long as the process: a restarted worker starts from the alias again.
 
 Imports ONNX Runtime/tokenizers through services.predictor and, when a reload runs, models.registry
 (standard library + SQLAlchemy); never torch or training code.
@@ -43,6 +48,15 @@ class ReloadFailed(RuntimeError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+# What /metadata may say about a failed reload, by status (the full message is for the operator).
+PUBLIC_REASONS = {
+    404: "that version or alias is not in the registry",
+    409: "another reload was running",
+    422: "the candidate failed verification, warm-up or the probe",
+    503: "the registry could not be reached",
+}
 
 
 def _now() -> str:
@@ -100,6 +114,7 @@ class ModelSlot:
         self.last_reload_error: dict[str, Any] | None = None
         self.last_poll_error: str | None = None
         self._failed: tuple[int, float] | None = None  # (version, monotonic time) of the last failed reload
+        self.pinned_version: str | None = None  # set by a reload to a given version: the poller stands still
 
     @property
     def current(self) -> ServedModel:
@@ -123,12 +138,30 @@ class ModelSlot:
         409 while another reload runs, 404 for an unknown version/alias, 422 when nothing says what to load
         or the candidate fails verification, warm-up or the probe (the old model keeps serving).
         """
+        return self._locked(version, reason)
+
+    def pin(self, version: int | None, *, reason: str) -> dict[str, Any]:
+        """An operator's reload: to ``version`` and stay there (the poller stops following the alias), or with
+        None back to the alias's version and following it again. Raises ReloadFailed like :meth:`reload`."""
+        result = self._locked(version, reason, pin=True)
+        return {**result, "pinned_version": self.pinned_version, "following_alias": self.following}
+
+    def _locked(self, version: int | None, reason: str, pin: bool = False, poll: bool = False):
         if not self._reload_lock.acquire(blocking=False):
             raise ReloadFailed("a reload is already running; try again when it has finished", 409)
         try:
-            return self._reload_locked(version, reason)
+            if poll and self.pinned_version is not None:  # pinned while this poll looked at the alias
+                return None
+            result = self._reload_locked(version, reason)
+            if pin:  # under the lock, so no poll can slip in between the swap and the pin
+                self.pinned_version = str(version) if version is not None else None
+            return result
         finally:
             self._reload_lock.release()
+
+    @property
+    def following(self) -> bool:
+        return self.alias is not None and self.poll_s > 0 and self.pinned_version is None
 
     def _reload_locked(self, version: int | None, reason: str) -> dict[str, Any]:
         from models.registry import RegistryError, VersionNotFound
@@ -192,7 +225,13 @@ class ModelSlot:
         return {"swapped": True, **self.last_reload}
 
     def _failure(self, wanted: str, reason: str, message: str, status: int) -> ReloadFailed:
-        self.last_reload_error = {"version": wanted, "reason": reason, "error": message, "at": _now()}
+        self.last_reload_error = {
+            "version": wanted,
+            "reason": reason,
+            "error": message,
+            "status": status,
+            "at": _now(),
+        }
         logger.error("reload of %s %s failed: %s", self._served.name, wanted, message)
         if self._on_reload:
             self._on_reload(self._served.name, "failed")
@@ -224,6 +263,8 @@ class ModelSlot:
     def poll_once(self) -> dict[str, Any] | None:
         """One look at the alias; reload when it points at another version. Returns the reload's result."""
         assert self.alias is not None
+        if self.pinned_version is not None:  # an operator chose the version: leave it until unpinned
+            return None
         try:
             target = self._registry().get_version(self._served.name, alias=self.alias).version
         except Exception as exc:
@@ -242,17 +283,31 @@ class ModelSlot:
         ):
             return None
         try:
-            return self.reload(target, reason=f"alias '{self.alias}' moved to v{target}")
+            return self._locked(target, f"alias '{self.alias}' moved to v{target}", poll=True)
         except ReloadFailed:
             return None  # logged and kept in last_reload_error
 
-    def status(self) -> dict[str, Any]:
+    def status(self, operator: bool = False) -> dict[str, Any]:
+        """The reload state; without ``operator`` the raw error texts (file paths, database hosts) are
+        replaced by what kind of failure it was (the log has the full text)."""
+        error = self.last_reload_error
+        if error is not None and not operator:
+            public = PUBLIC_REASONS.get(error["status"], "the reload failed")
+            error = {
+                **{k: error[k] for k in ("version", "reason", "at")},
+                "error": f"{public}; v{self._served.version} keeps serving (details in the server log)",
+            }
+        poll_error = self.last_poll_error
+        if poll_error is not None and not operator:
+            poll_error = f"cannot read alias '{self.alias}' from the registry (details in the server log)"
         return {
             "alias": self.alias,
             "reload_poll_s": self.poll_s if self.alias else None,
+            "following_alias": self.following,
+            "pinned_version": self.pinned_version,
             "loaded_at": self._served.loaded_at,
             "reloading": self._reload_lock.locked(),
             "last_reload": self.last_reload,
-            "last_reload_error": self.last_reload_error,
-            "last_poll_error": self.last_poll_error,
+            "last_reload_error": error,
+            "last_poll_error": poll_error,
         }

@@ -1,4 +1,4 @@
-"""The HTTP service: BentoML 1.4 + ONNX Runtime, with adaptive batching across concurrent requests.
+"""The HTTP service: BentoML 1.4 + ONNX Runtime, with micro-batching across concurrent requests (one hop).
 
     DAPT_BUNDLE_DIR=.dapt/artifacts/demo/3 bentoml serve services.service:DaptService --port 3000
 
@@ -21,11 +21,18 @@ requests in flight finish on the old one. ``POST /admin/reload`` (body ``{"versi
 same on demand, with ``Authorization: Bearer $DAPT_ADMIN_TOKEN`` (403 when no token is configured). A failed
 reload leaves the old version serving and shows in ``/metadata`` as ``last_reload_error``.
 
-Endpoints: ``POST /classify``, ``POST /entities``, ``GET /metadata``, ``POST /admin/reload``; BentoML adds
+Endpoints: ``POST /classify``, ``POST /entities``, ``GET /metadata``, ``POST /admin/reload``,
+``GET /admin/status`` (the operator's view: bundle path, raw reload errors; same token); BentoML adds
 ``/livez``, ``/readyz`` (200 once the model is loaded, verified, warmed up and probed), ``/metrics``
 (Prometheus, with ``dapt_predictions_total`` and ``dapt_batch_size`` labelled by model name and version) and
-the OpenAPI page at ``/`` (spec at ``/docs.json``). ``/classify_batch`` and ``/entities_batch`` are the batching
-stage the two public endpoints call (their answers carry the model per text); prefer the public ones.
+the OpenAPI page at ``/`` (spec at ``/docs.json``).
+
+Batching (services/batcher.py): a request's texts are tokenized (in a thread when the request is large) and
+join the in-process micro-batcher directly, one hop: no second HTTP call. Batches hold at most
+``DAPT_MAX_BATCH_SIZE`` (32) texts and ``DAPT_MAX_BATCH_TOKENS`` (4096) padded tokens, texts of similar length
+together; an under-full batch waits at most ``DAPT_BATCH_WAIT_MS`` (2) ms; more than ``DAPT_MAX_QUEUE_TEXTS``
+(512) waiting texts → 503 with ``Retry-After``. Each answer says per text whether it was ``truncated`` to the
+model's max_length.
 
 Shutdown: SIGTERM stops accepting connections and lets requests in flight finish (uvicorn's graceful
 shutdown under BentoML's process manager), then stops the reload thread.
@@ -33,6 +40,7 @@ shutdown under BentoML's process manager), then stops the reload thread.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import unicodedata
@@ -42,6 +50,8 @@ from typing import Annotated, Any
 import bentoml
 from pydantic import BaseModel, Field
 
+from services.batcher import MicroBatcher, QueueFull
+from services.connections import install as install_connection_guard
 from services.guard import RequestGuard, max_body_bytes, surrogate_error, unpaired_surrogate
 from services.metrics import describe as describe_metrics
 from services.metrics import service_metrics
@@ -60,12 +70,21 @@ DEFAULT_RELOAD_POLL_S = 10.0
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 DEFAULT_MAX_TEXTS = 64
 DEFAULT_MAX_CHARS = 10_000
-BATCH_SIZE = 32  # what one ONNX Runtime call takes at most; larger requests are split by the dispatcher
-# The batcher answers 503 to a request it expects to miss this deadline; generous, because CPUs are slow.
-BATCH_DEADLINE_MS = int(os.environ.get("DAPT_BATCH_DEADLINE_MS", "10000"))
+MAX_BATCH_SIZE_ENV = "DAPT_MAX_BATCH_SIZE"
+MAX_BATCH_TOKENS_ENV = "DAPT_MAX_BATCH_TOKENS"
+BATCH_WAIT_MS_ENV = "DAPT_BATCH_WAIT_MS"
+MAX_QUEUE_TEXTS_ENV = "DAPT_MAX_QUEUE_TEXTS"
+DEFAULT_MAX_BATCH_SIZE = 32  # texts per ONNX Runtime call
+DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per call: 32 texts of 128 tokens, or fewer longer ones
+DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_MAX_QUEUE_TEXTS = 512
+# Tokenizing a request this small takes less time than handing it to a thread; larger ones leave the loop.
+INLINE_TOKENIZE_CHARS = 2048
 
 # BentoML's request timeout pins each request's state for the whole timeout (services/timeouts.py).
 install_prompt_timeouts()
+# uvicorn has no request-header timeout or connection cap: slow or idle clients would hold sockets forever.
+install_connection_guard()
 
 SAMPLE_TEXTS = ["Aspirin relieved the patient's headache within an hour."]
 
@@ -90,10 +109,17 @@ class ModelInfo(BaseModel):
     provider: str = Field(examples=["CPUExecutionProvider"])
 
 
+TRUNCATED_DESCRIPTION = (
+    "True when the text had more tokens than the model's max_length (see /metadata): only its beginning was "
+    "read. Split long texts to have all of them read."
+)
+
+
 class ClassPrediction(BaseModel):
     label: str
     score: float = Field(description="Probability of `label`")
     scores: dict[str, float] = Field(description="Probability of every label")
+    truncated: bool = Field(description=TRUNCATED_DESCRIPTION)
 
 
 class ClassifyResponse(BaseModel):
@@ -112,6 +138,7 @@ class Entity(BaseModel):
 class EntitiesResponse(BaseModel):
     model: ModelInfo
     entities: list[list[Entity]]
+    truncated: list[bool] = Field(description="Per text, in order: " + TRUNCATED_DESCRIPTION)
 
 
 def _int_env(name: str, default: int) -> int:
@@ -145,11 +172,11 @@ def _blank(text: str) -> bool:
     return all(ch.isspace() or unicodedata.category(ch) in INVISIBLE_CATEGORIES for ch in text)
 
 
-def _error(status: int, message: str, **details: Any):
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **details: Any):
     # A plain JSON object (BentoML's own 4xx wraps the message in a list); imported here, like bentoml does.
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": message, **details}, status_code=status)
+    return JSONResponse({"error": message, **details}, status_code=status, headers=headers)
 
 
 def resolve_bundle_dir(bento_model: Any = None) -> tuple[Path, dict[str, str]]:
@@ -173,18 +200,8 @@ def resolve_bundle_dir(bento_model: Any = None) -> tuple[Path, dict[str, str]]:
 @bentoml.service(
     name="dapt",
     description="Domain-adapted BERT served with ONNX Runtime: text classification and entity extraction.",
-    # No max_concurrency: each /classify request also holds a slot for its inner /classify_batch call, so a
-    # cap would answer 429 to those inner calls under load; the batcher's deadline bounds the queue instead.
     traffic={"timeout": 60},
-    # The public endpoints reach the batching stage through BentoML's in-process client, which by default
-    # replaces its aiohttp session every 100 requests and closes the old one with calls still on it: under
-    # concurrency those calls fail (~25% HTTP 500 at 64 concurrent clients, measured). The in-process
-    # connector pools nothing, so the session never needs replacing.
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e12},
-    # The batching stage's in-process hop would double every access-log line; probes and scrapes add noise.
-    logging={
-        "access": {"skip_paths": ["/classify_batch", "/entities_batch", "/livez", "/readyz", "/metrics"]}
-    },
+    logging={"access": {"skip_paths": ["/livez", "/readyz", "/metrics"]}},  # probes and scrapes are noise
     workers=1,
 )
 class DaptService:
@@ -203,15 +220,33 @@ class DaptService:
         spec_name, spec_version = _bundle_name_and_version(bundle_dir)
         name = os.environ.get("DAPT_MODEL_NAME") or labels.get("name") or spec_name
         version = os.environ.get("DAPT_MODEL_VERSION") or labels.get("version") or spec_version
+        alias = os.environ.get(ALIAS_ENV) or None
+        if alias:
+            # A worker restarted by the process manager gets the environment of the first start: the alias's
+            # version now is the one to serve, not the folder named then.
+            bundle_dir, version = _alias_target(name, alias, bundle_dir, version)
         self.metrics = service_metrics()
         # Load, verify the manifest checksums, warm up and probe before __init__ returns: BentoML answers
         # /readyz 200 only after that, and __is_ready__ says so explicitly.
         self.slot = ModelSlot(
             load_model(bundle_dir, name, version),
-            alias=os.environ.get(ALIAS_ENV) or None,
+            alias=alias,
             poll_s=_float_env(RELOAD_POLL_ENV, DEFAULT_RELOAD_POLL_S),
             on_reload=self.metrics.record_reload,
         )
+        self.batcher = MicroBatcher(
+            self._run_batch,
+            length=lambda payload: len(payload[1].ids),
+            max_batch_size=_int_env(MAX_BATCH_SIZE_ENV, DEFAULT_MAX_BATCH_SIZE),
+            max_batch_tokens=_int_env(MAX_BATCH_TOKENS_ENV, DEFAULT_MAX_BATCH_TOKENS),
+            max_wait_ms=_wait_ms_env(),
+            max_queue_texts=_int_env(MAX_QUEUE_TEXTS_ENV, DEFAULT_MAX_QUEUE_TEXTS),
+        )
+        if self.batcher.max_queue_texts < self.max_texts:
+            raise RuntimeError(
+                f"{MAX_QUEUE_TEXTS_ENV}={self.batcher.max_queue_texts} is below {MAX_TEXTS_ENV}={self.max_texts}: "
+                "a full-size request would only be taken when nothing else waits; raise the queue bound"
+            )
         self.slot.start()
         self._ready = True
 
@@ -222,6 +257,7 @@ class DaptService:
     def _stop_following_the_alias(self) -> None:
         self._ready = False
         self.slot.stop()
+        self.batcher.close()
 
     @property
     def predictor(self):
@@ -280,42 +316,69 @@ class DaptService:
                 )
             position = unpaired_surrogate(text)
             if position is not None:
-                return _error(422, **surrogate_error(index, text, position))
+                problem = surrogate_error(index, text, position)
+                return _error(422, problem["error"], field=problem["field"])
         return None
 
-    async def _answers(self, stage, texts: list[str]) -> list[dict[str, Any]]:
-        """The batching stage's answers, all from one model version (a swap between the sub-batches of one
-        request is retried, so a response never mixes versions)."""
-        for _ in range(3):
-            answers = await stage(texts)
-            if len({answer["model"]["version"] for answer in answers}) <= 1:
-                break
-        return answers
+    # ------------------------------------------------------------------ batching
+
+    async def _predict(self, texts: list[str]):
+        """(model that answered, one answer per text), or an error response when the queue is full."""
+        served = self.slot.current  # read once: it tokenizes and answers this request even if a swap follows
+        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+            encodings = served.predictor.encode(texts)
+        else:
+            encodings = await asyncio.to_thread(served.predictor.encode, texts)
+        try:
+            answers = await self.batcher.submit(served, list(zip(texts, encodings, strict=True)))
+        except QueueFull as exc:
+            return served, _error(
+                503, str(exc), field="texts", headers={"retry-after": str(exc.retry_after_s)}
+            )
+        return served, answers
+
+    def _run_batch(self, served: ServedModel, payloads: list[tuple[str, Any]]) -> list[Any]:
+        """One ONNX Runtime call for a batch of one model's texts (in the batcher's inference thread)."""
+        self.metrics.record_batch(served.name, served.version, served.task, len(payloads))
+        texts = [text for text, _ in payloads]
+        encodings = [encoding for _, encoding in payloads]
+        if served.task == "ner":
+            spans = served.predictor.entities_encoded(texts, encodings)
+            return [(found, served.predictor.truncated(e)) for found, e in zip(spans, encodings, strict=True)]
+        return served.predictor.classify_encoded(encodings)
 
     # ------------------------------------------------------------------ public endpoints
 
     @bentoml.api(route="/classify")
     async def classify(
-        self, texts: Annotated[list[str], Field(description="Texts to classify")] = SAMPLE_TEXTS
+        self,
+        texts: Annotated[list[str], Field(description="Texts to classify", examples=[SAMPLE_TEXTS])],
     ) -> ClassifyResponse:
         """Class label, its probability and every label's probability, per text."""
         invalid = self._invalid(texts, "classification")
         if invalid is not None:
             return invalid
-        answers = await self._answers(self.to_async.classify_batch, texts)
-        return ClassifyResponse(model=ModelInfo(**answers[0]["model"]), predictions=answers)
+        served, answers = await self._predict(texts)
+        if not isinstance(answers, list):
+            return answers
+        return ClassifyResponse(model=self._model_info(served), predictions=answers)
 
     @bentoml.api(route="/entities")
     async def entities(
-        self, texts: Annotated[list[str], Field(description="Texts to extract entities from")] = SAMPLE_TEXTS
+        self,
+        texts: Annotated[list[str], Field(description="Texts to extract entities from", examples=[SAMPLE_TEXTS])],
     ) -> EntitiesResponse:
         """Entity spans per text, with character offsets into that text."""
         invalid = self._invalid(texts, "ner")
         if invalid is not None:
             return invalid
-        answers = await self._answers(self.to_async.entities_batch, texts)
+        served, answers = await self._predict(texts)
+        if not isinstance(answers, list):
+            return answers
         return EntitiesResponse(
-            model=ModelInfo(**answers[0]["model"]), entities=[answer["entities"] for answer in answers]
+            model=self._model_info(served),
+            entities=[spans for spans, _ in answers],
+            truncated=[truncated for _, truncated in answers],
         )
 
     @bentoml.api(route="/metadata")
@@ -324,46 +387,51 @@ class DaptService:
         (also GET /metadata)."""
         return self.metadata_document()
 
-    def metadata_document(self) -> dict[str, Any]:
+    def metadata_document(self, operator: bool = False) -> dict[str, Any]:
+        """What anyone may see; ``operator`` (GET /admin/status, with the admin token) adds the bundle path
+        and the raw reload errors, which name files and hosts."""
         served = self.slot.current
-        return {
+        document = {
             **served.predictor.info(),
             **self._model_info(served).model_dump(),
-            "bundle_dir": str(served.bundle_dir),
             "max_texts": self.max_texts,
             "max_chars": self.max_chars,
             "max_body_bytes": self.max_body_bytes,
-            **self.slot.status(),
+            "batching": self.batcher.settings(),
+            **self.slot.status(operator=operator),
             "admin_reload_enabled": bool(os.environ.get("DAPT_ADMIN_TOKEN")),
             "metrics": describe_metrics(),
         }
+        if operator:
+            document["bundle_dir"] = str(served.bundle_dir)
+            document["queued_texts"] = self.batcher.queued
+        return document
 
-    # ------------------------------------------------------------------ batching stage
 
-    def _stage(self, task: str, texts: list[str]) -> tuple[ServedModel, list[str]]:
-        served = self.slot.current  # read once: this batch is answered by this model even if a swap follows
-        if served.task != task:
-            from bentoml.exceptions import InvalidArgument
+def _wait_ms_env() -> float:
+    value = _float_env(BATCH_WAIT_MS_ENV, DEFAULT_BATCH_WAIT_MS)
+    if value > 1000:
+        raise RuntimeError(f"{BATCH_WAIT_MS_ENV} is a wait in milliseconds, at most 1000; got {value}")
+    return value
 
-            right = "/entities" if served.task == "ner" else "/classify"
-            raise InvalidArgument(f"model {served.name!r} is a {served.task} model: call {right} instead")
-        self.metrics.record_batch(served.name, served.version, served.task, len(texts))
-        # Requests were validated by the public endpoint; a direct caller still cannot make us tokenize megabytes.
-        return served, [text[: self.max_chars] for text in texts]
 
-    @bentoml.api(batchable=True, max_batch_size=BATCH_SIZE, max_latency_ms=BATCH_DEADLINE_MS)
-    def classify_batch(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Batching stage behind /classify: concurrent requests' texts arrive here as one batch."""
-        served, texts = self._stage("classification", texts)
-        model = self._model_info(served).model_dump()
-        return [{"model": model, **prediction} for prediction in served.predictor.classify(texts)]
+def _alias_target(name: str, alias: str, bundle_dir: Path, version: str) -> tuple[Path, str]:
+    """The alias's version in the registry now (checksums verified), or the start-up folder when the registry
+    cannot say (the alias poller catches up once it can)."""
+    from models.registry import Registry
 
-    @bentoml.api(batchable=True, max_batch_size=BATCH_SIZE, max_latency_ms=BATCH_DEADLINE_MS)
-    def entities_batch(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Batching stage behind /entities."""
-        served, texts = self._stage("ner", texts)
-        model = self._model_info(served).model_dump()
-        return [{"model": model, "entities": spans} for spans in served.predictor.entities(texts)]
+    log = logging.getLogger("dapt.service")
+    try:
+        registry = Registry()
+        target = registry.get_version(name, alias=alias)
+        if str(target.version) == str(version):
+            return bundle_dir, version
+        path = registry.load_path(name, version=target.version, verify=True)
+    except Exception as exc:  # registry unreachable, alias gone, checksum mismatch: serve what we were given
+        log.warning("cannot resolve alias '%s' of %s at start (%s); serving v%s", alias, name, exc, version)
+        return bundle_dir, version
+    log.info("alias '%s' of %s is at v%s now (started with v%s)", alias, name, target.version, version)
+    return Path(path), str(target.version)
 
 
 def _bundle_name_and_version(bundle_dir: Path) -> tuple[str, str]:

@@ -508,3 +508,149 @@ def test_nsp_sentence_split_keeps_abbreviations_and_initials_inside_sentences():
         "What next?",
         "J. K. Rowling wrote it.",
     ]
+
+
+# ---------------------------------------------------------------------------------------------- crash safety
+
+
+class _Stop(Exception):
+    """Stands in for a kill at a known point (raised from the progress callback)."""
+
+
+def _stop_after_checkpoint(step: int, lines: list[str]):
+    def progress(line: str) -> None:
+        lines.append(line)
+        if f"checkpoint saved at step {step}" in line:
+            raise _Stop(line)
+
+    return progress
+
+
+def test_resume_skips_checkpoints_cut_short_while_saving(tiny_base_model, tmp_path):
+    """A kill while the Trainer writes checkpoint-N leaves it without (or with half) trainer_state.json; resume
+    must use the newest complete one instead of failing on that folder for good."""
+    import shutil
+
+    from models.adapt import adapt_encoder
+
+    recipe = make_recipe(tiny_base_model, max_steps=5, head_warmup_steps=0)
+    out = tmp_path / "run"
+    first: list[str] = []
+    with pytest.raises(_Stop):
+        adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[],
+                      progress=_stop_after_checkpoint(2, first), checkpoint_every=1)
+    checkpoints = out / "checkpoints" / "dapt"
+    assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
+    # checkpoint-3: weights written, killed before the state; checkpoint-4: killed inside the state file
+    shutil.copytree(checkpoints / "checkpoint-2", checkpoints / "checkpoint-3")
+    (checkpoints / "checkpoint-3" / "trainer_state.json").unlink()
+    shutil.copytree(checkpoints / "checkpoint-2", checkpoints / "checkpoint-4")
+    state = (checkpoints / "checkpoint-4" / "trainer_state.json").read_text()
+    (checkpoints / "checkpoint-4" / "trainer_state.json").write_text(state[: len(state) // 2])
+
+    lines: list[str] = []
+    result = adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[],
+                           progress=lines.append, checkpoint_every=1)
+    assert any("checkpoint-4 is incomplete" in line for line in lines)
+    assert any("checkpoint-3 is incomplete" in line for line in lines)
+    assert any("resumed from checkpoint-2" in line for line in lines)
+    assert result.metrics["resumed_from_step"] == 2 and result.metrics["phases"][0]["steps"] == 5
+    assert (result.encoder_dir / "model.safetensors").is_file()
+
+
+def test_kill_while_the_encoder_is_rewritten_after_done_keeps_a_loadable_encoder(
+    tiny_base_model, tmp_path, monkeypatch
+):
+    """The pooler is written into encoder/model.safetensors after phase_done.json: a kill in that write must
+    leave the complete previous file (temporary file + rename), and the next run reuses a loadable encoder."""
+    import safetensors.torch
+    from safetensors.torch import load_file, save_file
+
+    from models.adapt import adapt_encoder
+
+    recipe = make_recipe(tiny_base_model, max_steps=3, head_warmup_steps=0)
+    out = tmp_path / "run"
+    adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[])
+    weights = out / "encoder" / "model.safetensors"
+    state = load_file(weights)
+    assert any(".pooler." in key for key in state)
+    # Back to the moment after phase_done.json, before the pooler was carried over.
+    save_file({k: v for k, v in state.items() if ".pooler." not in k}, weights, metadata={"format": "pt"})
+    before = sha(weights)
+
+    def killed_midway(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 100)  # the first bytes of a file that never got finished
+        raise _Stop(f"killed while writing {filename}")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed_midway)
+    with pytest.raises(_Stop):
+        adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[])
+    monkeypatch.undo()
+    assert sha(weights) == before  # the encoder on disk is the complete one, not a truncated rewrite
+
+    lines: list[str] = []
+    result = adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[], progress=lines.append)
+    assert any("already finished with this configuration" in line for line in lines)
+    assert result.metrics["base_pooler_kept"] is True
+    assert any(".pooler." in key for key in load_file(weights))
+
+
+def test_a_damaged_finished_encoder_is_trained_again_not_reused(tiny_base_model, tmp_path):
+    from models.adapt import adapt_encoder
+
+    recipe = make_recipe(tiny_base_model, max_steps=3, head_warmup_steps=0)
+    out = tmp_path / "run"
+    adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[])
+    weights = out / "encoder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # damaged by something outside our writes
+
+    lines: list[str] = []
+    result = adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[], progress=lines.append)
+    assert any("does not load" in line and "training again" in line for line in lines)
+    assert result.metrics["phases"][0]["reused"] is False and result.metrics["phases"][0]["steps"] == 3
+    assert weights.stat().st_size > 1000
+
+
+def test_two_runs_on_one_cache_entry_take_turns(tiny_base_model, tmp_path):
+    """Same settings, same DAPT_HOME/adapt/<key>: the second run waits for the first, then reuses its result."""
+    import threading
+
+    from models.adapt import adapt_encoder
+
+    recipe = make_recipe(tiny_base_model, max_steps=3, head_warmup_steps=0)
+    out = tmp_path / "adapt" / "samekey"
+    inside, release = threading.Event(), threading.Event()
+    first_lines: list[str] = []
+    second_lines: list[str] = []
+    errors: list[BaseException] = []
+
+    def first_progress(line: str) -> None:
+        first_lines.append(line)
+        if line.startswith("[adapt] measuring before"):
+            inside.set()
+            release.wait(timeout=120)
+
+    def run(progress) -> None:
+        try:
+            adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[], progress=progress)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    first = threading.Thread(target=run, args=(first_progress,))
+    first.start()
+    try:
+        assert inside.wait(timeout=120), f"first run never started measuring: {first_lines[-3:]}"
+        second = threading.Thread(target=run, args=(second_lines.append,))
+        second.start()
+        deadline = time.monotonic() + 30
+        while not any("waiting for it to finish" in line for line in second_lines):
+            assert time.monotonic() < deadline, f"second run did not wait: {second_lines}"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert not any("measuring before" in line for line in second_lines)  # it has not started its own work
+    finally:
+        release.set()
+        first.join(timeout=300)
+    second.join(timeout=300)
+    assert errors == []
+    assert any("already finished with this configuration" in line for line in second_lines)

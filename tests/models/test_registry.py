@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,8 +111,16 @@ def _register_worker(url: str, root: str, bundle: str, run_id: str, barrier, res
     results.put((run_id, version.version))
 
 
-def _register_and_hang(url: str, root: str, bundle: str) -> None:
-    Registry(url, root).register("finsent", Path(bundle), make_evidence(run_id="doomed"))
+def _sleep_at(wanted: str, stage: str) -> None:
+    if stage == wanted:
+        time.sleep(60)
+
+
+def _register_and_hang(url: str, root: str, bundle: str, stage: str, lease_s: float) -> None:
+    # The hook parks the registration after each copied file ("copying") or after the folder is in place
+    # ("moved"), where the test kills it.
+    registry = Registry(url, root, lease_s=lease_s, hook=functools.partial(_sleep_at, stage))
+    registry.register("finsent", Path(bundle), make_evidence(run_id="doomed"))
 
 
 # ------------------------------------------------------------------------------------------- basics
@@ -119,7 +129,9 @@ def test_register_list_get_writes_manifest_evidence_and_card(registry, bundle):
     second = registry.register("finsent", bundle, make_evidence(0.85, run_id="run-2"))
 
     assert (first.version, second.version) == (1, 2)
-    assert first.path == registry.artifact_root / "finsent" / "1" and first.status == "ready"
+    # One folder per row (version + token), so no other registration can ever write or delete it.
+    assert first.path.parent == registry.artifact_root / "finsent" and first.status == "ready"
+    assert re.fullmatch(r"1-[0-9a-f]{12}", first.path.name) and re.fullmatch(r"2-[0-9a-f]{12}", second.path.name)
     manifest = json.loads((first.path / "manifest.json").read_text())
     assert {
         "serving.json",
@@ -265,22 +277,23 @@ def test_eight_processes_register_at_once_and_get_distinct_versions(registry, bu
     assert not any((registry.artifact_root / ".staging").iterdir())
 
 
-@pytest.mark.parametrize("stage", ["copy", "ready"])
-def test_kill_9_midway_leaves_no_partial_version(registry, tmp_path, monkeypatch, stage):
+@pytest.mark.parametrize("stage", ["copying", "moved"])
+def test_kill_9_midway_leaves_no_partial_version(tmp_path, stage):
+    lease = 1.5
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts", lease_s=lease)
     bundle = make_bundle(tmp_path / "src", extra_files=5)
-    # The hook sleeps after each copied file ("copy") or after the folder is in place ("ready").
-    monkeypatch.setenv("DAPT_REGISTRY_TEST_PAUSE", f"{stage}:60")
     context = multiprocessing.get_context("spawn")
     child = context.Process(
-        target=_register_and_hang, args=(registry.url, str(registry.artifact_root), str(bundle))
+        target=_register_and_hang,
+        args=(registry.url, str(registry.artifact_root), str(bundle), stage, lease),
     )
     child.start()
     staging = registry.artifact_root / ".staging"
-    final = registry.artifact_root / "finsent" / "1"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         copied = list(staging.glob("*/bundle/**/*.*")) if staging.exists() else []
-        if (stage == "copy" and copied) or (stage == "ready" and (final / "manifest.json").exists()):
+        moved = list((registry.artifact_root / "finsent").glob("1-*/manifest.json"))
+        if (stage == "copying" and copied) or (stage == "moved" and moved):
             break
         time.sleep(0.05)
     else:
@@ -289,21 +302,24 @@ def test_kill_9_midway_leaves_no_partial_version(registry, tmp_path, monkeypatch
     os.kill(child.pid, signal.SIGKILL)
     child.join(timeout=30)
     assert child.exitcode == -signal.SIGKILL
-    monkeypatch.delenv("DAPT_REGISTRY_TEST_PAUSE")
 
     assert pending_rows(registry) == 1  # the half-done row exists but nobody sees it
     assert registry.list_versions() == []
     with pytest.raises(ModelNotFound):
         registry.get_version("finsent")
+    assert registry.cleanup() == 0  # its lease has not run out yet: nobody may take its files away
 
+    time.sleep(lease + 0.5)  # no heartbeat from the dead process: the lease runs out
     version = registry.register("finsent", bundle, make_evidence(run_id="next"))
     assert version.version == 1 and version.evidence["lineage"]["run_id"] == "next"
     registry.load_path("finsent", 1)  # the debris of the killed copy did not leak into the new version
     assert pending_rows(registry) == 0
     assert list(staging.iterdir()) == []
+    assert [p.name for p in (registry.artifact_root / "finsent").iterdir()] == [version.path.name]
 
 
 def test_cleanup_spares_live_registrations_and_removes_stale_ones(registry, bundle):
+    """Rows written by the earlier layout (owner host:pid, no heartbeat) are judged by their age."""
     import socket
     from datetime import datetime, timedelta, timezone
 

@@ -244,10 +244,17 @@ def test_alias_move_swaps_under_load_and_a_corrupted_version_is_refused(
             time.monotonic() < deadline and httpx.get(f"{url}/metadata").json()["last_reload_error"] is None
         ):
             time.sleep(0.2)
-        metadata = httpx.get(f"{url}/metadata").json()
+        public = httpx.get(f"{url}/metadata")
+        metadata = public.json()
         error = metadata["last_reload_error"]
-        print(f"[swap] corrupted v3 refused: {error and error['error'][:160]}")
-        assert error is not None and error["version"] == "v3" and "onnx/int8/model.onnx" in error["error"]
+        assert error is not None and error["version"] == "v3" and "verification" in error["error"]
+        # The raw error names the file (and the registry's paths): the operator's view only, not /metadata.
+        assert "model.onnx" not in public.text and str(tmp_path) not in public.text
+        assert httpx.get(f"{url}/admin/status").status_code == 401
+        operator = httpx.get(f"{url}/admin/status", headers={"authorization": "Bearer s3cret"}).json()
+        raw = operator["last_reload_error"]["error"]
+        print(f"[swap] corrupted v3 refused: {raw[:160]}")
+        assert "onnx/int8/model.onnx" in raw and operator["bundle_dir"].startswith(str(tmp_path))
         assert metadata["version"] == "2"
         assert httpx.post(f"{url}/classify", json={"texts": ["x"]}).json()["model"]["version"] == "2"
 
@@ -313,8 +320,9 @@ def test_serving_process_never_imports_torch_or_transformers(classifier_bundle):
         os.environ["DAPT_BUNDLE_DIR"] = {str(classifier_bundle)!r}
         from services.service import DaptService
         from services.predictor import OnnxPredictor
+        import asyncio
         service = DaptService()
-        assert len(service.classify_batch(["hello there"])) == 1
+        assert len(asyncio.run(service.classify(texts=["hello there"])).predictions) == 1
         OnnxPredictor(os.environ["DAPT_BUNDLE_DIR"]).classify(["again"])
         import models.registry  # what a reload imports
         service.slot.stop()

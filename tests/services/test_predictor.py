@@ -30,7 +30,8 @@ def test_classify_returns_one_distribution_per_text(classifier):
     results = classifier.classify(["Aspirin eased the headache.", "ok", "a third, longer text about nothing"])
     assert len(results) == 3
     for result in results:
-        assert set(result) == {"label", "score", "scores"}
+        assert set(result) == {"label", "score", "scores", "truncated"}
+        assert result["truncated"] is False
         assert list(result["scores"]) == CLASS_LABELS  # logit order kept
         assert sum(result["scores"].values()) == pytest.approx(1.0, abs=1e-5)
         assert result["score"] == max(result["scores"].values())

@@ -51,12 +51,15 @@ def test_corrupted_artifact_is_refused_and_the_old_version_keeps_serving(registr
     registry.set_alias("tiny", "production", 2, reason="test")
     assert slot.poll_once() is None
     assert slot.current.version == "1"
-    error = slot.status()["last_reload_error"]
+    error = slot.status(operator=True)["last_reload_error"]
     assert (
         error["version"] == "v2"
         and "onnx/int8/model.onnx" in error["error"]
         and "v1 keeps serving" in error["error"]
     )
+    public = slot.status()["last_reload_error"]  # what /metadata shows: the kind of failure, no path
+    assert public["version"] == "v2" and "verification" in public["error"] and "v1 keeps serving" in public["error"]
+    assert "model.onnx" not in public["error"] and "/" not in public["error"].replace("/probe", "")
     assert slot.poll_once() is None and slot.status()["last_reload_error"]["at"] == error["at"]  # not retried
     with pytest.raises(ReloadFailed) as by_hand:  # an admin reload retries at once, and fails the same way
         slot.reload(2, reason="admin")
@@ -99,3 +102,17 @@ def test_one_reload_at_a_time(registry_with_two_versions):
     release.set()
     worker.join(10)
     assert slot.current.version == "2"
+
+
+def test_a_reload_to_a_version_pins_it_until_a_reload_without_one(registry_with_two_versions):
+    registry = registry_with_two_versions
+    registry.set_alias("tiny", "production", 2, reason="test")
+    slot = _slot(registry)
+    slot.poll_s = 10  # following the alias (the thread is not started: polls are called by hand)
+    assert slot.pin(1, reason="admin")["pinned_version"] == "1"
+    assert slot.status()["following_alias"] is False
+    assert slot.poll_once() is None and slot.current.version == "1"  # the alias (v2) is not followed
+    back = slot.pin(None, reason="admin")
+    assert back["swapped"] is True and back["to_version"] == "2" and back["following_alias"] is True
+    registry.set_alias("tiny", "production", 1, reason="test")
+    assert slot.poll_once()["to_version"] == "1"  # following again

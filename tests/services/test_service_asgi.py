@@ -45,7 +45,39 @@ def test_classify_answers_with_model_and_predictions(classify_client):
     }
     assert body["model"]["variant"] in {"fp32", "int8"}
     assert len(body["predictions"]) == 2
-    assert set(body["predictions"][0]) == {"label", "score", "scores"}
+    assert set(body["predictions"][0]) == {"label", "score", "scores", "truncated"}
+    assert [p["truncated"] for p in body["predictions"]] == [False, False]
+
+
+def test_a_text_longer_than_max_length_is_answered_and_said_to_be_truncated(classify_client):
+    """The tiny bundle reads 24 tokens; a longer text is cut there, and the answer says so per text."""
+    long_text = " ".join(["a"] * 30)  # 32 tokens with [CLS]/[SEP], within this client's DAPT_MAX_CHARS (80)
+    response = classify_client.post("/classify", json={"texts": ["short", long_text]})
+    assert response.status_code == 200, response.text
+    assert [p["truncated"] for p in response.json()["predictions"]] == [False, True]
+    spec = classify_client.get("/docs.json").json()
+    described = spec["components"]["schemas"]["ClassPrediction"]["properties"]["truncated"]["description"]
+    assert "max_length" in described
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [({}, "texts is required"), ({"text": ["typo"]}, "did you mean 'texts'")],
+    ids=["empty-object", "text-typo"],
+)
+def test_a_request_without_texts_is_a_422_naming_the_field(classify_client, body, words):
+    response = classify_client.post("/classify", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "texts" and words in response.json()["error"]
+
+
+def test_the_batching_stage_is_not_reachable_from_outside(classify_client):
+    """The old /classify_batch and /entities_batch skipped the public limits; with one hop they do not exist."""
+    for route in ("/classify_batch", "/entities_batch"):
+        response = classify_client.post(route, json={"texts": ["x"] * 100})
+        assert response.status_code == 404, (route, response.status_code, response.text[:200])
+    spec = classify_client.get("/docs.json").json()
+    assert not [path for path in spec["paths"] if path.endswith("_batch")]
 
 
 @pytest.mark.parametrize(
@@ -158,12 +190,6 @@ def test_body_size_is_refused_before_parsing_declared_or_streamed(classify_clien
     assert classify_client.post("/classify", json={"texts": ["still fine"]}).status_code == 200
 
 
-def test_batch_stage_refuses_the_wrong_task_with_a_4xx(classify_client):
-    response = classify_client.post("/entities_batch", json={"texts": ["x"]})
-    assert response.status_code == 400
-    assert "/classify" in response.text
-
-
 def test_admin_reload_is_disabled_without_a_token_and_needs_the_right_one(classify_client, monkeypatch):
     monkeypatch.delenv("DAPT_ADMIN_TOKEN", raising=False)
     disabled = classify_client.post("/admin/reload")
@@ -180,9 +206,12 @@ def test_admin_reload_is_disabled_without_a_token_and_needs_the_right_one(classi
     assert nothing.status_code == 422 and "DAPT_MODEL_ALIAS" in nothing.json()["error"]
     assert classify_client.get("/metadata").json()["version"] == "5"  # still serving
     assert classify_client.get("/admin/reload", headers=auth).status_code == 405
+    assert classify_client.get("/admin/status").status_code == 401
+    status = classify_client.get("/admin/status", headers=auth)
+    assert status.status_code == 200 and status.json()["bundle_dir"].endswith("bundle")
 
 
-def test_metadata_readiness_and_openapi_samples(classify_client):
+def test_metadata_readiness_and_openapi_samples(classify_client, monkeypatch):
     metadata = classify_client.get("/metadata")
     assert metadata.status_code == 200
     assert metadata.json()["task"] == "classification"
@@ -195,9 +224,16 @@ def test_metadata_readiness_and_openapi_samples(classify_client):
     assert classify_client.get("/readyz").status_code == 200
     spec = classify_client.get("/docs.json").json()
     schema = spec["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    sample = schema["properties"]["texts"]["default"]
-    assert isinstance(sample, list) and sample  # the OpenAPI page's "try it" works as is
-    assert classify_client.post("/classify", json={}).status_code == 200  # the sample default is served
+    assert "texts" in schema["required"] and "default" not in schema["properties"]["texts"]
+    sample = schema["properties"]["texts"]["examples"][0]
+    assert isinstance(sample, list) and sample  # the OpenAPI page's "try it" has a sample to send
+    assert classify_client.post("/classify", json={"texts": sample}).status_code == 200
+    # The public answer names no file of the server (the operator's GET /admin/status does).
+    assert "bundle_dir" not in metadata.json()
+    monkeypatch.setenv("DAPT_ADMIN_TOKEN", "s3cret")
+    operator_view = classify_client.get("/admin/status", headers={"authorization": "Bearer s3cret"})
+    assert operator_view.status_code == 200
+    assert operator_view.json()["bundle_dir"] not in metadata.text
 
 
 def test_entities_through_the_service_instance(monkeypatch, ner_bundle):
@@ -212,6 +248,7 @@ def test_entities_through_the_service_instance(monkeypatch, ner_bundle):
     text = "Aspirin helps migraine"
     response = asyncio.run(service.entities(texts=[text, "ibuprofen"]))
     assert response.model.name == "tiny-tagger"
+    assert response.truncated == [False, False]
     first = response.entities[0]
     assert [(e.text, text[e.start : e.end]) for e in first] == [(w, w) for w in text.split()]
     assert {e.label for e in first} == {"DRUG"}
