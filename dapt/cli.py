@@ -81,6 +81,9 @@ def _print_run_summary(summary: dict) -> None:
         if isinstance(value, float | int):
             table.add_row(f"mlm {key}", f"{value:.4f}", "")
     console.print(table)
+    gain = summary.get("adaptation_gain")
+    if gain:
+        console.print(f"[{'green' if gain['kept'] == 'adapted' else 'yellow'}]{gain['summary']}[/]")
     gate = summary.get("gate") or {}
     colour = "green" if gate.get("passed") else "yellow"
     console.print(f"[{colour}]gate: {gate.get('summary', 'not evaluated')}[/{colour}]")

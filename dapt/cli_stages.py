@@ -97,19 +97,27 @@ def register(app: typer.Typer) -> None:
         recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/demo.yaml"),
         out: Path = typer.Option(None, help="Output folder (default: DAPT_HOME/runs/adapt-<time>-<name>)."),
     ) -> None:
-        """Adapt the base encoder to the domain (the recipe's `adapt` section); writes OUT/encoder.
+        """Adapt the base encoder to the domain (the recipe's `adapt` section); writes OUT/encoder, then
+        measures whether it beats the base on the task (OUT/adaptation_gain.json) and says which to fine-tune.
 
         Example: dapt adapt recipes/demo.yaml --out .dapt/stages/adapt
         """
         from dapt.cli import _recipe, console
-        from models.stages import adapt_stage
+        from models.stages import adapt_stage, adaptation_gain_stage
 
         parsed = _recipe(recipe)
         out_dir = _out_dir(out, "adapt", parsed.name)
         result = _run(lambda: adapt_stage(parsed, out_dir, progress=_progress))
         _print_numbers(f"adaptation ({result.strategy})", result.metrics)
         console.print(f"encoder: {result.encoder_dir}")
-        console.print(f"next: dapt finetune {recipe} --encoder {out_dir}")
+        gain = _run(lambda: adaptation_gain_stage(parsed, result.encoder_dir, out_dir / "gain", progress=_progress))
+        if gain is not None:
+            (out_dir / "adaptation_gain.json").write_text(json.dumps(gain.to_dict(), indent=2), encoding="utf-8")
+            console.print(gain.sentence())
+        if gain is None or gain.helped:
+            console.print(f"next: dapt finetune {recipe} --encoder {out_dir}")
+        else:
+            console.print(f"next: dapt finetune {recipe}   (the base encoder; --encoder {out_dir} to use it anyway)")
 
     @app.command()
     def finetune(

@@ -83,6 +83,16 @@ def adapt_encoder(recipe: Recipe, cache_key: str) -> dict:
     return _plain(adapt_stage(recipe, dapt_home() / "adapt" / cache_key, progress=_logger_progress()))
 
 
+@task(name="adaptation-gain", cache_policy=NO_CACHE)
+def measure_gain(recipe: Recipe, encoder_dir: str, out_dir: Path) -> dict | None:
+    from models.stages import adaptation_gain_stage
+
+    gain = adaptation_gain_stage(recipe, Path(encoder_dir), out_dir, progress=_logger_progress())
+    if gain is not None and not gain.helped:
+        get_run_logger().warning(gain.sentence())
+    return gain.to_dict() if gain is not None else None
+
+
 @task(name="fine-tune", cache_policy=NO_CACHE)
 def finetune_model(recipe: Recipe, encoder_dir: str, out_dir: Path) -> dict:
     from models.stages import finetune_stage
@@ -159,6 +169,28 @@ def _copy_reports(sources: list[str], bundle_dir: Path) -> None:
             shutil.copy2(path, reports / path.name)
 
 
+def _served_forgetting(adaptation: dict, base_kept: bool) -> dict:
+    """Forgetting of the encoder that serves: the adapted one's, or none when the base was kept."""
+    measured = {
+        "domain_loss_before": adaptation.get("domain_loss_before"),
+        "domain_loss_after": adaptation.get("domain_loss_after"),
+        "general_loss_before": adaptation.get("general_loss_before"),
+        "general_loss_after": adaptation.get("general_loss_after"),
+        "delta": adaptation.get("forgetting_delta"),
+        "note": adaptation.get("forgetting_note"),
+        "head_warmup_steps": adaptation.get("head_warmup_steps"),
+    }
+    if not base_kept:
+        return measured
+    rise = measured["delta"]
+    return measured | {
+        "general_loss_after": measured["general_loss_before"],
+        "delta": 0.0,
+        "note": "the base encoder serves (adaptation did not help the task), so nothing was forgotten"
+        + (f"; the discarded adapted encoder's general loss rose by {rise:.4f}" if rise is not None else ""),
+    }
+
+
 def _report_markdown(recipe: Recipe, summary: dict) -> str:
     metrics = summary["metrics"]
     forgetting = summary["forgetting"]
@@ -174,6 +206,9 @@ def _report_markdown(recipe: Recipe, summary: dict) -> str:
     for key, value in metrics.items():
         if isinstance(value, float | int):
             lines.append(f"| {key} | {value:.4f} |")
+    gain = summary.get("adaptation_gain")
+    lines += ["", "## Adaptation gain", ""]
+    lines.append(gain["summary"] if gain else "not measured (adapt.strategy none, or adapt.keep_only_if_helps off)")
     lines += ["", "## Forgetting (MLM loss on general text)", "", "| | value |", "|---|---|"]
     for key, value in forgetting.items():
         if isinstance(value, float | int):
@@ -244,7 +279,10 @@ def retrain(recipe: Recipe) -> dict:
     adapt_cache_hit = adapt_state.name == "Cached"
     if adapt_cache_hit:
         logger.info("adaptation cache hit (key %s): same data and settings, reusing %s", key, adapted["encoder_dir"])
-    finetuned = finetune_model(recipe, adapted["encoder_dir"], run_dir / "finetune")
+    gain = measure_gain(recipe, adapted["encoder_dir"], run_dir / "adaptation_gain")
+    base_kept = gain is not None and gain["kept"] == "base"
+    encoder_dir = str(recipe.resolved_base_model()) if base_kept else adapted["encoder_dir"]
+    finetuned = finetune_model(recipe, encoder_dir, run_dir / "finetune")
     evaluation = evaluate_model(recipe, finetuned["model_dir"], run_dir / "evaluate")
     exported = export_onnx(recipe, finetuned["model_dir"], run_dir / "bundle")
 
@@ -260,16 +298,9 @@ def retrain(recipe: Recipe) -> dict:
     evidence = {
         "metrics": scalar_metrics,
         "evaluation": evaluation["metrics"],
-        "forgetting": {
-            "domain_loss_before": adapted["metrics"].get("domain_loss_before"),
-            "domain_loss_after": adapted["metrics"].get("domain_loss_after"),
-            "general_loss_before": adapted["metrics"].get("general_loss_before"),
-            "general_loss_after": adapted["metrics"].get("general_loss_after"),
-            "delta": adapted["metrics"].get("forgetting_delta"),
-            "note": adapted["metrics"].get("forgetting_note"),
-            "head_warmup_steps": adapted["metrics"].get("head_warmup_steps"),
-        },
+        "forgetting": _served_forgetting(adapted["metrics"], base_kept),
         "adaptation": adapted["metrics"],
+        "adaptation_gain": gain,
         "parity": exported["parity"],
         "validation": validation["dict"],
         "profile": validation["dict"].get("profile"),
@@ -279,6 +310,7 @@ def retrain(recipe: Recipe) -> dict:
         "finetune_params": finetuned.get("params"),
         "lineage": {
             "adapt_checkpoint": adapted["encoder_dir"],
+            "finetuned_from": encoder_dir,
             "adapt_cache_key": key,
             "run_dir": str(run_dir),
             "flow_run_id": str(flow_run.id) if flow_run else None,
@@ -301,6 +333,7 @@ def retrain(recipe: Recipe) -> dict:
         "version": version,
         "metrics": scalar_metrics,
         "forgetting": evidence["forgetting"],
+        "adaptation_gain": gain,
         "gate": decision,
         "incumbent_metrics": (incumbent or {}).get("metrics"),
         "adapt_cache_hit": adapt_cache_hit,

@@ -421,6 +421,26 @@ def _callbacks(say: Callable[[str], None], phase: str):
     return ProgressCallback()
 
 
+def _deadline_callback(seconds: float, say: Callable[[str], None], phase: str):
+    """Stops training once ``seconds`` have passed: the budget plan assumed a speed this machine did not keep
+    (another job took the cores, say). The best checkpoint so far is kept as usual."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class Deadline(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.ends = time.monotonic() + seconds
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() > self.ends and not control.should_training_stop:
+                say(f"[adapt:{phase}] time budget spent at step {state.global_step}; stopping")
+                control.should_training_stop = True
+                control.should_evaluate = control.should_save = True
+
+    return Deadline()
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -528,6 +548,8 @@ def _train_phase(
         **precision,
     )
     callbacks = [_callbacks(say, phase.name)]
+    if adapt.time_budget_minutes is not None:
+        callbacks.append(_deadline_callback(adapt.time_budget_minutes * 60 * 1.25, say, phase.name))
     if has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=EARLY_STOPPING_PATIENCE))
     trainer = Trainer(
@@ -650,6 +672,98 @@ def _carry_pooler(base: Path, encoder_dir: Path, prefix: str) -> bool:
     tmp.chmod(0o644)
     os.replace(tmp, weights)
     return True
+
+
+# ---------------------------------------------------------------------------------------------- budget
+
+BUDGET_FILE = "budget.json"
+BUDGET_SAFETY = 0.85  # share of the budget planned for; evaluation, checkpoints and measuring take the rest
+CALIBRATION_STEPS = 3
+
+
+def _training_tokens_per_second(model, tokenizer, texts: list[str], adapt: AdaptConfig, seed: int) -> float:
+    """Forward + backward speed of this model on this machine, measured on a few real batches (no update)."""
+    import time
+
+    import torch
+
+    sample = random.Random(seed).sample(texts, min(len(texts), adapt.batch_size * (CALIBRATION_STEPS + 1)))
+    features = _encode(tokenizer, sample, adapt, seed)
+    collator = _collator(tokenizer, adapt, seed, None)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.train()
+    tokens, seconds = 0, 0.0
+    try:
+        for step in range(CALIBRATION_STEPS + 1):
+            rows = features[step * adapt.batch_size : (step + 1) * adapt.batch_size]
+            if not rows:
+                break
+            batch = {k: v.to(device) for k, v in collator(rows).items() if hasattr(v, "to")}
+            started = time.perf_counter()
+            model(**batch).loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step:  # the first batch pays one-off costs (allocation, kernel choice)
+                seconds += time.perf_counter() - started
+                tokens += int(batch["attention_mask"].sum())
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return tokens / seconds if seconds > 0 else float("inf")
+
+
+def _fit_to_budget(
+    phases: list[_Phase], model, tokenizer, recipe: Recipe, out_dir: Path, say: Callable[[str], None]
+) -> tuple[list[_Phase], dict | None]:
+    """Subsample each phase's training text so MLM training fits ``adapt.time_budget_minutes`` on this machine.
+
+    The plan is kept in ``out_dir/budget.json`` so a resumed run trains on the very same texts.
+    """
+    adapt = recipe.adapt
+    if adapt.time_budget_minutes is None or not phases or adapt.max_steps > 0:
+        return phases, None
+    key = hashlib.sha256(
+        json.dumps(
+            [adapt.model_dump(mode="json"), recipe.seed, [_sha(p.train_texts) for p in phases]], sort_keys=True
+        ).encode()
+    ).hexdigest()
+    plan_file = out_dir / BUDGET_FILE
+    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
+    if plan.get("key") != key:
+        texts = [t for p in phases for t in p.train_texts]
+        lengths = [min(len(ids), adapt.max_length) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+        needed = sum(lengths) * adapt.epochs
+        speed = _training_tokens_per_second(model, tokenizer, texts, adapt, recipe.seed)
+        affordable = speed * adapt.time_budget_minutes * 60 * BUDGET_SAFETY
+        plan = {
+            "key": key,
+            "budget_minutes": adapt.time_budget_minutes,
+            "tokens_per_second": round(speed, 1),
+            "tokens_needed": int(needed),
+            "tokens_affordable": int(min(affordable, needed)),
+            "fraction": min(1.0, affordable / needed) if needed else 1.0,
+        }
+        if int(os.environ.get("RANK", "0")) == 0:
+            plan_file.write_text(json.dumps(plan, indent=2))
+    fraction = plan["fraction"]
+    if fraction >= 1.0:
+        say(
+            f"[adapt] budget: {plan['tokens_needed']} training tokens fit {adapt.time_budget_minutes:g} min at "
+            f"{plan['tokens_per_second']:.0f} tokens/s; using all the text"
+        )
+        return phases, plan
+    rng = random.Random(recipe.seed + 7)
+    trimmed = []
+    for phase in phases:
+        keep = max(1, round(len(phase.train_texts) * fraction))
+        trimmed.append(_Phase(phase.name, rng.sample(phase.train_texts, keep), phase.heldout_texts))
+    say(
+        f"[adapt] budget: {adapt.time_budget_minutes:g} min at {plan['tokens_per_second']:.0f} tokens/s fits "
+        f"{fraction:.0%} of the {plan['tokens_needed']} training tokens; training on a random "
+        f"{fraction:.0%} of the text (raise adapt.time_budget_minutes, or set it to null, for more)"
+    )
+    return trimmed, plan
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -962,6 +1076,7 @@ def _adapt_encoder(
             "losses before adaptation measure a random head; forgetting is not reported"
         )
     frozen = freeze_lower_layers(model, adapt.freeze_layers) if plan else 0
+    phases, budget = _fit_to_budget(phases, model, tokenizer, recipe, out_dir, say)
     # scratch: a random model knows no general text, so there is no "general before" to forget from
     general_before = [] if scratch else measured_general
     say(f"[adapt] measuring before: {len(domain_texts)} domain / {len(general_before)} general texts")
@@ -1041,6 +1156,8 @@ def _adapt_encoder(
         "tokens_per_second": round(train_tokens / train_seconds, 1) if train_seconds > 0 else None,
         "added_tokens": added_tokens,
         "replay_examples": replayed,
+        "budget": budget,
+        "train_texts": sum(len(p.train_texts) for p in phases),
         "frozen_parameters": frozen,
         "base_pooler_kept": pooler_kept,
         "phases": [

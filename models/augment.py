@@ -160,7 +160,9 @@ def augment_training_set(
         originals.append([words[i] for i in positions])
         positions_per_row.append(positions)
     emit(f"augmentation: refilling {len(sources)} rows with MLM predictions (top-{top_k})")
-    fills = _fill_masks(tokenizer, model, masked_texts, originals, top_k, rng, recipe.finetune.max_length * 2)
+    # masked copies are longer than their source in word-pieces; 'auto' leaves the length to the data
+    limit = 512 if recipe.finetune.max_length == "auto" else min(512, recipe.finetune.max_length * 2)
+    fills = _fill_masks(tokenizer, model, masked_texts, originals, top_k, rng, limit)
 
     synthetic = []
     examples = []

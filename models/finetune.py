@@ -167,6 +167,64 @@ def check_encoder_dir(encoder_dir: Path) -> None:
         raise FinetuneError(f"{encoder_dir} has no tokenizer files; save the tokenizer next to the model")
 
 
+# --------------------------------------------------------------------------------------------------- max_length
+
+AUTO_LENGTH_QUANTILE = 0.99  # share of training texts that 'auto' leaves uncut
+AUTO_LENGTH_MIN = 16
+
+
+def token_lengths(recipe: Recipe, tokenizer, df: pd.DataFrame) -> list[int]:
+    """Tokens per row with special tokens, as the model would see them uncut."""
+    if recipe.task == "ner":
+        encoded = tokenizer([list(t) for t in df["tokens"]], is_split_into_words=True)
+    else:
+        encoded = tokenizer(list(df["text"].astype(str)))
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def choose_max_length(lengths: list[int], limit: int) -> int:
+    """The length covering ``AUTO_LENGTH_QUANTILE`` of ``lengths``, rounded up to a multiple of 8, within
+    ``AUTO_LENGTH_MIN..limit``. Batches are padded to their own longest row, so a generous cap costs only the
+    few long texts, while a fixed short cap silently cuts them."""
+    if not lengths:
+        return min(limit, 64)
+    ordered = sorted(lengths)
+    covered = ordered[min(len(ordered) - 1, math.ceil(AUTO_LENGTH_QUANTILE * len(ordered)) - 1)]
+    return max(min(AUTO_LENGTH_MIN, limit), min(limit, 8 * math.ceil(covered / 8)))
+
+
+def position_limit(encoder_dir: Path) -> int:
+    """Longest input the encoder takes: its position embeddings, at most 512."""
+    config = json.loads((Path(encoder_dir) / "config.json").read_text(encoding="utf-8"))
+    return min(512, int(config.get("max_position_embeddings", 512)))
+
+
+def resolve_max_length(recipe: Recipe, encoder_dir: Path, df: pd.DataFrame) -> Recipe:
+    """The recipe with ``finetune.max_length`` fixed to a number ('auto' measured on ``df``)."""
+    if recipe.finetune.max_length != "auto":
+        return recipe
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    length = choose_max_length(token_lengths(recipe, tokenizer, df), position_limit(encoder_dir))
+    return recipe.model_copy(update={"finetune": recipe.finetune.model_copy(update={"max_length": length})})
+
+
+def model_max_length(recipe: Recipe, model_dir: Path) -> int:
+    """The max_length a fine-tuned model was trained with: the recipe's number, or for 'auto' the one
+    ``finetune`` saved as the tokenizer's ``model_max_length``."""
+    if recipe.finetune.max_length != "auto":
+        return int(recipe.finetune.max_length)
+    config_file = Path(model_dir) / "tokenizer_config.json"
+    saved = json.loads(config_file.read_text(encoding="utf-8")).get("model_max_length") if config_file.is_file() else None
+    if not isinstance(saved, int) or saved > 512:
+        raise FinetuneError(
+            f"{model_dir} does not record the max_length it was trained with (finetune.max_length is 'auto'); "
+            "fine-tune it with this version of dapt or set finetune.max_length to a number"
+        )
+    return saved
+
+
 # ------------------------------------------------------------------------------------------------------- encoding
 
 
@@ -594,6 +652,10 @@ def train_task_model(
     emit = progress or logger.info
     started = time.perf_counter()
     set_seed(recipe.seed)
+    if config.max_length == "auto":
+        config = config.model_copy(
+            update={"max_length": resolve_max_length(recipe, encoder_dir, train_df).finetune.max_length}
+        )
     multi_label = bool(config.multi_label and recipe.task == "classification")
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     model, load_info = load_task_model(recipe, encoder_dir, multi_label=multi_label)
@@ -729,7 +791,9 @@ def finetune(
     check_task_frame(recipe, train_df, "train")
     check_task_frame(recipe, eval_df, "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
+    recipe = resolve_max_length(recipe, encoder_dir, train_df)
     config = recipe.finetune
+    emit(f"max_length {config.max_length} tokens")
 
     search_report = None
     if config.search_trials > 0:
@@ -764,6 +828,7 @@ def finetune(
     if model_dir.exists():
         shutil.rmtree(model_dir)
     run.trainer.save_model(str(model_dir))  # weights + config (id2label) + tokenizer (processing_class)
+    run.tokenizer.model_max_length = int(config.max_length)  # read back by model_max_length()
     run.tokenizer.save_pretrained(str(model_dir))
     _chmod_tree(model_dir)
 

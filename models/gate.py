@@ -14,6 +14,8 @@ Rules (all must hold):
      trained from scratch, ``adaptation.strategy == "scratch"``: they have nothing to forget)
   4. with ``gate.require_parity``: at least one parity entry, and every entry ``passed``
   5. ``validation.success`` is true
+  6. with ``gate.min_adaptation_gain`` set: the adapted encoder was kept and its measured task gain is at least
+     that much (``adaptation_gain``, models/adaptation_gain.py)
 
 Only the standard library is imported here (the registry and the serving process import this module);
 ``GateConfig`` comes from models.recipe and is only referenced for typing.
@@ -166,6 +168,31 @@ def decide(candidate: dict[str, Any], incumbent: dict[str, Any] | None, gate: Ga
     else:
         detail = "missing" if "success" not in validation else repr(validation.get("success"))
         check(False, f"data validation did not succeed (validation.success is {detail})")
+
+    # 6. adaptation must have paid for itself on the task
+    if gate.min_adaptation_gain is not None:
+        gain = candidate.get("adaptation_gain") or {}
+        value = _number(gain.get("gain"))
+        if value is None:
+            check(
+                False,
+                f"adaptation gain was not measured but the gate requires at least {gate.min_adaptation_gain:+.4f}; "
+                "keep adapt.keep_only_if_helps on (and an adapt.strategy other than none) or unset "
+                "gate.min_adaptation_gain",
+            )
+        elif gain.get("kept") != "adapted":
+            check(
+                False,
+                f"the adapted encoder was not kept (gain {value:+.4f}); the gate requires an adapted encoder "
+                f"with a gain of at least {gate.min_adaptation_gain:+.4f}",
+            )
+        else:
+            ok = value >= gate.min_adaptation_gain
+            check(
+                ok,
+                f"adaptation gain {value:+.4f} ({gain.get('method')}) is "
+                f"{'at or above' if ok else 'below'} the required {gate.min_adaptation_gain:+.4f}",
+            )
 
     return GateDecision(
         passed=not failures,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -108,6 +108,23 @@ class AdaptConfig(_Section):
         "0 skips (forgetting is then not reported).",
     )
     head_warmup_learning_rate: float = Field(default=2e-3, gt=0, description="Learning rate of the head warm-up.")
+    # Naive continued pretraining often hurts the task; these make the adapted encoder earn its place.
+    keep_only_if_helps: bool = Field(
+        default=True,
+        description="Measure the adapted encoder against the base on the task (validation split of train) and "
+        "fine-tune the base instead when the gain is below min_gain; the run says which it kept and why.",
+    )
+    gain_check: Literal["probe", "finetune"] = Field(
+        default="probe",
+        description="How the gain is measured: a linear probe on frozen features (seconds) or two fine-tunes.",
+    )
+    min_gain: float = Field(default=0.0, description="Smallest gain (macro-F1 / entity F1) that keeps adaptation.")
+    time_budget_minutes: float | None = Field(
+        default=3.0,
+        gt=0,
+        description="Wall-clock budget for the MLM training itself: the corpus is subsampled to what fits, measured "
+        "on this machine; None trains on everything.",
+    )
     # from scratch only
     scratch_vocab_size: int = Field(default=8000, ge=100)
     scratch_hidden_size: int = Field(default=256, ge=16)
@@ -118,25 +135,33 @@ class AdaptConfig(_Section):
 class FinetuneConfig(_Section):
     """Task fine-tuning: encoder plus a fresh head, each with its own learning rate."""
 
-    # Defaults measured for MiniLM-L6 on ~4.8k short financial sentences (2 CPU cores): lr 1e-4+ without class
-    # weights sometimes collapsed to the majority class; 3 epochs x batch 16 fit the 15-minute budget.
-    epochs: float = Field(default=3.0, gt=0)
+    # Each default and the figure that chose it: benchmarks/README.md ("quality.py").
+    epochs: float = Field(default=5.0, gt=0, description="At most; early stopping keeps the best epoch.")
     max_steps: int = -1
-    learning_rate: float = Field(default=5e-5, gt=0, description="Encoder learning rate.")
-    head_learning_rate: float = Field(default=2e-3, gt=0)
-    layer_lr_decay: float = Field(default=1.0, gt=0, le=1.0, description="Per-layer LR multiplier, top to bottom.")
+    learning_rate: float = Field(default=1e-4, gt=0, description="Encoder learning rate.")
+    head_learning_rate: float = Field(default=1e-3, gt=0)
+    layer_lr_decay: float = Field(default=0.9, gt=0, le=1.0, description="Per-layer LR multiplier, top to bottom.")
     unfreeze_schedule: list[int] = Field(
         default_factory=list,
         description="Gradual unfreezing: epochs after which one more encoder layer (from the top) is trainable; "
         "empty trains everything from the start.",
     )
-    batch_size: int = Field(default=16, ge=1)
-    max_length: int = Field(default=64, ge=8, le=512, description="Tokens per text; dominates CPU time.")
+    batch_size: int = Field(default=32, ge=1)
+    max_length: Annotated[int, Field(ge=8, le=512)] | Literal["auto"] = Field(
+        default="auto",
+        description="Tokens per text; 'auto' covers 99% of the training texts (rounded up to a multiple of 8, "
+        "16..512), so nothing is cut that matters and short texts cost little.",
+    )
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
     class_weights: bool = Field(default=True, description="Weight the loss by inverse class frequency.")
     multi_label: bool = False
-    early_stopping_patience: int = Field(default=0, ge=0, description="0 disables early stopping on macro-F1.")
+    early_stopping_patience: int = Field(
+        default=2,
+        ge=0,
+        description="Epochs without a better macro-F1 on a 10% validation split of train before stopping; the best "
+        "epoch is kept. 0 trains every epoch and keeps the last (the eval set is then only watched).",
+    )
     augment_fraction: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Max share of synthetic rows from MLM contextual augmentation."
     )
@@ -170,6 +195,10 @@ class GateConfig(_Section):
         default=None, ge=0.0, description="Budget for the rise of general-text MLM loss; None disables."
     )
     require_parity: bool = True
+    min_adaptation_gain: float | None = Field(
+        default=None,
+        description="Refuse unless the adapted encoder was kept with at least this task gain; None disables.",
+    )
     alias: str = "production"
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from models.adapt import AdaptResult
+    from models.adaptation_gain import AdaptationGain
     from models.evaluate import EvalResult
     from models.export import ExportResult
     from models.finetune import FinetuneResult
@@ -36,6 +37,23 @@ def adapt_stage(recipe: Recipe, out_dir: Path, progress: Progress | None = None)
     general = [line for line in general if line.strip()]
     texts = task_texts(recipe, load_task_data(recipe))
     return adapt_encoder(recipe, out_dir, corpus=corpus, general=general, task_texts=texts, progress=progress)
+
+
+def adaptation_gain_stage(
+    recipe: Recipe, adapted_dir: Path, out_dir: Path, progress: Progress | None = None
+) -> AdaptationGain | None:
+    """Whether the adapted encoder beats the base on the task (None when there is nothing to compare:
+    strategy ``none`` or ``adapt.keep_only_if_helps`` off)."""
+    from models.adaptation_gain import measure_adaptation_gain
+    from models.data import load_task_data
+
+    base = Path(recipe.resolved_base_model())
+    adapted = model_folder(adapted_dir, "encoder")
+    if not recipe.adapt.keep_only_if_helps or recipe.adapt.strategy == "none" or adapted.resolve() == base.resolve():
+        return None
+    return measure_adaptation_gain(
+        recipe, base, adapted, load_task_data(recipe).train, out_dir, progress=progress
+    )
 
 
 def finetune_stage(
@@ -66,6 +84,7 @@ def export_stage(
     """ONNX variants of a fine-tuned model, each checked for parity on the eval split, as a serving bundle."""
     from models.data import load_task_data, ner_text
     from models.export import check_export_target, export_bundle
+    from models.finetune import model_max_length
 
     check_export_target(out_dir)  # before any work: the export replaces folders inside out_dir
     data = load_task_data(recipe)
@@ -81,7 +100,7 @@ def export_stage(
         name=recipe.name,
         task=recipe.task,
         labels=tags,
-        max_length=recipe.finetune.max_length,
+        max_length=model_max_length(recipe, model_folder(model_dir, "model")),
         config=recipe.export,
         parity_texts=texts,
         parity_labels=labels,

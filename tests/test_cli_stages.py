@@ -32,6 +32,9 @@ def test_stages_run_one_at_a_time_and_chain_through_their_output_folders(tmp_pat
     assert adapted.returncode == 0, adapted.stderr
     assert (stages / "adapt" / "encoder" / "config.json").is_file()
     assert "general_loss_after" in adapted.stdout  # the forgetting measurement is shown
+    assert "adaptation gain" in adapted.stdout  # and whether the adapted encoder beats the base on the task
+    gain = json.loads((stages / "adapt" / "adaptation_gain.json").read_text())
+    assert gain["kept"] in {"adapted", "base"} and gain["method"] == "probe"
 
     tuned = dapt("finetune", recipe, "--encoder", str(stages / "adapt"), "--out", str(stages / "ft"), home=home)
     assert tuned.returncode == 0, tuned.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -64,3 +66,22 @@ def test_adaptation_strategies_reach_a_served_prediction(
     bundle = Registry().load_path(f"tiny-{name}", version=summary["version"], verify=True)
     predictions = OnnxPredictor(bundle).classify(["Operating profit rose to EUR 3 mn."])
     assert predictions[0]["label"] in {"negative", "neutral", "positive"}
+
+
+def test_flow_fine_tunes_the_base_when_adaptation_does_not_help_and_says_so(
+    tmp_path, sample_dir, tiny_base_model, prefect_harness
+):
+    from flows.retrain import retrain
+    from models.recipe import load_recipe
+    from models.registry import Registry
+
+    path = write_tiny_recipe(
+        tmp_path / "r", sample_dir, tiny_base_model, name="gainflow", adapt={"min_gain": 2.0}
+    )
+    summary = retrain(load_recipe(path))
+    gain = summary["adaptation_gain"]
+    assert gain["kept"] == "base" and "did not help" in gain["summary"]
+    evidence = Registry().get_version("gainflow", version=summary["version"]).evidence
+    assert evidence["adaptation_gain"]["kept"] == "base"
+    assert Path(evidence["lineage"]["finetuned_from"]) == Path(tiny_base_model)
+    assert evidence["forgetting"]["delta"] == 0.0 and "base encoder serves" in evidence["forgetting"]["note"]

@@ -1,0 +1,271 @@
+"""What domain adaptation bought on the task, measured before fine-tuning on it.
+
+Continued pretraining often does not help (forgetting, a small or off-domain corpus, too few steps on a CPU), so
+the adapted encoder has to earn its place. Two measures, both on a validation split carved out of the training
+set (the evaluation set is never seen):
+
+- ``probe`` (default, seconds): a linear probe. The frozen encoder's features (mean-pooled sentence vectors for
+  classification; the first word-piece of each word for NER) feed a logistic regression fitted on the rest of
+  the training set; macro-F1 (entity F1 for NER) on the validation split, for the base and for the adapted
+  encoder. benchmarks/quality.py reports it beside the full fine-tune comparison on real data.
+- ``finetune`` (exact, costs two more fine-tunes): the task model is fine-tuned from each encoder on the same
+  split and scored on the same validation rows.
+
+``gain = adapted - base``. The caller keeps the adapted encoder only when ``gain >= adapt.min_gain``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from models.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_FRACTION = 0.2
+PROBE_MAX_ROWS = 4000  # rows embedded per encoder; beyond this the probe's estimate barely moves
+EMBED_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class AdaptationGain:
+    """The task-level effect of adaptation and what was done about it."""
+
+    method: str  # "probe" | "finetune"
+    metric: str  # "macro_f1" | "entity_f1"
+    base: float
+    adapted: float
+    gain: float  # adapted - base
+    min_gain: float
+    kept: str  # "adapted" | "base"
+    n_fit: int
+    n_validation: int
+    seconds: float
+
+    @property
+    def helped(self) -> bool:
+        return self.kept == "adapted"
+
+    def sentence(self) -> str:
+        verdict = (
+            "keeping the adapted encoder"
+            if self.helped
+            else "adaptation did not help: fine-tuning the base encoder instead"
+        )
+        return (
+            f"adaptation gain ({self.method}, validation {self.metric}): base {self.base:.4f}, adapted "
+            f"{self.adapted:.4f}, gain {self.gain:+.4f} (needs >= {self.min_gain:+.4f}); {verdict}"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"summary": self.sentence()}
+
+
+def validation_split(recipe: Recipe, train_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from models.data import stratified_split
+
+    column = "label" if recipe.task == "classification" and not recipe.finetune.multi_label else None
+    return stratified_split(train_df, VALIDATION_FRACTION, recipe.seed, column=column)
+
+
+def _subsample(df: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    return df if len(df) <= limit else df.sample(n=limit, random_state=seed).reset_index(drop=True)
+
+
+def _encoder(encoder_dir: Path):
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a masked-LM checkpoint loaded as AutoModel: its head is "unused"
+    try:
+        return AutoTokenizer.from_pretrained(encoder_dir), AutoModel.from_pretrained(encoder_dir).eval()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def sentence_features(encoder_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
+    """Mean-pooled last hidden states (the pooling sentence encoders such as MiniLM were trained with)."""
+    import numpy as np
+    import torch
+
+    tokenizer, model = _encoder(encoder_dir)
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), EMBED_BATCH_SIZE):
+            batch = tokenizer(
+                texts[start : start + EMBED_BATCH_SIZE],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.config.hidden_size))
+
+
+def word_features(encoder_dir: Path, sentences: list[list[str]], max_length: int) -> list[np.ndarray]:
+    """Per sentence, one vector per word (its first word-piece); words cut by max_length are absent."""
+    import torch
+
+    tokenizer, model = _encoder(encoder_dir)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(sentences), EMBED_BATCH_SIZE):
+            batch_words = sentences[start : start + EMBED_BATCH_SIZE]
+            batch = tokenizer(
+                batch_words,
+                is_split_into_words=True,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state.numpy()
+            for row in range(len(batch_words)):
+                first: dict[int, int] = {}
+                for position, word in enumerate(batch.word_ids(row)):
+                    if word is not None and word not in first:
+                        first[word] = position
+                out.append(hidden[row, [first[w] for w in sorted(first)]])
+    return out
+
+
+def _probe_classification(
+    recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, max_length: int
+) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import StandardScaler
+
+    x_fit = sentence_features(encoder_dir, list(fit["text"].astype(str)), max_length)
+    x_val = sentence_features(encoder_dir, list(validation["text"].astype(str)), max_length)
+    scaler = StandardScaler().fit(x_fit)
+    probe = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=recipe.seed)
+    probe.fit(scaler.transform(x_fit), list(fit["label"].astype(str)))
+    predicted = probe.predict(scaler.transform(x_val))
+    return float(
+        f1_score(
+            list(validation["label"].astype(str)),
+            predicted,
+            average="macro",
+            labels=list(recipe.data.labels),
+            zero_division=0,
+        )
+    )
+
+
+def _probe_ner(
+    recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, max_length: int
+) -> float:
+    import numpy as np
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    fit_vectors = word_features(encoder_dir, [list(t) for t in fit["tokens"]], max_length)
+    val_vectors = word_features(encoder_dir, [list(t) for t in validation["tokens"]], max_length)
+    x_fit = np.concatenate(fit_vectors)
+    y_fit = [
+        tag
+        for vectors, tags in zip(fit_vectors, fit["tags"], strict=True)
+        for tag in list(tags)[: len(vectors)]
+    ]
+    scaler = StandardScaler().fit(x_fit)
+    probe = LogisticRegression(max_iter=500, random_state=recipe.seed)
+    probe.fit(scaler.transform(x_fit), y_fit)
+    gold, predicted = [], []
+    for vectors, tags in zip(val_vectors, validation["tags"], strict=True):
+        tags = list(tags)
+        guess = list(probe.predict(scaler.transform(vectors))) if len(vectors) else []
+        gold.append(tags)
+        predicted.append(_repair_bio(guess + ["O"] * (len(tags) - len(guess))))
+    return float(f1_score(gold, predicted, mode="strict", scheme=IOB2, zero_division=0))
+
+
+def _repair_bio(tags: list[str]) -> list[str]:
+    """A token-wise probe can emit I-X after O; read it as B-X, as a CRF-free tagger is usually decoded."""
+    fixed, previous = [], "O"
+    for tag in tags:
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            tag = "B-" + tag[2:]
+        fixed.append(tag)
+        previous = tag
+    return fixed
+
+
+def _finetuned_score(
+    recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, work_dir: Path, progress
+) -> float:
+    from models.finetune import train_task_model
+
+    config = recipe.finetune.model_copy(update={"early_stopping_patience": 0, "augment_fraction": 0.0})
+    run = train_task_model(recipe, config, encoder_dir, fit, validation, work_dir, progress)
+    scores = run.trainer.evaluate()
+    return float(scores.get("eval_entity_f1" if recipe.task == "ner" else "eval_macro_f1", 0.0))
+
+
+def measure_adaptation_gain(
+    recipe: Recipe,
+    base_dir: Path,
+    adapted_dir: Path,
+    train_df: pd.DataFrame,
+    work_dir: Path,
+    progress: Callable[[str], None] | None = None,
+) -> AdaptationGain:
+    """Score ``base_dir`` and ``adapted_dir`` on the task (``recipe.adapt.gain_check``) and decide which to keep."""
+    from models.finetune import choose_max_length, position_limit, token_lengths
+
+    say = progress or logger.info
+    method = recipe.adapt.gain_check
+    started = time.perf_counter()
+    fit, validation = validation_split(recipe, train_df)
+    metric = "entity_f1" if recipe.task == "ner" else "macro_f1"
+    scores = {}
+    if method == "probe":
+        fit = _subsample(fit, PROBE_MAX_ROWS, recipe.seed)
+        probe = _probe_ner if recipe.task == "ner" else _probe_classification
+        for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            length = (
+                int(recipe.finetune.max_length)
+                if recipe.finetune.max_length != "auto"
+                else choose_max_length(token_lengths(recipe, tokenizer, fit), position_limit(folder))
+            )
+            say(
+                f"[adaptation-gain] linear probe on the {name} encoder ({len(fit)} fit / {len(validation)} validation rows)"
+            )
+            scores[name] = probe(recipe, Path(folder), fit, validation, length)
+    else:
+        for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
+            say(f"[adaptation-gain] fine-tuning from the {name} encoder to compare ({len(fit)} rows)")
+            scores[name] = _finetuned_score(recipe, Path(folder), fit, validation, Path(work_dir) / name, say)
+    gain = scores["adapted"] - scores["base"]
+    result = AdaptationGain(
+        method=method,
+        metric=metric,
+        base=round(scores["base"], 6),
+        adapted=round(scores["adapted"], 6),
+        gain=round(gain, 6),
+        min_gain=recipe.adapt.min_gain,
+        kept="adapted" if gain >= recipe.adapt.min_gain else "base",
+        n_fit=len(fit),
+        n_validation=len(validation),
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    say(f"[adaptation-gain] {result.sentence()}")
+    return result

@@ -1,0 +1,207 @@
+"""Issue 13: max_length from the data, an adaptation budget, and an adapted encoder that must earn its place.
+
+Tiny BERTs and tiny frames: these pin behaviour (what is measured, decided and recorded), not accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.recipe import recipe_from_dict
+from tests.models.test_adapt import CORPUS, run_adapt
+from tests.models.test_finetune import CLASSES, classification_frame, make_recipe, ner_frame
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------------------ max_length
+
+
+def test_auto_max_length_covers_99_percent_rounded_up_to_a_multiple_of_8_within_limits():
+    from models.finetune import choose_max_length
+
+    lengths = [10] * 990 + [100] * 10  # 99% are 10 tokens: the long tail is cut, the bulk is not
+    assert choose_max_length(lengths, 512) == 16  # 10 -> 16 (the floor)
+    assert choose_max_length([30] * 100 + [37] * 100, 512) == 40
+    assert choose_max_length([700] * 50, 512) == 512
+    assert choose_max_length([700] * 50, 128) == 128
+
+
+def test_auto_max_length_is_measured_on_train_recorded_with_the_model_and_used_by_evaluate(
+    tiny_base_model, tmp_path
+):
+    from models.evaluate import evaluate_model
+    from models.finetune import finetune, model_max_length
+
+    recipe = make_recipe(tiny_base_model, max_length="auto", max_steps=2)
+    frame = classification_frame(70)  # 210 rows
+    frame.loc[0, "text"] = " ".join(["word"] * 300)  # one long outlier (0.5%) must not set the length
+    result = finetune(recipe, tiny_base_model, frame, classification_frame(2), tmp_path / "ft")
+    chosen = result.params["max_length"]
+    assert isinstance(chosen, int) and 16 <= chosen < 64
+    assert model_max_length(recipe, result.model_dir) == chosen
+    evaluation = evaluate_model(recipe, result.model_dir, classification_frame(2), tmp_path / "ev")
+    assert evaluation.metrics["accuracy"] >= 0.0
+    # an explicit number in the recipe always wins
+    assert model_max_length(make_recipe(tiny_base_model, max_length=24), result.model_dir) == 24
+
+
+def test_model_without_a_recorded_length_is_a_clear_error_under_auto(tiny_base_model, tmp_path):
+    from models.finetune import FinetuneError, model_max_length
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": 1000000000000000019884624838656})
+    )
+    with pytest.raises(FinetuneError, match="finetune.max_length"):
+        model_max_length(make_recipe(tiny_base_model, max_length="auto"), folder)
+
+
+def test_auto_max_length_for_ner_counts_word_pieces_of_the_sentences(tiny_base_model):
+    from transformers import AutoTokenizer
+
+    from models.finetune import token_lengths
+
+    recipe = make_recipe(tiny_base_model, task="ner", max_length="auto")
+    lengths = token_lengths(recipe, AutoTokenizer.from_pretrained(tiny_base_model), ner_frame(3))
+    assert lengths == [lengths[0]] * 3 and lengths[0] >= 9 + 2  # 9 words + [CLS] [SEP]
+
+
+# ------------------------------------------------------------------------------------------- adaptation budget
+
+
+def test_time_budget_subsamples_the_corpus_to_what_fits_and_reuses_the_plan(tiny_base_model, tmp_path):
+    corpus = CORPUS * 20  # 720 documents
+    lines: list[str] = []
+    # max_steps would bypass the budget; epochs-based training with a budget far below the corpus' cost
+    result = run_adapt(
+        tiny_base_model,
+        tmp_path / "a",
+        corpus=corpus,
+        lines=lines,
+        max_steps=-1,
+        epochs=1.0,
+        time_budget_minutes=0.0005,
+    )
+    budget = result.metrics["budget"]
+    assert budget["fraction"] < 1.0 and budget["tokens_per_second"] > 0
+    assert result.metrics["train_texts"] < len(corpus)
+    assert any("budget" in line and "random" in line for line in lines)
+    plan = json.loads((tmp_path / "a" / "budget.json").read_text())
+    assert plan["fraction"] == budget["fraction"]
+    # the same settings again (a resumed run) read the stored plan instead of timing the machine anew
+    again = run_adapt(
+        tiny_base_model,
+        tmp_path / "a",
+        corpus=corpus,
+        max_steps=-1,
+        epochs=1.0,
+        time_budget_minutes=0.0005,
+    )
+    assert again.metrics["budget"] == budget
+    assert all(phase["reused"] for phase in again.metrics["phases"])
+
+
+def test_no_budget_trains_on_all_the_text(tiny_base_model, tmp_path):
+    result = run_adapt(tiny_base_model, tmp_path / "a", max_steps=2, time_budget_minutes=None)
+    assert result.metrics["budget"] is None
+    assert result.metrics["train_texts"] > 0
+
+
+# ------------------------------------------------------------------------------------------- adaptation gain
+
+
+def _gain_recipe(base: Path, task: str = "classification", **adapt):
+    return recipe_from_dict(
+        {
+            "name": "gain",
+            "task": task,
+            "base_model": str(base),
+            "data": {
+                "corpus": "c.txt",
+                "train": "t.csv",
+                "labels": CLASSES if task == "classification" else ["ORG", "MONEY"],
+            },
+            "adapt": adapt,
+            "finetune": {"max_steps": 2, "batch_size": 8, "learning_rate": 1e-2, "head_learning_rate": 5e-2},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def adapted_encoder(tiny_base_model, tmp_path_factory) -> Path:
+    return run_adapt(tiny_base_model, tmp_path_factory.mktemp("adapted"), max_steps=4).encoder_dir
+
+
+@pytest.mark.parametrize("task", ["classification", "ner"])
+def test_probe_scores_both_encoders_on_a_split_of_train_and_keeps_by_min_gain(
+    task, tiny_base_model, adapted_encoder, tmp_path
+):
+    from models.adaptation_gain import measure_adaptation_gain
+
+    frame = classification_frame(10) if task == "classification" else ner_frame(20)
+    lenient = measure_adaptation_gain(
+        _gain_recipe(tiny_base_model, task, min_gain=-1.0), tiny_base_model, adapted_encoder, frame, tmp_path
+    )
+    assert lenient.method == "probe" and lenient.kept == "adapted"
+    assert lenient.metric == ("entity_f1" if task == "ner" else "macro_f1")
+    assert 0.0 <= lenient.base <= 1.0 and 0.0 <= lenient.adapted <= 1.0
+    assert lenient.gain == pytest.approx(lenient.adapted - lenient.base, abs=1e-6)
+    assert lenient.n_fit + lenient.n_validation == len(frame) and lenient.n_validation > 0
+    strict = measure_adaptation_gain(
+        _gain_recipe(tiny_base_model, task, min_gain=2.0), tiny_base_model, adapted_encoder, frame, tmp_path
+    )
+    assert strict.kept == "base" and "did not help" in strict.sentence()
+    assert strict.base == lenient.base  # same split, same probe: deterministic
+
+
+def test_finetune_gain_check_trains_from_both_encoders(tiny_base_model, adapted_encoder, tmp_path):
+    from models.adaptation_gain import measure_adaptation_gain
+
+    result = measure_adaptation_gain(
+        _gain_recipe(tiny_base_model, gain_check="finetune"),
+        tiny_base_model,
+        adapted_encoder,
+        classification_frame(6),
+        tmp_path,
+    )
+    assert result.method == "finetune"
+    assert (tmp_path / "base").is_dir() and (tmp_path / "adapted").is_dir()
+
+
+def test_gain_stage_is_skipped_when_there_is_nothing_to_compare(tiny_base_model, adapted_encoder, tmp_path):
+    from models.stages import adaptation_gain_stage
+
+    assert (
+        adaptation_gain_stage(_gain_recipe(tiny_base_model, strategy="none"), tiny_base_model, tmp_path)
+        is None
+    )
+    off = _gain_recipe(tiny_base_model, keep_only_if_helps=False)
+    assert adaptation_gain_stage(off, adapted_encoder, tmp_path) is None
+
+
+# ------------------------------------------------------------------------------------------------------ gate
+
+
+def test_gate_can_require_a_minimum_adaptation_gain():
+    from models.gate import decide
+    from models.recipe import GateConfig
+    from tests.models.test_gate import evidence
+
+    gate = GateConfig(min_adaptation_gain=0.01)
+    kept = evidence() | {"adaptation_gain": {"gain": 0.02, "kept": "adapted", "method": "probe"}}
+    assert decide(kept, None, gate).passed
+    small = evidence() | {"adaptation_gain": {"gain": 0.005, "kept": "adapted", "method": "probe"}}
+    assert any("below the required" in f for f in decide(small, None, gate).failures)
+    reverted = evidence() | {"adaptation_gain": {"gain": -0.03, "kept": "base", "method": "probe"}}
+    assert any("not kept" in f for f in decide(reverted, None, gate).failures)
+    assert any("not measured" in f for f in decide(evidence(), None, gate).failures)
+    assert decide(evidence(), None, GateConfig()).passed  # off by default
