@@ -186,7 +186,10 @@ def render_model_card(
     lines += _table(("measure", "value"), sorted(forgetting.items())) if forgetting else ["Not measured.", ""]
     before, after = forgetting.get("domain_loss_before"), forgetting.get("domain_loss_after")
     if isinstance(before, int | float) and isinstance(after, int | float):
-        lines += [f"Adaptation gain: domain MLM loss {_fmt(before)} → {_fmt(after)} ({_fmt(before - after)} lower).", ""]
+        lines += [f"Domain MLM loss after adaptation: {_fmt(before)} → {_fmt(after)} ({_fmt(before - after)} lower).", ""]
+    gain = evidence.get("adaptation_gain") or {}
+    lines += ["## Adaptation gain on the task", ""]
+    lines += [gain["summary"], ""] if gain.get("summary") else ["Not measured (no adaptation, or the check was off).", ""]
 
     parity = evidence.get("parity") or {}
     lines += ["## Export parity (ONNX vs PyTorch)", ""]

@@ -129,12 +129,20 @@ def table_columns(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def adaptation_gain(evidence: dict[str, Any]) -> dict[str, Any] | None:
-    """Domain MLM loss before/after adaptation (the gain) and general loss (the forgetting), when measured."""
+    """What adaptation did: the domain MLM loss before/after, and its measured gain on the task (the base vs
+    the adapted encoder, models/adaptation_gain.py) with which encoder was kept, when measured."""
     forgetting = evidence.get("forgetting") or {}
     before, after = forgetting.get("domain_loss_before"), forgetting.get("domain_loss_after")
-    if not isinstance(before, int | float) or not isinstance(after, int | float):
+    task = evidence.get("adaptation_gain") or None
+    domain = isinstance(before, int | float) and isinstance(after, int | float)
+    if not domain and not task:
         return None
-    return {"domain_loss_before": before, "domain_loss_after": after, "gain": before - after}
+    return {
+        "domain_loss_before": before if domain else None,
+        "domain_loss_after": after if domain else None,
+        "gain": before - after if domain else None,
+        "task": task,
+    }
 
 
 def validation_summary(evidence: dict[str, Any]) -> dict[str, Any] | None:

@@ -104,7 +104,9 @@ def test_version_page_shows_every_piece_of_evidence_plots_and_the_card(client):
     assert any("blogs" in r and "0.6000" in r for r in rows(page, "eval-per-slice"))
     assert any("int8" in r and "0.9800" in r for r in rows(page, "parity"))
     assert any("delta" in r and "0.0400" in r for r in rows(page, "forgetting"))
-    assert "0.9000</strong> nats lower" in page  # adaptation gain 3.0 -> 2.1
+    assert "0.9000</strong> nats lower" in page  # domain MLM loss 3.0 -> 2.1
+    task_gain = page.split('id="adaptation-task-gain"', 1)[1].split("</p>", 1)[0]
+    assert "-0.0200" in task_gain and "<strong>base</strong> encoder was fine-tuned" in task_gain
     adaptation = "".join(rows(page, "adaptation"))
     assert "strategy" in adaptation and "dapt" in adaptation and "log" not in adaptation  # scalars only
     assert "3 checks: 2 pass, 1 warn, 0 fail" in page
