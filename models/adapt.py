@@ -71,6 +71,9 @@ HEAD_WARMUP_DIR = "head_warmup"
 PHASE_CONFIG = "phase_config.json"
 PHASE_DONE = "phase_done.json"
 EARLY_STOPPING_PATIENCE = 3  # evaluations without a better held-out loss before stopping
+# Held-out domain text is scored at every evaluation: a few hundred texts estimate the loss well, while 10% of
+# a 50k-line corpus would cost more than the training itself.
+MAX_HELDOUT_TEXTS = 512
 PSEUDO_PERPLEXITY_SENTENCES = 8
 MIN_WORD_PIECES = 3  # vocabulary extension: words the tokenizer splits into at least this many pieces
 MIN_WORD_COUNT = 2
@@ -757,7 +760,9 @@ def _fit_to_budget(
     trimmed = []
     for phase in phases:
         keep = max(1, round(len(phase.train_texts) * fraction))
-        trimmed.append(_Phase(phase.name, rng.sample(phase.train_texts, keep), phase.heldout_texts))
+        # the held-out share shrinks with the training text, so evaluations stay a small part of the budget
+        heldout = phase.heldout_texts[: max(16, round(keep * recipe.adapt.heldout_fraction))]
+        trimmed.append(_Phase(phase.name, rng.sample(phase.train_texts, keep), heldout))
     say(
         f"[adapt] budget: {adapt.time_budget_minutes:g} min at {plan['tokens_per_second']:.0f} tokens/s fits "
         f"{fraction:.0%} of the {plan['tokens_needed']} training tokens; training on a random "
@@ -1026,6 +1031,7 @@ def _adapt_encoder(
     warmup_domain: list[str] = []  # the first phase's own training text, before replay is mixed in
     for name, texts in plan:
         train, heldout = split_heldout(texts, adapt.heldout_fraction, recipe.seed)
+        heldout = heldout[:MAX_HELDOUT_TEXTS]  # already shuffled by split_heldout
         if not phases:
             warmup_domain = train
         if replay_pool and adapt.replay_fraction > 0:
