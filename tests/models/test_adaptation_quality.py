@@ -205,3 +205,39 @@ def test_gate_can_require_a_minimum_adaptation_gain():
     assert any("not kept" in f for f in decide(reverted, None, gate).failures)
     assert any("not measured" in f for f in decide(evidence(), None, gate).failures)
     assert decide(evidence(), None, GateConfig()).passed  # off by default
+
+
+# ------------------------------------------------------------------------------------------- head warm-up
+
+
+def test_head_warmup_encodes_more_sequences_for_short_texts():
+    from models.head_warmup import HEAD_WARMUP_MAX_SEQUENCES, HEAD_WARMUP_SEQUENCE_CAP, _sequence_count
+
+    assert _sequence_count([{"input_ids": [0] * 60}] * 10) == HEAD_WARMUP_MAX_SEQUENCES  # demo-like windows
+    short = _sequence_count([{"input_ids": [0] * 20}] * 10)  # tweets and headlines
+    assert HEAD_WARMUP_MAX_SEQUENCES < short <= HEAD_WARMUP_SEQUENCE_CAP
+
+
+def test_head_warmup_scores_held_out_targets_and_keeps_its_best_head(tiny_base_model):
+    from transformers import DataCollatorForLanguageModeling
+
+    from models.head_warmup import warm_up_head
+    from tests.models.test_adapt import GENERAL, _features, _tiny_mlm
+
+    model, tokenizer, names = _tiny_mlm(tiny_base_model)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=3, return_tensors="pt")
+    result = warm_up_head(
+        model,
+        names,
+        _features(tokenizer, CORPUS * 4),
+        _features(tokenizer, GENERAL * 4),
+        collator,
+        steps=60,
+        learning_rate=3e-2,  # high on purpose: the head overfits its few targets and held-out loss turns up
+        batch_size=8,
+        seed=1,
+    )
+    assert len(result.heldout_curve) >= 10
+    best_step, best_loss = min(result.heldout_curve, key=lambda point: point[1])
+    assert result.best_step == best_step
+    assert result.to_metrics()["heldout_loss_best"] == pytest.approx(best_loss, abs=1e-4)
