@@ -187,9 +187,12 @@ class TokenCounter:
             )
 
 
-def corpus_frame(texts: list[str], counter: TokenCounter | None, light: bool = False) -> pd.DataFrame:
+def corpus_frame(
+    texts: list[str], counter: TokenCounter | None, light: bool = False, min_chars: int = 1
+) -> pd.DataFrame:
     """One row per document: text, row number and the columns the corpus suite asserts on.
 
+    ``drop_reason`` says why cleaning drops the row ("" when kept; see models.data.corpus_drop_reasons).
     ``light`` (the general-English reference) computes only emptiness and bad characters.
     """
     import pandas as pd
@@ -200,8 +203,9 @@ def corpus_frame(texts: list[str], counter: TokenCounter | None, light: bool = F
     frame["has_bad_chars"] = has_bad_chars(text)
     if light:
         return frame
-    normalised = normalise_text(text)
-    frame["is_duplicate"] = normalised.duplicated(keep="first") & (normalised != "")
+    from models.data import corpus_drop_reasons
+
+    frame["drop_reason"] = corpus_drop_reasons(list(text), min_chars)
     frame["pii"] = find_pii(text)
     frame["has_pii"] = frame["pii"] != ""
     if counter is not None:

@@ -35,6 +35,7 @@ class ValidationReport:
     profile: dict
     drift: dict | None = None
     data_docs: Path | None = None  # index.html of the Great Expectations Data Docs site
+    cleaning: dict | None = None  # {"corpus": {rows, kept, empty, too_short, repeats}}: what training skips
 
     @property
     def failures(self) -> list[CheckResult]:
@@ -60,6 +61,7 @@ class ValidationReport:
                 "profile": self.profile,
                 "drift": self.drift,
                 "data_docs": str(self.data_docs) if self.data_docs else None,
+                "cleaning": self.cleaning,
             }
         )
 
@@ -75,6 +77,7 @@ class ValidationReport:
             profile=data.get("profile") or {},
             drift=data.get("drift"),
             data_docs=Path(docs) if docs else None,
+            cleaning=data.get("cleaning"),
         )
 
     def write_json(self, path: Path) -> Path:
@@ -96,6 +99,12 @@ class ValidationReport:
         ]
         if self.drift is not None:
             parts.append(f"drift {self.drift['status']} ({self.drift['distance']:.3f})")
+        corpus = (self.cleaning or {}).get("corpus")
+        if corpus and corpus["kept"] < corpus["rows"]:
+            parts.append(
+                f"corpus cleaned: {corpus['rows'] - corpus['kept']} of {corpus['rows']} lines dropped "
+                f"({corpus['empty']} empty, {corpus['too_short']} too short, {corpus['repeats']} repeats)"
+            )
         line = f"data validation {verdict}: " + ", ".join(parts)
         if self.failures:
             line += " — failing: " + ", ".join(f"{c.suite}.{c.name}" for c in self.failures)

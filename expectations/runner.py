@@ -126,17 +126,21 @@ def _check_result(suite: str, check, outcome, frame: pd.DataFrame, cfg: Validati
         failing = int(result["unexpected_count"])
     else:
         failing = 0 if outcome.success else 1
+    success = bool(outcome.success)
+    if check.cleanable and failing and success:
+        # under its cap: the rows are dropped before training, which the report shows as a warning
+        success, severity = False, "warn"
     examples = []
     for index in (result.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]:
         examples.append(_example(frame.loc[index], check.show))
-    if not examples and not outcome.success and "observed_value" in result:
+    if not examples and not success and "observed_value" in result:
         examples.append({"row": None, "value": f"observed {result['observed_value']}"})
     return CheckResult(
         suite,
         check.name,
         expectation,
         severity,
-        bool(outcome.success),
+        success,
         failing,
         total,
         examples,
@@ -186,7 +190,15 @@ def validate_recipe_data(
     from expectations.derived import TokenCounter, corpus_frame, labelled_frames, ner_frames
     from expectations.drift import compare_profiles, profile_data
     from expectations.suites import classification_suite, corpus_suite, ner_suite
-    from models.data import read_classification, read_corpus, read_ner
+    from models.data import (
+        DROP_EMPTY,
+        DROP_REPEAT,
+        DROP_SHORT,
+        CorpusCleaning,
+        read_classification,
+        read_corpus,
+        read_ner,
+    )
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -198,12 +210,28 @@ def validate_recipe_data(
     profile: dict = {"version": 1, "length_unit": counter.unit, "tokenizer": counter.source, "rows": {}}
 
     corpus = _read("corpus", "corpus", lambda: read_corpus(data.corpus, data.corpus_text_column), checks)
+    cleaning = None
     if corpus is not None:
         logger.info("corpus: %d documents", len(corpus))
-        frame = corpus_frame(corpus, counter)
+        frame = corpus_frame(corpus, counter, min_chars=cfg.min_chars)
         runs.append((corpus_suite(cfg), {"rows": frame}))
+        kept = frame["drop_reason"] == ""
+        reasons = frame["drop_reason"].value_counts()
+        cleaned = CorpusCleaning(
+            rows=len(frame),
+            kept=int(kept.sum()),
+            empty=int(reasons.get(DROP_EMPTY, 0)),
+            too_short=int(reasons.get(DROP_SHORT, 0)),
+            repeats=int(reasons.get(DROP_REPEAT, 0)),
+        )
+        cleaning = cleaned.to_dict()
+        if cleaned.kept < cleaned.rows:
+            logger.warning(cleaned.summary())
         profile["rows"]["corpus"] = len(corpus)
-        profile["corpus"] = profile_data(corpus, counter=counter, lengths=frame["token_count"])
+        # the profile describes what adaptation trains on: the cleaned corpus
+        profile["corpus"] = profile_data(
+            list(frame.loc[kept, "text"]), counter=counter, lengths=frame.loc[kept, "token_count"]
+        )
 
     if data.general is not None:
         general = _read("general text", "general", lambda: read_corpus(data.general), checks)
@@ -303,7 +331,12 @@ def validate_recipe_data(
     )  # stable: file order kept
     success = not any(c.status == "fail" for c in checks)
     report = ValidationReport(
-        success=success, checks=checks, profile=profile, drift=drift, data_docs=docs_index
+        success=success,
+        checks=checks,
+        profile=profile,
+        drift=drift,
+        data_docs=docs_index,
+        cleaning={"corpus": cleaning} if cleaning else None,
     )
     report.write_json(out_dir / "validation.json")
     logger.info("%s (%.1fs)", report.summary(), time.perf_counter() - started)

@@ -26,6 +26,9 @@ class Check:
     expectation: Any  # a great_expectations Expectation instance
     reason: str
     show: str | Callable[[pd.Series], str] = "text"  # what an offending row's example displays
+    # Cleanable: the offending rows are dropped before training and reported as a warning; the check only
+    # stops the run (with its severity) past its ``mostly`` cap.
+    cleanable: bool = False
 
     def __post_init__(self) -> None:
         self.expectation.notes = self.reason
@@ -65,8 +68,36 @@ def _pii_example(row: pd.Series) -> str:
 
 
 def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = False) -> Suite:
-    """Unlabelled domain text for continued pretraining. ``light``: only emptiness and bad characters."""
+    """Unlabelled domain text for continued pretraining. ``light``: only emptiness and bad characters.
+
+    Empty lines, lines under ``min_chars`` and repeats are cleanable (dropped and counted with a warning, see
+    models.data.corpus_drop_reasons); past ``max_dropped_rate`` of the corpus each stops the run.
+    """
     gxe = _gxe()
+    if light:
+        return Suite(
+            name,
+            [
+                Check(
+                    "text_present",
+                    "rows",
+                    gxe.ExpectColumnValuesToNotBeNull(column="text"),
+                    "a missing document has nothing to mask or learn from",
+                ),
+                Check(
+                    "text_not_empty",
+                    "rows",
+                    gxe.ExpectColumnValuesToBeBetween(column="stripped_chars", min_value=1),
+                    "empty docs break MLM masking (no tokens to mask) and usually mean a broken export",
+                ),
+                _bad_chars_check(cfg),
+            ],
+        )
+    cap = _within_rate(cfg.max_dropped_rate)
+
+    def dropped(reason: str):
+        return gxe.ExpectColumnValuesToNotBeInSet(column="drop_reason", value_set=[reason], mostly=cap)
+
     checks = [
         Check(
             "text_present",
@@ -77,33 +108,33 @@ def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = Fals
         Check(
             "text_not_empty",
             "rows",
-            gxe.ExpectColumnValuesToBeBetween(column="stripped_chars", min_value=1),
-            "empty docs break MLM masking (no tokens to mask) and usually mean a broken export",
+            dropped("empty"),
+            "empty lines have nothing to mask: they are dropped; a corpus mostly empty is a broken export",
+            cleanable=True,
         ),
         Check(
-            "bad_chars_rate",
+            "too_short",
             "rows",
-            gxe.ExpectColumnValuesToBeInSet(
-                column="has_bad_chars", value_set=[False], mostly=_within_rate(cfg.max_bad_char_rate)
-            ),
-            "mojibake (Ã©, â€™), U+FFFD or control characters mean a wrong encoding upstream; the model "
-            "would learn the garbage as vocabulary",
+            dropped("too_short"),
+            "fragments shorter than min_chars (e.g. 'R .') carry no context: they are dropped",
+            cleanable=True,
         ),
-    ]
-    if light:
-        return Suite(name, checks)
-    checks += [
+        Check(
+            "duplicate_rate",
+            "rows",
+            dropped("repeat"),
+            "repeated documents (same text ignoring case and whitespace) are memorised and skew MLM loss: "
+            "repeats are dropped, the first kept",
+            cleanable=True,
+        ),
+        _bad_chars_check(cfg),
         Check(
             "length_chars",
             "rows",
             gxe.ExpectColumnValuesToBeBetween(
-                column="stripped_chars",
-                min_value=cfg.min_chars,
-                max_value=cfg.max_chars,
-                mostly=_within_rate(cfg.max_length_outlier_rate),
+                column="stripped_chars", max_value=cfg.max_chars, mostly=_within_rate(cfg.max_length_outlier_rate)
             ),
-            "fragments shorter than min_chars carry no context; documents over max_chars are usually "
-            "concatenated dumps",
+            "documents over max_chars are usually concatenated dumps",
             show="text",
         ),
         Check(
@@ -113,14 +144,6 @@ def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = Fals
                 column="token_count", max_value=cfg.max_tokens, mostly=_within_rate(cfg.max_length_outlier_rate)
             ),
             "text past max_tokens subword tokens is truncated away by the encoder and never trained on",
-        ),
-        Check(
-            "duplicate_rate",
-            "rows",
-            gxe.ExpectColumnValuesToBeInSet(
-                column="is_duplicate", value_set=[False], mostly=_within_rate(cfg.max_duplicate_rate)
-            ),
-            "repeated documents (same text ignoring case and whitespace) are memorised and skew MLM loss",
         ),
         Check(
             "pii_rate",
@@ -133,6 +156,18 @@ def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = Fals
         ),
     ]
     return Suite(name, checks)
+
+
+def _bad_chars_check(cfg: ValidationConfig) -> Check:
+    return Check(
+        "bad_chars_rate",
+        "rows",
+        _gxe().ExpectColumnValuesToBeInSet(
+            column="has_bad_chars", value_set=[False], mostly=_within_rate(cfg.max_bad_char_rate)
+        ),
+        "mojibake (Ã©, â€™), U+FFFD or control characters mean a wrong encoding upstream; the model "
+        "would learn the garbage as vocabulary",
+    )
 
 
 def _length_checks(cfg: ValidationConfig, frame: str) -> list[Check]:
@@ -298,6 +333,7 @@ CHECK_NAMES = {
     "corpus": [
         "text_present",
         "text_not_empty",
+        "too_short",
         "bad_chars_rate",
         "length_chars",
         "length_tokens",

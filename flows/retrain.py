@@ -54,6 +54,7 @@ def adaptation_key(recipe: Recipe, fingerprint: dict) -> str:
         "adapt": recipe.adapt.model_dump(mode="json"),
         "seed": recipe.seed,
         "task": recipe.task,
+        "corpus_min_chars": recipe.validation.min_chars,  # decides which corpus lines are cleaned away
         "data": {k: v["sha256"] for k, v in fingerprint["files"].items()},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -191,6 +192,30 @@ def _served_forgetting(adaptation: dict, base_kept: bool) -> dict:
     }
 
 
+def serving_variants(exported: dict) -> dict:
+    """What the version serves and what the export dropped (with the parity numbers that dropped it)."""
+    parity = exported["parity"]
+    dropped = {}
+    for variant, why in (exported.get("dropped") or {}).items():
+        record = parity.get(variant) or {}
+        dropped[variant] = {
+            "why": why,
+            **{k: record.get(k) for k in ("label_agreement", "macro_f1_drop_vs_pytorch", "max_abs_diff")},
+        }
+    return {
+        "served": sorted(exported["variants"]),
+        "preferred_cpu_variant": exported["preferred_cpu_variant"],
+        "dropped": dropped,
+    }
+
+
+def _variants_line(variants: dict) -> str:
+    line = f"**Serves**: {', '.join(variants['served'])} (CPU: {variants['preferred_cpu_variant']})"
+    for variant, record in variants["dropped"].items():
+        line += f"; **{variant} dropped**: {record['why']}"
+    return line
+
+
 def _report_markdown(recipe: Recipe, summary: dict) -> str:
     metrics = summary["metrics"]
     forgetting = summary["forgetting"]
@@ -199,6 +224,8 @@ def _report_markdown(recipe: Recipe, summary: dict) -> str:
         f"# {recipe.name} v{summary.get('version', '?')} ({recipe.task})",
         "",
         f"**Gate ({recipe.gate.alias})**: {gate.get('summary', 'not evaluated')}",
+        "",
+        _variants_line(summary["variants"]),
         "",
         "| metric | value |",
         "|---|---|",
@@ -302,6 +329,7 @@ def retrain(recipe: Recipe) -> dict:
         "adaptation": adapted["metrics"],
         "adaptation_gain": gain,
         "parity": exported["parity"],
+        "serving": serving_variants(exported),
         "validation": validation["dict"],
         "profile": validation["dict"].get("profile"),
         "data_fingerprint": fingerprint,
@@ -335,6 +363,7 @@ def retrain(recipe: Recipe) -> dict:
         "forgetting": evidence["forgetting"],
         "adaptation_gain": gain,
         "gate": decision,
+        "variants": evidence["serving"],
         "incumbent_metrics": (incumbent or {}).get("metrics"),
         "adapt_cache_hit": adapt_cache_hit,
         "files": {
@@ -359,5 +388,7 @@ def retrain(recipe: Recipe) -> dict:
         table=[{"metric": k, "value": round(float(v), 4)} for k, v in summary["metrics"].items()],
         description=f"{recipe.name} v{version} metrics",
     )
+    for variant, record in evidence["serving"]["dropped"].items():
+        logger.warning("%s dropped from serving: %s", variant, record["why"])
     logger.info("registered %s v%s; %s", recipe.name, version, decision.get("summary"))
     return _plain(summary)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,63 @@ def read_corpus(path: Path, text_column: str = "text") -> list[str]:
     df = _read_table(path)
     _require_columns(df, path, [text_column])
     return ["" if v is None else str(v) for v in df[text_column].tolist()]
+
+
+DROP_EMPTY, DROP_SHORT, DROP_REPEAT = "empty", "too_short", "repeat"
+_SPACES = re.compile(r"\s+")
+
+
+def corpus_drop_reasons(lines: list[str], min_chars: int) -> list[str]:
+    """Why each corpus line is dropped before adaptation ("" when kept): empty, shorter than ``min_chars``
+    once stripped (fragments such as "R ." carry no context), or a repeat of an earlier kept line (same text
+    ignoring case and whitespace: it would be memorised). Validation counts these; adaptation skips them."""
+    reasons, seen = [], set()
+    for line in lines:
+        key = _SPACES.sub(" ", "" if line is None else str(line)).strip().lower()
+        if not key:
+            reasons.append(DROP_EMPTY)
+        elif len(key) < min_chars:
+            reasons.append(DROP_SHORT)
+        elif key in seen:
+            reasons.append(DROP_REPEAT)
+        else:
+            seen.add(key)
+            reasons.append("")
+    return reasons
+
+
+@dataclass(frozen=True)
+class CorpusCleaning:
+    """What cleaning the corpus dropped (counts of lines)."""
+
+    rows: int
+    kept: int
+    empty: int
+    too_short: int
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        dropped = self.rows - self.kept
+        return (
+            f"corpus: kept {self.kept} of {self.rows} lines; dropped {dropped} "
+            f"({self.empty} empty, {self.too_short} too short, {self.repeats} repeats)"
+        )
+
+
+def clean_corpus(lines: list[str], min_chars: int) -> tuple[list[str], CorpusCleaning]:
+    """The lines adaptation trains on and the counts of what was dropped (see corpus_drop_reasons)."""
+    reasons = corpus_drop_reasons(lines, min_chars)
+    kept = [line for line, reason in zip(lines, reasons, strict=True) if not reason]
+    return kept, CorpusCleaning(
+        rows=len(lines),
+        kept=len(kept),
+        empty=reasons.count(DROP_EMPTY),
+        too_short=reasons.count(DROP_SHORT),
+        repeats=reasons.count(DROP_REPEAT),
+    )
 
 
 def read_classification(

@@ -6,9 +6,12 @@ The bundle layout is described in :mod:`models.bundle`. What happens, in order::
                                                   ─► dynamic int8 (ORTQuantizer) ─► onnx/int8
                                                   ─► O4 fp16 (GPU only)          ─► onnx/fp16
               ─► tokenizer/ (fast tokenizer), pytorch/ (safetensors copy)
-              ─► parity: PyTorch vs every variant on the same batch ─► reports/parity.json, serving.json
+              ─► parity: PyTorch vs every variant through the serving predictor (services/predictor.py) at
+                 each of ``export.parity_batch_sizes`` ─► reports/parity.json
+              ─► a variant that fails parity is dropped from serving.json (its numbers stay in the report)
 
-The int8 variant quantizes the *plain* export: quantizing an O2/O3 graph fails in shape inference.
+The int8 variant quantizes the *plain* export: quantizing an O2/O3 graph fails in shape inference. Which
+nodes it quantizes is set by the ``export.int8_*`` fields (see :func:`int8_exclusions`).
 Heavy libraries (torch, transformers, optimum, onnxruntime) are imported inside the functions.
 """
 
@@ -17,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +53,7 @@ PARITY_REPORT = "parity.json"
 # Files an ONNX variant folder keeps next to model.onnx (Optimum also copies tokenizer files; we do not).
 VARIANT_SIDE_FILES = ("config.json", "ort_config.json")
 FP16_NOT_CHECKED = "not checked on this device"
-PARITY_CHUNK = 32  # rows per forward pass: all texts share one padded length, memory stays bounded
+PARITY_CHUNK = 32  # rows per PyTorch forward pass for the reference logits: memory stays bounded
 # Every finished export writes both; a folder holding them is an earlier export that may be replaced.
 EXPORT_MARKERS = (SERVING_SPEC, f"{REPORTS_DIR}/{PARITY_REPORT}")
 # Written only by the registry into a version folder (models/registry.py); such a folder is never an --out.
@@ -63,9 +67,10 @@ class ExportError(RuntimeError):
 @dataclass(frozen=True)
 class ExportResult:
     bundle_dir: Path
-    parity: dict  # variant name -> parity record (see reports/parity.json)
+    parity: dict  # variant name -> parity record (see reports/parity.json), dropped variants included
     preferred_cpu_variant: str
-    variants: dict[str, Path]  # variant name -> absolute path of its model.onnx
+    variants: dict[str, Path]  # variants that serve -> absolute path of their model.onnx
+    dropped: dict[str, str] = field(default_factory=dict)  # variant -> why it does not serve
 
 
 def export_bundle(
@@ -98,6 +103,7 @@ def export_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_export(out_dir, say)
     variants_wanted = ["fp32"] + [v for v in ("int8", "fp16") if v in config.variants]
+    quantization: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as work_name:
         work = Path(work_name)
         say(f"exporting {model_dir} to ONNX with Optimum (task {OPTIMUM_TASKS[task]})")
@@ -105,8 +111,8 @@ def export_bundle(
         variant_dirs = {"fp32": _optimize(plain, work / "fp32", level="O2")}
         say("fp32: O2 graph optimisation done")
         if "int8" in variants_wanted:
-            variant_dirs["int8"] = _quantize(plain, work / "int8", per_channel=task == "ner")
-            say(f"int8: dynamic quantization done ({_quantization_isa()}, per-channel={task == 'ner'})")
+            variant_dirs["int8"], quantization = quantize_int8(plain, work / "int8", config)
+            say(f"int8: dynamic quantization done ({describe_int8(quantization)})")
         if "fp16" in variants_wanted:
             variant_dirs["fp16"] = _optimize(plain, work / "fp16", level="O4")
             say("fp16: O4 (fp16, GPU fusions) done")
@@ -122,12 +128,39 @@ def export_bundle(
     tokenizer, model = _save_tokenizer_and_checkpoint(model_dir, out_dir, task)
     say("tokenizer/ and pytorch/ written")
 
-    say(f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts")
-    parity = _parity(
-        model, tokenizer, variant_paths, task, labels, max_length, config, parity_texts, parity_labels
-    )
-    preferred_cpu = _preferred_cpu_variant(parity, config)
-    fp16_ok = "fp16" in parity and parity["fp16"]["passed"] is not False
+    def spec(variants: dict[str, Path], cpu: str, gpu: str, dropped: dict[str, str]) -> ServingSpec:
+        return ServingSpec(
+            name=name,
+            task=task,
+            labels=list(labels),
+            max_length=max_length,
+            variants={v: p.relative_to(out_dir).as_posix() for v, p in variants.items()},
+            preferred_cpu_variant=cpu,
+            preferred_gpu_variant=gpu,
+            multi_label=model_config.get("problem_type") == "multi_label_classification",
+            extra={
+                "exported_from": str(model_dir),
+                "opset": config.opset,
+                "model_type": model_config["model_type"],
+                **({"int8": quantization} if quantization else {}),
+                **({"dropped_variants": dropped} if dropped else {}),
+            },
+        )
+
+    # Parity runs the serving predictor on the bundle itself, so the spec must exist first.
+    spec(variant_paths, "fp32", "fp32", {}).write(out_dir)
+    sizes = ", ".join(str(b) for b in config.parity_batch_sizes)
+    say(f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts, serving batches of {sizes}")
+    parity = _parity(model, tokenizer, out_dir, variant_paths, task, labels, max_length, config, parity_texts,
+                     parity_labels)
+    dropped = {v: "; ".join(r["failures"]) for v, r in parity.items() if v != "fp32" and r["passed"] is False}
+    for variant in dropped:
+        # Dropped from what serves: the service can never load it; its numbers stay in reports/parity.json.
+        shutil.rmtree(variant_paths[variant].parent)
+        say(f"{variant}: dropped from serving ({dropped[variant]})")
+    served = {v: p for v, p in variant_paths.items() if v not in dropped}
+    preferred_cpu = _preferred_cpu_variant(parity, config) if "int8" in served else "fp32"
+    preferred_gpu = "fp16" if "fp16" in served else "fp32"
     report = {
         "task": task,
         "n_texts": len(parity_texts),
@@ -135,33 +168,23 @@ def export_bundle(
         "parity_atol": config.parity_atol,
         "min_label_agreement": config.min_label_agreement,
         "max_accuracy_drop": config.max_accuracy_drop,
+        "batch_sizes": list(config.parity_batch_sizes),
         "preferred_cpu_variant": preferred_cpu,
+        "preferred_gpu_variant": preferred_gpu,
+        "served": sorted(served),
+        "dropped": dropped,
+        "int8": quantization or None,
         "variants": parity,
     }
     (out_dir / REPORTS_DIR).mkdir(exist_ok=True)
     (out_dir / REPORTS_DIR / PARITY_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
-
-    ServingSpec(
-        name=name,
-        task=task,
-        labels=list(labels),
-        max_length=max_length,
-        variants={v: p.relative_to(out_dir).as_posix() for v, p in variant_paths.items()},
-        preferred_cpu_variant=preferred_cpu,
-        preferred_gpu_variant="fp16" if fp16_ok else "fp32",
-        multi_label=model_config.get("problem_type") == "multi_label_classification",
-        extra={
-            "exported_from": str(model_dir),
-            "opset": config.opset,
-            "model_type": model_config["model_type"],
-        },
-    ).write(out_dir)
+    spec(served, preferred_cpu, preferred_gpu, dropped).write(out_dir)
     _make_world_readable(out_dir)
     say(
         "export done in {:.1f}s: {}; CPU serves {}".format(
             time.perf_counter() - started,
             ", ".join(
-                f"{v} {'ok' if r['passed'] else ('FAILED' if r['passed'] is False else r['note'])}"
+                f"{v} {'ok' if r['passed'] else ('DROPPED' if r['passed'] is False else r['note'])}"
                 for v, r in parity.items()
             ),
             preferred_cpu,
@@ -171,7 +194,8 @@ def export_bundle(
         bundle_dir=out_dir,
         parity=parity,
         preferred_cpu_variant=preferred_cpu,
-        variants=variant_paths,
+        variants=served,
+        dropped=dropped,
     )
 
 
@@ -336,15 +360,84 @@ def _quantization_isa() -> str:
     return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
 
 
-def _quantize(plain: Path, output: Path, per_channel: bool) -> Path:
+_LAYER = re.compile(r"/encoder/layer\.(\d+)/")
+_HEAD = ("/classifier/", "/pooler/")
+
+
+def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], dict[str, int]]:
+    """Names of the nodes int8 keeps in fp32 under ``config``, and how many nodes each rule kept.
+
+    Node names are Optimum's export names (``/bert/encoder/layer.5/output/dense/MatMul``, ``/classifier/...``):
+    ``int8_weights_only`` keeps the MatMuls without a weight operand (attention's QK^T and softmax x V, whose
+    per-batch activation scales cost the most agreement), ``int8_fp32_head`` the classifier and pooler,
+    ``int8_fp32_last_layers`` every node of the top N encoder layers.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    layers = [int(m.group(1)) for node in graph.node if (m := _LAYER.search(node.name))]
+    top = max(layers, default=-1)
+    kept: dict[str, list[str]] = {"activation_matmuls": [], "head": [], "last_layers": []}
+    for node in graph.node:
+        # ORT's quantizer turns a Gemm into MatMul + Add (named "<gemm>_MatMul") and quantizes that MatMul
+        gemm = node.op_type == "Gemm" and "MatMul" in config.int8_operators
+        if node.op_type not in config.int8_operators and not gemm:
+            continue
+        layer = _LAYER.search(node.name)
+        if config.int8_fp32_head and any(part in node.name for part in _HEAD):
+            kept["head"].append(node.name)
+        elif layer and top - int(layer.group(1)) < config.int8_fp32_last_layers:
+            kept["last_layers"].append(node.name)
+        elif (
+            config.int8_weights_only
+            and node.op_type == "MatMul"
+            and not any(name in weights for name in node.input[:2])
+        ):
+            kept["activation_matmuls"].append(node.name)
+    gemms = {node.name for node in graph.node if node.op_type == "Gemm"}
+    names = sorted({n for group in kept.values() for name in group for n in (name, f"{name}_MatMul")
+                    if n == name or name in gemms})
+    return names, {rule: len(group) for rule, group in kept.items()}
+
+
+def quantize_int8(plain: Path, output: Path, config: ExportConfig) -> tuple[Path, dict[str, Any]]:
+    """Dynamic int8 of the plain export as ``config.int8_*`` says; returns the folder and what was done."""
     from optimum.onnxruntime import AutoQuantizationConfig, ORTQuantizer
 
-    make_config = getattr(AutoQuantizationConfig, _quantization_isa())
-    quantization = make_config(is_static=False, per_channel=per_channel)
+    excluded, kept = int8_exclusions(plain / "model.onnx", config)
+    isa = _quantization_isa()
+    make_config = getattr(AutoQuantizationConfig, isa)
+    options: dict[str, Any] = {
+        "is_static": False,
+        "per_channel": config.int8_per_channel,
+        "nodes_to_exclude": excluded,
+        "operators_to_quantize": list(config.int8_operators),
+    }
+    if isa == "avx2":  # only the avx2 preset takes reduce_range; VNNI has no 8-bit overflow to avoid
+        options["reduce_range"] = config.int8_reduce_range
     ORTQuantizer.from_pretrained(plain, file_name="model.onnx").quantize(
-        quantization, save_dir=output, file_suffix=None
+        make_config(**options), save_dir=output, file_suffix=None
     )
-    return output
+    summary = {
+        "isa": isa,
+        "per_channel": config.int8_per_channel,
+        "reduce_range": config.int8_reduce_range if isa == "avx2" else False,
+        "operators": list(config.int8_operators),
+        "weights_only": config.int8_weights_only,
+        "fp32_head": config.int8_fp32_head,
+        "fp32_last_layers": config.int8_fp32_last_layers,
+        "nodes_kept_fp32": kept,
+    }
+    return output, summary
+
+
+def describe_int8(summary: dict[str, Any]) -> str:
+    kept = ", ".join(f"{n} {rule.replace('_', ' ')}" for rule, n in summary["nodes_kept_fp32"].items() if n)
+    return (
+        f"{summary['isa']}, {'+'.join(summary['operators'])}, per-channel={summary['per_channel']}, "
+        f"reduce-range={summary['reduce_range']}; fp32 kept: {kept or 'nothing'}"
+    )
 
 
 class _quiet_onnxruntime:
@@ -401,6 +494,7 @@ def _make_world_readable(root: Path) -> None:
 def _parity(
     model,
     tokenizer,
+    bundle_dir: Path,
     variant_paths: dict[str, Path],
     task: str,
     labels: list[str],
@@ -409,79 +503,138 @@ def _parity(
     texts: list[str],
     gold: Sequence[str] | Sequence[Sequence[str]] | None,
 ) -> dict[str, dict[str, Any]]:
-    import numpy as np
+    """Every variant against PyTorch, run the way the service runs it: the serving predictor, its tokenizer
+    and dynamic padding, at each batch size in ``config.parity_batch_sizes``. The worst batch size counts."""
+    reference = pytorch_reference(model, tokenizer, texts, max_length, task)
+    return compare_variants(reference, bundle_dir, variant_paths, task, labels, config, texts, gold)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """PyTorch's per-text logits on the parity texts, with the token counts and offsets to line them up."""
+
+    logits: list  # per text: (labels,) or (tokens, labels) for NER
+    lengths: list[int]
+    offsets: list
+
+
+def pytorch_reference(model, tokenizer, texts: list[str], max_length: int, task: str) -> Reference:
     import torch
 
-    batch = tokenizer(
-        list(texts),
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        return_tensors="np",
-        return_offsets_mapping=True,
-    )
-    offsets = batch.pop("offset_mapping")
-    mask = batch["attention_mask"].astype(bool)
-    rows = len(texts)
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
+    offsets = encoded.pop("offset_mapping")
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    logits: list = []
     with torch.inference_mode():
-        reference = np.concatenate(
-            [
-                model(**{k: torch.from_numpy(v[i : i + PARITY_CHUNK]) for k, v in batch.items()})
-                .logits.float()
-                .numpy()
-                for i in range(0, rows, PARITY_CHUNK)
-            ]
-        )
+        for start in range(0, len(texts), PARITY_CHUNK):
+            chunk = {key: values[start : start + PARITY_CHUNK] for key, values in encoded.items()}
+            batch = model(**tokenizer.pad(chunk, return_tensors="pt")).logits.float().numpy()
+            logits += _per_text(batch, lengths[start : start + PARITY_CHUNK], task)
+    return Reference(logits, lengths, offsets)
 
-    gold_per_text = _gold_tags(texts, offsets, mask, gold, labels) if task == "ner" else gold
+
+def compare_variants(
+    reference: Reference,
+    bundle_dir: Path,
+    variant_paths: dict[str, Path],
+    task: str,
+    labels: list[str],
+    config: ExportConfig,
+    texts: list[str],
+    gold: Sequence[str] | Sequence[Sequence[str]] | None,
+) -> dict[str, dict[str, Any]]:
+    """Parity records of the bundle's variants against ``reference`` (see :func:`_parity`)."""
+    texts = list(texts)
+    lengths, offsets = reference.lengths, reference.offsets
+    gold_per_text = _gold_tags(texts, gold, labels) if task == "ner" else gold
+    pytorch_f1 = (
+        _macro_f1(task, reference.logits, gold_per_text, labels, texts, offsets) if gold is not None else None
+    )
+    served = [_first_token_per_word(t, o) for t, o in zip(texts, offsets, strict=True)] if task == "ner" else None
     records: dict[str, dict[str, Any]] = {}
     for variant, path in variant_paths.items():
-        logits = _run_on_cpu(path, batch)
-        if logits is None:
+        by_batch: dict[str, dict[str, Any]] = {}
+        for batch_size in config.parity_batch_sizes:
+            outputs = _serving_logits(bundle_dir, variant, texts, batch_size, lengths, task)
+            if outputs is None:
+                break
+            diffs = [float(abs(o - r).max()) for o, r in zip(outputs, reference.logits, strict=True)]
+            same = [o.argmax(-1) == r.argmax(-1) for o, r in zip(outputs, reference.logits, strict=True)]
+            if task == "ner":  # the service reads a word's tag off its first sub-token only: judge those
+                same = [s[[t for t in firsts if t is not None]] for s, firsts in zip(same, served, strict=True)]
+            record = {
+                "max_abs_diff": max(diffs),
+                "label_agreement": float(sum(s.sum() for s in same) / sum(s.size for s in same)),
+            }
+            if gold is not None:
+                record["macro_f1"] = _macro_f1(task, outputs, gold_per_text, labels, texts, offsets)
+            by_batch[str(batch_size)] = record
+        if not by_batch:
             records[variant] = {"passed": None, "note": FP16_NOT_CHECKED}
             continue
-        logits = logits.astype(np.float32)
-        diff = float(np.abs(logits - reference)[mask if task == "ner" else slice(None)].max())
-        same = logits.argmax(-1) == reference.argmax(-1)
-        agreement = float(same[mask].mean()) if task == "ner" else float(same.mean())
-        passed = diff <= config.parity_atol if variant == "fp32" else agreement >= config.min_label_agreement
-        record: dict[str, Any] = {
-            "max_abs_diff": diff,
-            "label_agreement": agreement,
-            "passed": bool(passed),
-            "file_mb": round(path.stat().st_size / 2**20, 2),
+        worst = {
+            "max_abs_diff": max(r["max_abs_diff"] for r in by_batch.values()),
+            "label_agreement": min(r["label_agreement"] for r in by_batch.values()),
         }
         if gold is not None:
-            record["macro_f1"] = _macro_f1(task, logits, mask, gold_per_text, labels, texts, offsets)
-        records[variant] = record
-    if gold is not None:
-        pytorch_f1 = _macro_f1(task, reference, mask, gold_per_text, labels, texts, offsets)
-        for record in records.values():
-            if "macro_f1" in record:
-                record["macro_f1_drop_vs_pytorch"] = pytorch_f1 - record["macro_f1"]
+            worst["macro_f1"] = min(r["macro_f1"] for r in by_batch.values())
+            worst["macro_f1_drop_vs_pytorch"] = pytorch_f1 - worst["macro_f1"]
+        failures = _parity_failures(variant, worst, config)
+        records[variant] = {
+            **worst,
+            "passed": not failures,
+            "failures": failures,
+            "by_batch_size": by_batch,
+            "file_mb": round(path.stat().st_size / 2**20, 2),
+        }
     return records
 
 
-def _run_on_cpu(path: Path, batch: dict):
-    """Logits of one ONNX file on the CPU provider, or None when ORT cannot run it there (fp16 kernels)."""
-    import numpy as np
-    import onnxruntime as ort
+def _parity_failures(variant: str, worst: dict[str, Any], config: ExportConfig) -> list[str]:
+    """Why a variant may not serve (empty when it may): fp32 must match PyTorch's logits; the others must
+    agree on labels and keep macro-F1 (entity F1 for NER) within the budget."""
+    if variant == "fp32":
+        if worst["max_abs_diff"] > config.parity_atol:
+            return [f"max |logit diff| {worst['max_abs_diff']:.2e} > {config.parity_atol:.0e}"]
+        return []
+    failures = []
+    if worst["label_agreement"] < config.min_label_agreement:
+        failures.append(f"label agreement {worst['label_agreement']:.4f} < {config.min_label_agreement}")
+    drop = worst.get("macro_f1_drop_vs_pytorch")
+    if drop is not None and drop > config.max_accuracy_drop:
+        failures.append(f"macro-F1 drop {100 * drop:.2f} points > {100 * config.max_accuracy_drop:.2f}")
+    return failures
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+
+def _per_text(logits, lengths: list[int], task: str) -> list:
+    """One row per text: (labels,) for classification, (its own tokens, labels) for NER (padding cut off)."""
+    if task == "classification":
+        return [logits[row] for row in range(len(lengths))]
+    return [logits[row, :n] for row, n in enumerate(lengths)]
+
+
+def _serving_logits(bundle_dir: Path, variant: str, texts: list[str], batch_size: int, lengths, task: str):
+    """Per-text logits of one variant through the serving predictor at ``batch_size`` texts per call, or
+    None when ONNX Runtime cannot run it on the CPU (fp16 kernels)."""
+    from services.predictor import OnnxPredictor
+
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        wanted = {i.name for i in session.get_inputs()}
-        feeds = {k: v.astype("int64") for k, v in batch.items() if k in wanted}
-        rows = len(next(iter(feeds.values())))
-        return np.concatenate(
-            [
-                session.run(None, {k: v[i : i + PARITY_CHUNK] for k, v in feeds.items()})[0]
-                for i in range(0, rows, PARITY_CHUNK)
-            ]
-        )
+        predictor = OnnxPredictor(bundle_dir, variant=variant, providers=["CPUExecutionProvider"])
+        served = [sum(e.attention_mask) for e in predictor.tokenizer.encode_batch(texts[:batch_size])]
+        if served != lengths[: len(served)]:
+            raise ExportError(
+                f"the serving tokenizer splits texts into {served[:5]} tokens, the checkpoint's into "
+                f"{lengths[:5]}; the bundle's tokenizer.json does not match the model"
+            )
+        outputs: list = []
+        for start in range(0, len(texts), batch_size):
+            logits = predictor.logits(texts[start : start + batch_size])
+            outputs += _per_text(logits, lengths[start : start + batch_size], task)
+        return outputs
+    except ExportError:
+        raise
     except Exception as exc:  # e.g. NOT_IMPLEMENTED: no fp16 kernel for an op on CPU
-        logger.info("export: %s cannot run on the CPU provider: %s", path, exc)
+        logger.info("export: %s cannot run on the CPU provider: %s", variant, exc)
         return None
 
 
@@ -497,16 +650,16 @@ def _word_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _first_token_per_word(text: str, offsets, mask) -> list[int | None]:
+def _first_token_per_word(text: str, offsets) -> list[int | None]:
     """Index of the first sub-token of each whitespace word (None when truncated away)."""
     firsts: list[int | None] = []
     for word_start, _ in _word_spans(text):
-        index = next((t for t, (s, e) in enumerate(offsets) if mask[t] and e > s and s >= word_start), None)
+        index = next((t for t, (s, e) in enumerate(offsets) if e > s and s >= word_start), None)
         firsts.append(index if index is not None and offsets[index][0] == word_start else None)
     return firsts
 
 
-def _gold_tags(texts, offsets, mask, gold, labels) -> list[list[str]] | None:
+def _gold_tags(texts, gold, labels) -> list[list[str]] | None:
     if gold is None:
         return None
     result = []
@@ -525,12 +678,12 @@ def _gold_tags(texts, offsets, mask, gold, labels) -> list[list[str]] | None:
     return result
 
 
-def _macro_f1(task, logits, mask, gold, labels, texts, offsets) -> float:
-    predicted = logits.argmax(-1)
+def _macro_f1(task, per_text_logits, gold, labels, texts, offsets) -> float:
+    """Macro-F1 of the argmax labels (classification), or seqeval entity F1 over first sub-tokens (NER)."""
     if task == "classification":
         from sklearn.metrics import f1_score
 
-        names = [labels[i] for i in predicted]
+        names = [labels[int(logits.argmax())] for logits in per_text_logits]
         return float(
             f1_score(
                 list(gold), names, average="macro", labels=sorted(set(gold) | set(names)), zero_division=0
@@ -539,10 +692,11 @@ def _macro_f1(task, logits, mask, gold, labels, texts, offsets) -> float:
     from seqeval.metrics import f1_score as entity_f1
 
     y_true, y_pred = [], []
-    for row, (text, tags) in enumerate(zip(texts, gold, strict=True)):
-        firsts = _first_token_per_word(text, offsets[row], mask[row])
+    for logits, text, tags, text_offsets in zip(per_text_logits, texts, gold, offsets, strict=True):
+        predicted = logits.argmax(-1)
+        firsts = _first_token_per_word(text, text_offsets)
         y_true.append(list(tags))
-        y_pred.append([labels[predicted[row, t]] if t is not None else "O" for t in firsts])
+        y_pred.append([labels[predicted[t]] if t is not None else "O" for t in firsts])
     return float(entity_f1(y_true, y_pred, average="macro", zero_division=0))
 
 

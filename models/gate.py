@@ -12,7 +12,10 @@ Rules (all must hold):
   2. with an incumbent: ``candidate >= incumbent - gate.tolerance`` (metrics are higher-is-better)
   3. with ``gate.max_forgetting`` set: ``forgetting.delta <= gate.max_forgetting`` (not applied to models
      trained from scratch, ``adaptation.strategy == "scratch"``: they have nothing to forget)
-  4. with ``gate.require_parity``: at least one parity entry, and every entry ``passed``
+  4. with ``gate.require_parity``: parity for fp32 (what every bundle can fall back to), and every variant that
+     will serve ``passed``. A variant that failed parity was dropped from the bundle by the export: it is
+     reported with its numbers and does not hold the version back (``serving.served`` in the evidence says
+     what serves; older evidence without it: every variant whose parity did not fail)
   5. ``validation.success`` is true
   6. with ``gate.min_adaptation_gain`` set: the adapted encoder was kept and its measured task gain is at least
      that much (``adaptation_gain``, models/adaptation_gain.py)
@@ -41,13 +44,14 @@ class GateDecision:
     candidate_value: float | None
     incumbent_value: float | None
     failures: list[str] = field(default_factory=list)  # the subset of ``reasons`` that failed
+    dropped: list[str] = field(default_factory=list)  # variants dropped from serving, one sentence each
 
     def summary(self) -> str:
-        """One line: verdict, the metric with both values, and the failed checks if any."""
+        """One line: verdict, the metric with both values, the failed checks if any, dropped variants."""
         incumbent = "none" if self.incumbent_value is None else f"{self.incumbent_value:.4f}"
         candidate = "n/a" if self.candidate_value is None else f"{self.candidate_value:.4f}"
         head = f"{'PASSED' if self.passed else 'REFUSED'}: {self.metric} {candidate} (incumbent {incumbent})"
-        return head if self.passed else f"{head}; " + "; ".join(self.failures)
+        return "; ".join([head, *([] if self.passed else self.failures), *self.dropped])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,10 +68,32 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def served_variants(evidence: dict[str, Any]) -> set[str]:
+    """The ONNX variants a version will serve: ``serving.served`` when the export recorded it, else fp32 plus
+    every variant whose parity did not fail (what older exports let the service choose)."""
+    serving = evidence.get("serving") or {}
+    if isinstance(serving.get("served"), list):
+        return {str(v) for v in serving["served"]}
+    parity = evidence.get("parity") or {}
+    return {"fp32"} | {v for v, r in parity.items() if (r or {}).get("passed") is not False}
+
+
+def _parity_numbers(result: dict[str, Any]) -> str:
+    diff, agreement = _number(result.get("max_abs_diff")), _number(result.get("label_agreement"))
+    drop = _number(result.get("macro_f1_drop_vs_pytorch"))
+    parts = [
+        f"max |diff| {diff:.2e}" if diff is not None else "",
+        f"label agreement {agreement:.4f}" if agreement is not None else "",
+        f"macro-F1 drop {100 * drop:.2f} points" if drop is not None else "",
+    ]
+    return ", ".join(p for p in parts if p) or "no numbers"
+
+
 def decide(candidate: dict[str, Any], incumbent: dict[str, Any] | None, gate: GateConfig) -> GateDecision:
     """Apply ``gate`` to the candidate's evidence, comparing with the incumbent's evidence when there is one."""
     reasons: list[str] = []
     failures: list[str] = []
+    dropped: list[str] = []
 
     def check(ok: bool, sentence: str) -> None:
         reasons.append(sentence)
@@ -136,30 +162,34 @@ def decide(candidate: dict[str, Any], incumbent: dict[str, Any] | None, gate: Ga
                 f"general-text loss rose by {delta:.4f}{detail}, {verb} the budget {gate.max_forgetting:.4f}",
             )
 
-    # 4. export parity
+    # 4. export parity of what will serve
     if gate.require_parity:
         parity = candidate.get("parity") or {}
+        served = served_variants(candidate)
         if not parity:
             check(
                 False,
                 "no parity results in the evidence, but the gate requires parity (run the export stage)",
             )
+        elif "fp32" not in parity:
+            check(False, "no fp32 parity in the evidence: fp32 is what every bundle serves as the fallback")
         for variant, result in sorted(parity.items()):
             result = result or {}
-            diff, agreement = _number(result.get("max_abs_diff")), _number(result.get("label_agreement"))
-            numbers = ", ".join(
-                part
-                for part in (
-                    f"max |diff| {diff:.2e}" if diff is not None else "",
-                    f"label agreement {agreement:.4f}" if agreement is not None else "",
+            numbers = _parity_numbers(result)
+            if variant in served:
+                ok = result.get("passed") is True
+                check(
+                    ok,
+                    f"parity of served variant '{variant}' {'passed' if ok else 'FAILED'} ({numbers})",
                 )
-                if part
-            )
-            ok = result.get("passed") is True
-            check(
-                ok,
-                f"parity of variant '{variant}' {'passed' if ok else 'FAILED'} ({numbers or 'no numbers'})",
-            )
+            else:
+                why = "; ".join(result.get("failures") or []) or "parity failed"
+                sentence = (
+                    f"variant '{variant}' was dropped from serving ({why}; {numbers}); the version serves "
+                    f"{', '.join(sorted(served)) or 'nothing'}"
+                )
+                reasons.append(sentence)
+                dropped.append(sentence)
 
     # 5. data validation
     validation = candidate.get("validation") or {}
@@ -201,4 +231,5 @@ def decide(candidate: dict[str, Any], incumbent: dict[str, Any] | None, gate: Ga
         candidate_value=candidate_value,
         incumbent_value=incumbent_value,
         failures=failures,
+        dropped=dropped,
     )

@@ -28,11 +28,14 @@ class StageInputError(ValueError):
 def adapt_stage(recipe: Recipe, out_dir: Path, progress: Progress | None = None) -> AdaptResult:
     """Domain/task-adaptive pretraining of the recipe's base encoder; the encoder lands in ``out_dir/encoder``."""
     from models.adapt import adapt_encoder
-    from models.data import load_task_data, read_corpus, task_texts
+    from models.data import clean_corpus, load_task_data, read_corpus, task_texts
 
-    corpus = [
-        line for line in read_corpus(recipe.data.corpus, recipe.data.corpus_text_column) if line.strip()
-    ]
+    # The same cleaning validation counted: empty and too-short lines and repeats are not trained on.
+    corpus, cleaning = clean_corpus(
+        read_corpus(recipe.data.corpus, recipe.data.corpus_text_column), recipe.validation.min_chars
+    )
+    if progress is not None:
+        progress(cleaning.summary())
     general = read_corpus(recipe.data.general) if recipe.data.general else []
     general = [line for line in general if line.strip()]
     texts = task_texts(recipe, load_task_data(recipe))

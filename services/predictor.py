@@ -227,7 +227,7 @@ class OnnxPredictor:
 
     def _open_session(self, ort, variant: str | None, providers: list[str] | None):
         if providers is not None:
-            chosen = variant or (
+            chosen = variant or self._servable(
                 self.spec.preferred_gpu_variant if providers[0] == CUDA else self.spec.preferred_cpu_variant
             )
             return ort.InferenceSession(
@@ -236,7 +236,7 @@ class OnnxPredictor:
         if CUDA in ort.get_available_providers() and _nvidia_driver_present():
             # onnxruntime-gpu lists CUDA even without CUDA libraries: only a session that really got the
             # CUDA provider counts. The failed attempt logs through ORT's default logger, hence the muting.
-            gpu_variant = variant or self.spec.preferred_gpu_variant
+            gpu_variant = variant or self._servable(self.spec.preferred_gpu_variant)
             gpu_path = str(self._onnx_path(gpu_variant))
             ort.set_default_logger_severity(_ORT_QUIET)
             try:
@@ -248,10 +248,14 @@ class OnnxPredictor:
                 logger.info("CUDA session failed, using CPU: %s", exc)
             finally:
                 ort.set_default_logger_severity(2)
-        cpu_variant = variant or self.spec.preferred_cpu_variant
+        cpu_variant = variant or self._servable(self.spec.preferred_cpu_variant)
         return ort.InferenceSession(
             str(self._onnx_path(cpu_variant)), self._options, providers=[CPU]
         ), cpu_variant
+
+    def _servable(self, preferred: str) -> str:
+        """The preferred variant if the bundle serves it, else fp32 (the export drops variants failing parity)."""
+        return preferred if preferred in self.spec.variants else "fp32"
 
     def _pad_token(self) -> str:
         for name in ("special_tokens_map.json", "tokenizer_config.json"):

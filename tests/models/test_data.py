@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from models.data import load_task_data
@@ -44,3 +46,32 @@ def test_a_latin1_csv_is_refused_with_the_fix(tmp_path):
     )
     with pytest.raises(DataError, match=r"not UTF-8.*iconv -f latin1 -t utf-8 fpb.csv"):
         read_classification(path)
+
+
+def test_corpus_cleaning_drops_empties_fragments_and_repeats_and_counts_them():
+    from models.data import clean_corpus, corpus_drop_reasons
+
+    lines = ["Rates rose in March.", "R .", "", "rates  rose in MARCH.", "Inflation eased slightly.", "   "]
+    assert corpus_drop_reasons(lines, min_chars=10) == ["", "too_short", "empty", "repeat", "", "empty"]
+    kept, cleaning = clean_corpus(lines, min_chars=10)
+    assert kept == ["Rates rose in March.", "Inflation eased slightly."]
+    assert cleaning.to_dict() == {"rows": 6, "kept": 2, "empty": 2, "too_short": 1, "repeats": 1}
+    assert cleaning.summary() == "corpus: kept 2 of 6 lines; dropped 4 (2 empty, 1 too short, 1 repeats)"
+
+
+def test_adaptation_trains_on_the_cleaned_corpus(tmp_path, tiny_base_model):
+    from models.data import clean_corpus
+    from models.recipe import load_recipe
+    from models.stages import adapt_stage
+    from tests.tiny_recipe import write_tiny_recipe
+
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample"
+    path = write_tiny_recipe(tmp_path / "r", sample, tiny_base_model, adapt={"max_steps": 1})
+    corpus = (tmp_path / "r" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    assert clean_corpus(corpus, 10)[1].kept == len(corpus)  # the sample slice itself is clean
+    (tmp_path / "r" / "corpus.txt").write_text("\n".join(corpus + ["R .", "", corpus[0]]) + "\n", encoding="utf-8")
+    recipe = load_recipe(path)
+    messages: list[str] = []
+    adapt_stage(recipe, tmp_path / "adapt", progress=messages.append)
+    n = len(corpus)
+    assert f"corpus: kept {n} of {n + 3} lines; dropped 3 (1 empty, 1 too short, 1 repeats)" in messages

@@ -50,7 +50,7 @@ def exported(classifier_dir, tmp_path_factory) -> ExportResult:
         task="classification",
         labels=LABELS,
         max_length=32,
-        config=ExportConfig(variants=["fp32", "int8", "fp16"]),
+        config=ExportConfig(variants=["fp32", "int8", "fp16"], min_label_agreement=0.5, max_accuracy_drop=1.0),
         parity_texts=TEXTS,
         parity_labels=["billing", "outage", "praise", "praise"],
         progress=messages.append,
@@ -67,16 +67,100 @@ def test_fp32_onnx_matches_pytorch_logits(exported):
     assert (exported.bundle_dir / "onnx" / "fp32" / "model.onnx").is_file()
 
 
+def _op_types(path: Path) -> list[str]:
+    import onnx
+
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
 def test_int8_and_fp16_variants_are_built_and_checked(exported):
     int8 = exported.parity["int8"]
     assert exported.variants["int8"].is_file()
-    assert exported.variants["int8"].stat().st_size < exported.variants["fp32"].stat().st_size
+    ops = _op_types(exported.variants["int8"])
+    # default scheme: the 6 weight MatMuls of each of the 2 layers become int8; attention's two
+    # activation x activation MatMuls per layer and the pooler + classifier (Gemms ORT turns into MatMuls) stay fp32
+    assert ops.count("MatMulInteger") == 12 and ops.count("MatMul") == 4 + 2
     assert 0.0 <= int8["label_agreement"] <= 1.0 and "max_abs_diff" in int8 and "macro_f1" in int8
     fp16 = exported.parity["fp16"]
     assert exported.variants["fp16"].is_file()
     assert fp16["passed"] is not False  # checked on CPU when ORT can, else marked "not checked"
     report = json.loads((exported.bundle_dir / "reports" / "parity.json").read_text())
     assert set(report["variants"]) == {"fp32", "int8", "fp16"}
+    assert report["int8"]["nodes_kept_fp32"] == {"activation_matmuls": 4, "head": 2, "last_layers": 0}
+
+
+def test_parity_runs_the_serving_predictor_at_each_batch_size_and_keeps_the_worst(exported):
+    for variant in ("fp32", "int8"):
+        record = exported.parity[variant]
+        assert set(record["by_batch_size"]) == {"1", "32"}  # ExportConfig().parity_batch_sizes
+        per_batch = record["by_batch_size"].values()
+        assert record["label_agreement"] == min(r["label_agreement"] for r in per_batch)
+        assert record["max_abs_diff"] == max(r["max_abs_diff"] for r in per_batch)
+        assert record["macro_f1"] == min(r["macro_f1"] for r in per_batch)
+    assert exported.parity["fp32"]["max_abs_diff"] < 1e-4  # the serving path of fp32 is PyTorch's numbers
+
+
+def test_int8_options_choose_which_nodes_stay_fp32(classifier_dir, tmp_path):
+    from models.export import _optimum_export, int8_exclusions
+
+    plain = _optimum_export(classifier_dir, tmp_path / "plain", "classification", None) / "model.onnx"
+    everything = ExportConfig(int8_weights_only=False, int8_fp32_head=False, int8_operators=["MatMul"])
+    assert int8_exclusions(plain, everything) == ([], {"activation_matmuls": 0, "head": 0, "last_layers": 0})
+    names, kept = int8_exclusions(plain, ExportConfig(int8_fp32_last_layers=1))
+    assert kept == {"activation_matmuls": 2, "head": 2, "last_layers": 8}  # layer 0's 2; all 8 of layer 1
+    assert "/classifier/Gemm_MatMul" in names and "/bert/pooler/dense/Gemm_MatMul" in names
+    assert all("/layer.1/" in n for n in names if "/layer.0/" not in n and "Gemm" not in n)
+    assert not any("/layer.0/" in n and "dense" in n for n in names)
+
+
+def test_a_variant_that_fails_parity_is_dropped_from_serving_with_its_numbers(
+    classifier_dir, tmp_path, monkeypatch
+):
+    import models.export as export
+
+    real = export._parity_failures
+
+    def int8_fails(variant, worst, config):
+        return ["label agreement 0.9000 < 0.99"] if variant == "int8" else real(variant, worst, config)
+
+    monkeypatch.setattr(export, "_parity_failures", int8_fails)
+    result = _export(classifier_dir, tmp_path / "out", parity_texts=TEXTS)
+    assert result.dropped == {"int8": "label agreement 0.9000 < 0.99"}
+    assert set(result.variants) == {"fp32"} and result.preferred_cpu_variant == "fp32"
+    assert not (tmp_path / "out" / "onnx" / "int8").exists()  # nothing left for the service to load
+    spec = ServingSpec.read(tmp_path / "out")
+    assert spec.variants == {"fp32": "onnx/fp32/model.onnx"} and spec.extra["dropped_variants"] == result.dropped
+    report = json.loads((tmp_path / "out" / "reports" / "parity.json").read_text())
+    assert report["dropped"] == result.dropped and report["served"] == ["fp32"]
+    assert report["variants"]["int8"]["passed"] is False and "label_agreement" in report["variants"]["int8"]
+
+
+def test_the_serving_predictor_never_picks_a_variant_the_bundle_does_not_serve(exported, tmp_path):
+    import shutil
+
+    from services.predictor import OnnxPredictor
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported.bundle_dir, bundle)
+    spec = json.loads((bundle / "serving.json").read_text())
+    spec["variants"].pop("int8")
+    spec["preferred_cpu_variant"] = "int8"  # e.g. a spec edited by hand, or written before int8 was dropped
+    (bundle / "serving.json").write_text(json.dumps(spec))
+    assert OnnxPredictor(bundle, providers=["CPUExecutionProvider"]).variant == "fp32"
+
+
+def test_parity_failures_name_each_broken_budget():
+    from models.export import _parity_failures
+
+    config = ExportConfig(min_label_agreement=0.99, max_accuracy_drop=0.005, parity_atol=1e-3)
+    ok = {"max_abs_diff": 0.05, "label_agreement": 0.995, "macro_f1_drop_vs_pytorch": 0.003}
+    assert _parity_failures("int8", ok, config) == []
+    bad = {"max_abs_diff": 0.3, "label_agreement": 0.955, "macro_f1_drop_vs_pytorch": 0.012}
+    assert _parity_failures("int8", bad, config) == [
+        "label agreement 0.9550 < 0.99",
+        "macro-F1 drop 1.20 points > 0.50",
+    ]
+    assert _parity_failures("fp32", {"max_abs_diff": 2e-3}, config) == ["max |logit diff| 2.00e-03 > 1e-03"]
 
 
 def test_serving_spec_and_bundle_files(exported):
@@ -88,6 +172,7 @@ def test_serving_spec_and_bundle_files(exported):
     int8 = exported.parity["int8"]
     int8_ok = int8["passed"] and exported.parity["fp32"]["macro_f1"] - int8["macro_f1"] <= 0.005
     assert exported.preferred_cpu_variant == ("int8" if int8_ok else "fp32")
+    assert exported.dropped == {} or set(exported.dropped) == {"int8"}
     assert spec.preferred_gpu_variant == "fp16"
     assert (bundle / "tokenizer" / "tokenizer.json").is_file()
     weights = bundle / "pytorch" / "model.safetensors"

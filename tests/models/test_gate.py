@@ -88,13 +88,46 @@ def test_forgetting_budget_does_not_apply_to_a_model_trained_from_scratch():
     assert any("not applicable" in reason and "scratch" in reason for reason in decision.reasons)
 
 
-def test_failed_parity_variant_is_named():
+def test_failed_int8_that_was_dropped_from_serving_is_reported_but_does_not_block():
+    failed_int8 = {
+        "max_abs_diff": 0.4,
+        "label_agreement": 0.955,
+        "macro_f1_drop_vs_pytorch": 0.003,
+        "passed": False,
+        "failures": ["label agreement 0.9550 < 0.99"],
+    }
+    candidate = evidence(parity__int8=failed_int8)
+    candidate["serving"] = {"served": ["fp32"], "dropped": {"int8": "label agreement 0.9550 < 0.99"}}
+    decision = decide(candidate, None, GateConfig(require_parity=True))
+    assert decision.passed, decision.failures
+    (dropped,) = [r for r in decision.reasons if "dropped from serving" in r]
+    assert "'int8'" in dropped and "0.9550" in dropped and "0.30 points" in dropped and "serves fp32" in dropped
+    assert decision.dropped == [dropped] and dropped in decision.summary()  # the run's one-line verdict says so
+    # evidence written before the export recorded what serves: a failed int8 never served either
+    del candidate["serving"]
+    assert decide(candidate, None, GateConfig(require_parity=True)).passed
+
+
+def test_a_served_variant_that_failed_parity_blocks_and_is_named():
     candidate = evidence(parity__int8={"max_abs_diff": 0.4, "label_agreement": 0.91, "passed": False})
+    candidate["serving"] = {"served": ["fp32", "int8"]}
     decision = decide(candidate, None, GateConfig(require_parity=True))
     assert not decision.passed
     (failure,) = decision.failures
-    assert "'int8'" in failure and "0.9100" in failure
+    assert "served variant 'int8'" in failure and "0.9100" in failure
     assert decide(candidate, None, GateConfig(require_parity=False)).passed
+
+
+def test_fp32_parity_always_counts_because_fp32_is_the_fallback():
+    bad_fp32 = {"max_abs_diff": 0.2, "label_agreement": 0.99, "passed": False}
+    candidate = evidence(parity__fp32=bad_fp32)
+    candidate["serving"] = {"served": ["fp32", "int8"]}
+    decision = decide(candidate, None, GateConfig())
+    assert not decision.passed and "'fp32'" in decision.failures[0] and "2.00e-01" in decision.failures[0]
+    only_int8 = copy.deepcopy(GOOD)
+    del only_int8["parity"]["fp32"]
+    refused = decide(only_int8, None, GateConfig())
+    assert not refused.passed and "no fp32 parity" in refused.failures[0]
 
 
 def test_missing_parity_fails_when_required():
