@@ -408,14 +408,25 @@ def _callbacks(say: Callable[[str], None], phase: str):
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            import time
+
+            self.started, self.first_step = time.monotonic(), state.global_step  # a resumed run starts later
+
         def on_log(self, args, state, control, logs=None, **kwargs):
+            import time
+
+            from models.progress import eta
+
             if not logs or not state.is_world_process_zero:
                 return
             shown = [
                 f"{key} {logs[key]:.4g}" for key in ("loss", "eval_loss", "learning_rate") if key in logs
             ]
             if shown:
-                say(f"[adapt:{phase}] step {state.global_step}/{state.max_steps} " + ", ".join(shown))
+                done, total = state.global_step - self.first_step, state.max_steps - self.first_step
+                left = eta(time.monotonic() - self.started, done, total)
+                say(f"[adapt:{phase}] step {state.global_step}/{state.max_steps} " + ", ".join(shown) + left)
 
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:

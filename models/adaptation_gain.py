@@ -93,15 +93,19 @@ def _encoder(encoder_dir: Path):
         hf_logging.set_verbosity(verbosity)
 
 
-def sentence_features(encoder_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
+def sentence_features(encoder_dir: Path, texts: list[str], max_length: int, say=None) -> np.ndarray:
     """Mean-pooled last hidden states (the pooling sentence encoders such as MiniLM were trained with)."""
     import numpy as np
     import torch
 
+    from models.progress import Heartbeat
+
     tokenizer, model = _encoder(encoder_dir)
     chunks = []
+    heartbeat = Heartbeat(say, "[adaptation-gain] embedded", len(texts))
     with torch.inference_mode():
         for start in range(0, len(texts), EMBED_BATCH_SIZE):
+            heartbeat.beat(start)
             batch = tokenizer(
                 texts[start : start + EMBED_BATCH_SIZE],
                 truncation=True,
@@ -115,14 +119,20 @@ def sentence_features(encoder_dir: Path, texts: list[str], max_length: int) -> n
     return np.concatenate(chunks) if chunks else np.zeros((0, model.config.hidden_size))
 
 
-def word_features(encoder_dir: Path, sentences: list[list[str]], max_length: int) -> list[np.ndarray]:
+def word_features(
+    encoder_dir: Path, sentences: list[list[str]], max_length: int, say=None
+) -> list[np.ndarray]:
     """Per sentence, one vector per word (its first word-piece); words cut by max_length are absent."""
     import torch
 
+    from models.progress import Heartbeat
+
     tokenizer, model = _encoder(encoder_dir)
     out = []
+    heartbeat = Heartbeat(say, "[adaptation-gain] embedded", len(sentences))
     with torch.inference_mode():
         for start in range(0, len(sentences), EMBED_BATCH_SIZE):
+            heartbeat.beat(start)
             batch_words = sentences[start : start + EMBED_BATCH_SIZE]
             batch = tokenizer(
                 batch_words,
@@ -143,14 +153,14 @@ def word_features(encoder_dir: Path, sentences: list[list[str]], max_length: int
 
 
 def _probe_classification(
-    recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, max_length: int
+    recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, max_length: int, say=None
 ) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from sklearn.preprocessing import StandardScaler
 
-    x_fit = sentence_features(encoder_dir, list(fit["text"].astype(str)), max_length)
-    x_val = sentence_features(encoder_dir, list(validation["text"].astype(str)), max_length)
+    x_fit = sentence_features(encoder_dir, list(fit["text"].astype(str)), max_length, say)
+    x_val = sentence_features(encoder_dir, list(validation["text"].astype(str)), max_length, say)
     scaler = StandardScaler().fit(x_fit)
     probe = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=recipe.seed)
     probe.fit(scaler.transform(x_fit), list(fit["label"].astype(str)))
@@ -167,7 +177,7 @@ def _probe_classification(
 
 
 def _probe_ner(
-    recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, max_length: int
+    recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, max_length: int, say=None
 ) -> float:
     import numpy as np
     from seqeval.metrics import f1_score
@@ -175,8 +185,8 @@ def _probe_ner(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    fit_vectors = word_features(encoder_dir, [list(t) for t in fit["tokens"]], max_length)
-    val_vectors = word_features(encoder_dir, [list(t) for t in validation["tokens"]], max_length)
+    fit_vectors = word_features(encoder_dir, [list(t) for t in fit["tokens"]], max_length, say)
+    val_vectors = word_features(encoder_dir, [list(t) for t in validation["tokens"]], max_length, say)
     x_fit = np.concatenate(fit_vectors)
     y_fit = [
         tag
@@ -249,7 +259,7 @@ def measure_adaptation_gain(
             say(
                 f"[adaptation-gain] linear probe on the {name} encoder ({len(fit)} fit / {len(validation)} validation rows)"
             )
-            scores[name] = probe(recipe, Path(folder), fit, validation, length)
+            scores[name] = probe(recipe, Path(folder), fit, validation, length, say)
     else:
         for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
             say(f"[adaptation-gain] fine-tuning from the {name} encoder to compare ({len(fit)} rows)")

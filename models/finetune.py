@@ -478,13 +478,20 @@ def _callbacks():
 
         def __init__(self, emit: Progress):
             self.emit = emit
+            self.started = time.monotonic()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            from models.progress import eta
+
             logs = logs or {}
             epoch = logs.get("epoch", state.epoch or 0.0)
             if "loss" in logs:
+                left = eta(time.monotonic() - self.started, state.global_step, state.max_steps)
                 self.emit(
-                    f"epoch {epoch:.2f} step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}"
+                    f"epoch {epoch:.2f} step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}{left}"
                 )
             if "eval_macro_f1" in logs:
                 self.emit(

@@ -134,15 +134,19 @@ def _heldout_loss(head, hidden, labels, rows) -> float:
     return total / max(1, len(rows))
 
 
-def _cache_encoder_outputs(model, features: list[dict], collator):
+def _cache_encoder_outputs(model, features: list[dict], collator, say: Callable[[str], None] | None = None):
     """(hidden states at masked positions, their labels, pooled outputs, NSP labels) from one frozen pass."""
     import torch
+
+    from models.progress import Heartbeat
 
     hidden_parts, label_parts, pooled_parts, nsp_parts = [], [], [], []
     ordered = sorted(features, key=lambda f: len(f["input_ids"]))  # similar lengths: little padding
     keys = ("input_ids", "attention_mask", "token_type_ids")
+    heartbeat = Heartbeat(say, "[adapt:head-warmup] encoded", len(ordered))
     with torch.no_grad():
         for start in range(0, len(ordered), ENCODE_BATCH_SIZE):
+            heartbeat.beat(start)
             batch = collator(ordered[start : start + ENCODE_BATCH_SIZE])
             inputs = {k: batch[k].to(model.device) for k in keys if k in batch}
             output = model.base_model(**inputs)
@@ -259,7 +263,7 @@ def warm_up_head(
         say(
             f"[adapt:head-warmup] encoding {len(features)} masked sequences ({n_domain} domain, {n_general} general)"
         )
-        hidden, labels, pooled, nsp_labels = _cache_encoder_outputs(model, features, collator)
+        hidden, labels, pooled, nsp_labels = _cache_encoder_outputs(model, features, collator, say)
         if not len(labels):
             raise HeadWarmupError("head warm-up drew no masked tokens: the texts are too short to mask")
         generator = torch.Generator().manual_seed(seed)
