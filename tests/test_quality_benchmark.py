@@ -225,3 +225,54 @@ def test_quick_run_prints_targets(tmp_path):
     }
     assert report["data"]["rows"] == 300 and 0.0 <= report["macro_f1"] <= 1.0
     assert report["wall_seconds"]["stages"]["fine-tune"] > 0
+
+
+# --------------------------------------------------------------------------- real-data mode (issue 13)
+
+
+@pytest.fixture(scope="module")
+def real():
+    sys.path.insert(0, str(REPO))
+    import benchmarks.quality_real as module
+
+    return module
+
+
+def test_missing_real_data_says_where_it_looked_and_what_to_pass(real, tmp_path, monkeypatch):
+    from benchmarks.common import BenchmarkError
+
+    monkeypatch.setenv("DAPT_REAL_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(real, "REPO", tmp_path / "repo")
+    with pytest.raises(BenchmarkError, match="--data-dir") as error:
+        real.find_data_dir(tmp_path / "given")
+    assert str(tmp_path / "given") in str(error.value) and "--synthetic" in str(error.value)
+
+
+def test_stratified_sample_keeps_the_class_mix(real):
+    rows = [{"text": f"t{i}", "label": "neutral" if i % 4 else "negative"} for i in range(400)]
+    picked = real.stratified_sample(rows, 100, seed=1)
+    assert len(picked) == 100 and Counter(r["label"] for r in picked) == {"neutral": 75, "negative": 25}
+    assert real.stratified_sample(rows, 1000, seed=1) == rows
+
+
+def test_ner_types_outside_the_kept_ones_become_o_and_conll_round_trips(real, tmp_path):
+    tags = ["B-Chemical", "I-Chemical", "O", "B-Disease", "I-Disease"]
+    assert real.keep_types(tags, ["Disease"]) == ["O", "O", "O", "B-Disease", "I-Disease"]
+    sentences = [(["Aspirin", "causes", "ulcers"], ["B-Chemical", "O", "B-Disease"]), (["Fine", "."], ["O", "O"])]
+    real.write_conll(tmp_path / "x.conll", sentences)
+    assert real.read_conll(tmp_path / "x.conll") == sentences
+
+
+def test_comparison_in_points_and_whether_the_probe_agreed(real):
+    gain = {"gain": 0.004, "min_gain": 0.0, "kept": "adapted"}
+    results = {
+        "default": {"metrics": {"macro_f1": 0.84}, "adaptation_gain": gain},
+        "plain": {"metrics": {"macro_f1": 0.82}},
+        "none": {"metrics": {"macro_f1": 0.845}},
+    }
+    comparison = real.compare("sentiment", results)
+    assert comparison["default_minus_plain_points"] == 2.0
+    assert comparison["default_minus_none_points"] == -0.5
+    # the default run kept the adapted encoder, so it is the adapted run: fine-tuning shows a loss, the probe a gain
+    assert comparison["adapted_run"] == "default" and comparison["finetune_gain_of_adaptation_points"] == -0.5
+    assert comparison["probe_gain_points"] == 0.4 and comparison["probe_agrees_with_finetune"] is False
