@@ -93,62 +93,52 @@ def _encoder(encoder_dir: Path):
         hf_logging.set_verbosity(verbosity)
 
 
-def sentence_features(encoder_dir: Path, texts: list[str], max_length: int, say=None) -> np.ndarray:
-    """Mean-pooled last hidden states (the pooling sentence encoders such as MiniLM were trained with)."""
-    import numpy as np
+def _hidden_states(encoder_dir: Path, items: list, max_length: int, say=None, **options):
+    """(tokenised batch, last hidden states) of the frozen encoder, EMBED_BATCH_SIZE items at a time."""
     import torch
 
     from models.progress import Heartbeat
 
     tokenizer, model = _encoder(encoder_dir)
-    chunks = []
-    heartbeat = Heartbeat(say, "[adaptation-gain] embedded", len(texts))
+    heartbeat = Heartbeat(say, "[adaptation-gain] embedded", len(items))
     with torch.inference_mode():
-        for start in range(0, len(texts), EMBED_BATCH_SIZE):
+        for start in range(0, len(items), EMBED_BATCH_SIZE):
             heartbeat.beat(start)
             batch = tokenizer(
-                texts[start : start + EMBED_BATCH_SIZE],
+                items[start : start + EMBED_BATCH_SIZE],
                 truncation=True,
                 max_length=max_length,
                 padding=True,
                 return_tensors="pt",
+                **options,
             )
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, model.config.hidden_size))
+            yield batch, model(**batch).last_hidden_state
+
+
+def sentence_features(encoder_dir: Path, texts: list[str], max_length: int, say=None) -> np.ndarray:
+    """Mean-pooled last hidden states (the pooling sentence encoders such as MiniLM were trained with)."""
+    import numpy as np
+
+    chunks = []
+    for batch, hidden in _hidden_states(encoder_dir, texts, max_length, say):
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+    return np.concatenate(chunks)
 
 
 def word_features(
     encoder_dir: Path, sentences: list[list[str]], max_length: int, say=None
 ) -> list[np.ndarray]:
     """Per sentence, one vector per word (its first word-piece); words cut by max_length are absent."""
-    import torch
-
-    from models.progress import Heartbeat
-
-    tokenizer, model = _encoder(encoder_dir)
     out = []
-    heartbeat = Heartbeat(say, "[adaptation-gain] embedded", len(sentences))
-    with torch.inference_mode():
-        for start in range(0, len(sentences), EMBED_BATCH_SIZE):
-            heartbeat.beat(start)
-            batch_words = sentences[start : start + EMBED_BATCH_SIZE]
-            batch = tokenizer(
-                batch_words,
-                is_split_into_words=True,
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            hidden = model(**batch).last_hidden_state.numpy()
-            for row in range(len(batch_words)):
-                first: dict[int, int] = {}
-                for position, word in enumerate(batch.word_ids(row)):
-                    if word is not None and word not in first:
-                        first[word] = position
-                out.append(hidden[row, [first[w] for w in sorted(first)]])
+    for batch, hidden in _hidden_states(encoder_dir, sentences, max_length, say, is_split_into_words=True):
+        states = hidden.numpy()
+        for row in range(states.shape[0]):
+            first: dict[int, int] = {}
+            for position, word in enumerate(batch.word_ids(row)):
+                if word is not None and word not in first:
+                    first[word] = position
+            out.append(states[row, [first[w] for w in sorted(first)]])
     return out
 
 

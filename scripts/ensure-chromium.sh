@@ -17,22 +17,7 @@ if browser="$(find_chromium)"; then
     exit 0
 fi
 
-if [ "$(id -u)" -eq 0 ]; then
-    run_as_root=()
-elif command -v sudo >/dev/null 2>&1; then
-    run_as_root=(sudo)
-else
-    echo "ensure-chromium: need root (or sudo) to run apt-get install chromium" >&2
-    exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure-chromium: no apt-get here; install Chromium with your package manager (or set DAPT_CHROMIUM)" >&2
-    exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-"${run_as_root[@]}" apt-get update -qq >/dev/null
-"${run_as_root[@]}" apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+bash "$(dirname "$0")/apt-install.sh" chromium fonts-dejavu-core
 
 if browser="$(find_chromium)"; then
     echo "chromium: $browser (installed)"

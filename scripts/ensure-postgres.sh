@@ -18,22 +18,7 @@ if bindir="$(find_bindir)"; then
     exit 0
 fi
 
-if [ "$(id -u)" -eq 0 ]; then
-    run_as_root=()
-elif command -v sudo >/dev/null 2>&1; then
-    run_as_root=(sudo)
-else
-    echo "ensure-postgres: need root (or sudo) to run apt-get install postgresql" >&2
-    exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure-postgres: no apt-get here; install PostgreSQL server binaries with your package manager" >&2
-    exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-"${run_as_root[@]}" apt-get update -qq >/dev/null
-"${run_as_root[@]}" apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+bash "$(dirname "$0")/apt-install.sh" postgresql
 
 if bindir="$(find_bindir)"; then
     echo "postgres binaries: $bindir (installed)"
