@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -200,7 +201,9 @@ def stratified_split(df: pd.DataFrame, fraction: float, seed: int, column: str |
     stratify = None
     if column is not None and column in df.columns:
         counts = df[column].value_counts()
-        if len(counts) > 1 and counts.min() >= 2:
+        held = math.ceil(fraction * len(df))
+        # every class needs two rows and a place on each side; tiny sets are split at random instead
+        if len(counts) > 1 and counts.min() >= 2 and min(held, len(df) - held) >= len(counts):
             stratify = df[column]
     train, evaluation = train_test_split(df, test_size=fraction, random_state=seed, stratify=stratify)
     return train.reset_index(drop=True), evaluation.reset_index(drop=True)

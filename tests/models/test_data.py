@@ -75,3 +75,15 @@ def test_adaptation_trains_on_the_cleaned_corpus(tmp_path, tiny_base_model):
     adapt_stage(recipe, tmp_path / "adapt", progress=messages.append)
     n = len(corpus)
     assert f"corpus: kept {n} of {n + 3} lines; dropped 3 (1 empty, 1 too short, 1 repeats)" in messages
+
+
+def test_a_split_too_small_to_stratify_falls_back_to_random_instead_of_failing():
+    import pandas as pd
+
+    from models.data import stratified_split
+
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(12)], "label": ["a", "b", "c"] * 4})
+    train, held = stratified_split(frame, 0.1, seed=1)  # 2 held-out rows cannot hold 3 classes
+    assert len(train) + len(held) == 12 and len(held) == 2
+    train, held = stratified_split(frame, 0.5, seed=1)  # room for every class: stratified
+    assert sorted(held["label"]) == ["a", "a", "b", "b", "c", "c"]

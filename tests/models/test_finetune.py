@@ -61,6 +61,7 @@ def make_recipe(base: Path, task: str = "classification", **finetune) -> object:
         "head_learning_rate": 5e-2,
         "batch_size": 8,
         "max_length": 32,
+        "early_stopping_patience": 0,  # tests of other behaviour train on the whole frame and keep the last epoch
         **finetune,
     }
     return recipe_from_dict(
