@@ -39,7 +39,10 @@ def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
     from models.registry import Registry
     from services.predictor import OnnxPredictor
 
-    path = write_tiny_ner_recipe(tmp_path / "ner", sample_dir, tiny_base_model, data={"labels": ["ORG"]})
+    # its own model name: other tests register "tinyner" with four types, whose label profile would drift
+    path = write_tiny_ner_recipe(
+        tmp_path / "ner", sample_dir, tiny_base_model, name="tinyner-org", data={"labels": ["ORG"]}
+    )
     _one_type(tmp_path / "ner" / "ner.conll", "ORG")
     corpus = tmp_path / "ner" / "corpus.txt"
     lines = corpus.read_text(encoding="utf-8").splitlines()
@@ -49,12 +52,12 @@ def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
     summary = run_recipe(path)
 
     assert summary["gate"]["passed"] is True, summary["gate"]
-    stored = Registry().get_version("tinyner", alias="production")
+    stored = Registry().get_version("tinyner-org", alias="production")
     validation = stored.evidence["validation"]
     assert validation["success"] is True
     assert validation["cleaning"]["corpus"] == {"rows": 65, "kept": 60, "empty": 0, "too_short": 3, "repeats": 2}
     assert {c["name"]: c["status"] for c in validation["checks"] if c["suite"] == "corpus"}["too_short"] == "warn"
-    bundle = Registry().load_path("tinyner", alias="production", verify=True)
+    bundle = Registry().load_path("tinyner-org", alias="production", verify=True)
     predictor = OnnxPredictor(bundle, providers=["CPUExecutionProvider"])
     assert predictor.spec.labels == ["O", "B-ORG", "I-ORG"]
     text = "Nokia reported net sales of EUR 1.2 mn in 2008 ."
@@ -76,18 +79,18 @@ def test_int8_failing_parity_is_dropped_reported_and_does_not_block_promotion(
         return ["label agreement 0.9550 < 0.99"] if variant == "int8" else real(variant, worst, config)
 
     monkeypatch.setattr(export, "_parity_failures", int8_fails)
-    summary = run_recipe(write_tiny_recipe(tmp_path / "cls", sample_dir, tiny_base_model))
+    summary = run_recipe(write_tiny_recipe(tmp_path / "cls", sample_dir, tiny_base_model, name="tiny-int8drop"))
 
     assert summary["gate"]["passed"] is True, summary["gate"]
     assert "variant 'int8' was dropped from serving (label agreement 0.9550 < 0.99" in summary["gate"]["summary"]
     assert summary["variants"]["served"] == ["fp32"]
     dropped = summary["variants"]["dropped"]["int8"]
     assert dropped["why"] == "label agreement 0.9550 < 0.99" and 0.0 <= dropped["label_agreement"] <= 1.0
-    version = Registry().get_version("tiny", alias="production")
+    version = Registry().get_version("tiny-int8drop", alias="production")
     assert version.version == summary["version"]
     assert version.evidence["parity"]["int8"]["passed"] is False  # kept in the record
     assert version.evidence["serving"]["dropped"]["int8"]["why"] == dropped["why"]
-    bundle = Registry().load_path("tiny", alias="production", verify=True)
+    bundle = Registry().load_path("tiny-int8drop", alias="production", verify=True)
     assert not (bundle / "onnx" / "int8").exists()
     assert OnnxPredictor(bundle, providers=["CPUExecutionProvider"]).variant == "fp32"
     run_summary = json.loads((Path(summary["files"]["run"]) / "summary.json").read_text(encoding="utf-8"))
