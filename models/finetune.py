@@ -57,7 +57,10 @@ HYPERPARAMETERS = (
     "augment_fraction",
     "search_trials",
     "search_timeout_s",
+    "time_budget_minutes",
 )
+BUDGET_SAFETY = 0.85  # share of the fine-tuning budget planned for steps; evaluation and checkpoints take the rest
+CALIBRATION_STEPS = 3
 
 
 class FinetuneError(ValueError):
@@ -629,6 +632,53 @@ def _device_and_precision() -> tuple[str, dict]:
     return "cpu", {"use_cpu": True}
 
 
+def plan_steps_for_budget(
+    model, collator, rows: list[dict], config: FinetuneConfig, steps_per_epoch: int, minutes: float, seed: int
+) -> dict:
+    """How many optimizer steps fit ``minutes`` here: forward + backward timed on a few real batches.
+
+    Random batches pad to their longest row while training groups rows by length, so the estimate errs long.
+    At least one epoch is always planned: a model that has not seen its data once is no model.
+    """
+    import random
+
+    import torch
+
+    device = next(model.parameters()).device
+    sample = random.Random(seed).sample(rows, min(len(rows), config.batch_size * (CALIBRATION_STEPS + 1)))
+    was_training = model.training
+    model.train()
+    seconds, timed = 0.0, 0
+    try:
+        for step in range(CALIBRATION_STEPS + 1):
+            batch_rows = sample[step * config.batch_size : (step + 1) * config.batch_size]
+            if not batch_rows:
+                break
+            batch = {k: v.to(device) for k, v in collator(batch_rows).items() if hasattr(v, "to")}
+            started = time.perf_counter()
+            model(**batch).loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step:  # the first batch pays one-off costs (allocation, kernel choice)
+                seconds += time.perf_counter() - started
+                timed += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    per_step = seconds / timed if timed else 0.0
+    wanted = max(1, math.ceil(config.epochs * steps_per_epoch))
+    affordable = int(minutes * 60 * BUDGET_SAFETY / per_step) if per_step > 0 else wanted
+    planned = min(wanted, max(steps_per_epoch, affordable))
+    return {
+        "minutes": minutes,
+        "seconds_per_step": round(per_step, 4),
+        "steps_wanted": wanted,
+        "steps_affordable": affordable,
+        "planned_steps": planned,
+        "epochs_planned": round(planned / steps_per_epoch, 2),
+    }
+
+
 def train_task_model(
     recipe: Recipe,
     config: FinetuneConfig,
@@ -639,11 +689,13 @@ def train_task_model(
     progress: Progress | None = None,
     *,
     select_best: bool = False,
+    time_budget_minutes: float | None = None,
 ) -> TrainRun:
     """Train once with ``config``; evaluate on ``monitor_df`` every epoch (loss, accuracy, macro-F1).
 
     With ``select_best`` (and patience > 0) the best epoch by macro-F1 on ``monitor_df`` is restored and
-    training stops after ``early_stopping_patience`` epochs without gain. Checkpoints live in
+    training stops after ``early_stopping_patience`` epochs without gain. With ``time_budget_minutes`` the
+    steps are planned to fit that time on this machine (see ``plan_steps_for_budget``). Checkpoints live in
     ``work_dir/checkpoints`` and are deleted afterwards.
     """
     from transformers import (
@@ -675,10 +727,34 @@ def train_task_model(
     early_stopping = bool(select_best and config.early_stopping_patience > 0 and monitor_rows)
     strategy = "epoch" if monitor_rows else "no"
     checkpoints = Path(work_dir) / "checkpoints"
+    collator = (
+        DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX)
+        if recipe.task == "ner"
+        else DataCollatorWithPadding(tokenizer)
+    )
+    budget = None
+    max_steps = config.max_steps
+    if time_budget_minutes is not None and config.max_steps <= 0:
+        budget = plan_steps_for_budget(
+            model, collator, train_rows, config, steps_per_epoch, time_budget_minutes, recipe.seed
+        )
+        if budget["planned_steps"] < budget["steps_wanted"]:
+            max_steps = budget["planned_steps"]
+            emit(
+                f"[finetune] budget: {time_budget_minutes:g} min at {budget['seconds_per_step']:.2f} s/step fits "
+                f"{max_steps} of {budget['steps_wanted']} steps ({max_steps / steps_per_epoch:.1f} of "
+                f"{config.epochs:g} epochs); the learning-rate schedule is planned for {max_steps} steps "
+                "(raise finetune.time_budget_minutes, or set it to null, to train every epoch)"
+            )
+        else:
+            emit(
+                f"[finetune] budget: all {budget['steps_wanted']} steps fit {time_budget_minutes:g} min at "
+                f"{budget['seconds_per_step']:.2f} s/step"
+            )
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
+        max_steps=max_steps,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=max(64, config.batch_size),
         learning_rate=config.learning_rate,  # per-group LRs come from our optimizer; this one is unused
@@ -701,11 +777,6 @@ def train_task_model(
         report_to="none",
         disable_tqdm=True,
         **precision,
-    )
-    collator = (
-        DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX)
-        if recipe.task == "ner"
-        else DataCollatorWithPadding(tokenizer)
     )
     _, progress_class = _callbacks()
     callbacks = [progress_class(emit)]
@@ -755,6 +826,7 @@ def train_task_model(
         "optimizer_groups": group_summary,
         "class_weight_values": weights,
         "unfreezing": unfreezing.log if unfreezing else None,
+        "time_budget": budget,
         "encoder_loading": load_info,
     }
     return TrainRun(
@@ -828,7 +900,15 @@ def finetune(
         augmentation_report = augmented.report
         fit_rows = pd.concat([fit_rows, augmented.rows], ignore_index=True)
     run = train_task_model(
-        recipe, config, encoder_dir, fit_rows, monitor_rows, out_dir, emit, select_best=select_best
+        recipe,
+        config,
+        encoder_dir,
+        fit_rows,
+        monitor_rows,
+        out_dir,
+        emit,
+        select_best=select_best,
+        time_budget_minutes=config.time_budget_minutes,
     )
 
     model_dir = out_dir / "model"

@@ -138,6 +138,13 @@ class AdaptConfig(_Section):
         description="How the gain is measured: a linear probe on frozen features (seconds) or two fine-tunes.",
     )
     min_gain: float = Field(default=0.0, description="Smallest gain (macro-F1 / entity F1) that keeps adaptation.")
+    gain_noise_margin: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="The probe's gain must beat min_gain by this many standard errors (paired bootstrap over the "
+        "validation rows), so a gain within noise does not buy an encoder that forgot general text; 0 keeps any "
+        "gain >= min_gain.",
+    )
     time_budget_minutes: float | None = Field(
         default=3.0,
         gt=0,
@@ -183,6 +190,13 @@ class FinetuneConfig(_Section):
     )
     augment_fraction: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Max share of synthetic rows from MLM contextual augmentation."
+    )
+    time_budget_minutes: float | None = Field(
+        default=7.0,
+        gt=0,
+        description="Fine-tuning time on this machine, measured on a few real batches before training: when "
+        "all epochs do not fit, fewer steps are planned (the learning-rate schedule shrinks with them, at least "
+        "one epoch). null trains every epoch whatever it takes.",
     )
     search_trials: int = Field(default=0, ge=0, description="Optuna trials; 0 disables the search.")
     search_timeout_s: float | None = Field(default=None, gt=0)
