@@ -315,7 +315,7 @@ def compare(task: str, results: dict[str, dict]) -> dict[str, Any]:
         "adaptation_gain"
     )
     if gain and comparison["finetune_gain_of_adaptation_points"] is not None:
-        probe_says = gain["gain"] >= gain["min_gain"]
+        probe_says = gain["kept"] == "adapted"
         finetune_says = comparison["finetune_gain_of_adaptation_points"] >= 0
         comparison["probe_gain_points"] = round(100 * gain["gain"], 2)
         comparison["probe_agrees_with_finetune"] = probe_says == finetune_says

@@ -11,11 +11,15 @@ set (the evaluation set is never seen):
 - ``finetune`` (exact, costs two more fine-tunes): the task model is fine-tuned from each encoder on the same
   split and scored on the same validation rows.
 
-``gain = adapted - base``. The caller keeps the adapted encoder only when ``gain >= adapt.min_gain``.
+``gain = adapted - base``. The caller keeps the adapted encoder only when ``gain >= adapt.min_gain +
+adapt.gain_noise_margin * stderr``, where ``stderr`` is the probe gain's standard error from a paired bootstrap
+over the validation rows: on a few hundred rows a gain of a few tenths of a point is noise, and an encoder kept on
+noise still carries its forgetting.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +38,7 @@ logger = logging.getLogger(__name__)
 VALIDATION_FRACTION = 0.2
 PROBE_MAX_ROWS = 4000  # rows embedded per encoder; beyond this the probe's estimate barely moves
 EMBED_BATCH_SIZE = 64
+BOOTSTRAP_RESAMPLES = 200
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,12 @@ class AdaptationGain:
     n_fit: int
     n_validation: int
     seconds: float
+    stderr: float | None = None  # the gain's paired-bootstrap standard error (probe only)
+    noise_margin: float = 0.0  # standard errors the gain had to clear above min_gain
+
+    @property
+    def threshold(self) -> float:
+        return self.min_gain + self.noise_margin * (self.stderr or 0.0)
 
     @property
     def helped(self) -> bool:
@@ -61,9 +72,12 @@ class AdaptationGain:
             if self.helped
             else "adaptation did not help: fine-tuning the base encoder instead"
         )
+        needs = f"needs >= {self.threshold:+.4f}"
+        if self.stderr is not None:
+            needs += f": min_gain {self.min_gain:+.4f} + {self.noise_margin:g} x stderr {self.stderr:.4f}"
         return (
             f"adaptation gain ({self.method}, validation {self.metric}): base {self.base:.4f}, adapted "
-            f"{self.adapted:.4f}, gain {self.gain:+.4f} (needs >= {self.min_gain:+.4f}); {verdict}"
+            f"{self.adapted:.4f}, gain {self.gain:+.4f} ({needs}); {verdict}"
         )
 
     def to_dict(self) -> dict:
@@ -142,11 +156,24 @@ def word_features(
     return out
 
 
+def _classification_score(recipe: Recipe, gold: list, predicted: list) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, predicted, average="macro", labels=list(recipe.data.labels), zero_division=0))
+
+
+def _ner_score(recipe: Recipe, gold: list, predicted: list) -> float:
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+
+    return float(f1_score(gold, predicted, mode="strict", scheme=IOB2, zero_division=0))
+
+
 def _probe_classification(
     recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, max_length: int, say=None
-) -> float:
+) -> tuple[list, list]:
+    """(gold, predicted) validation labels of a logistic regression on the frozen encoder's sentence vectors."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
     from sklearn.preprocessing import StandardScaler
 
     x_fit = sentence_features(encoder_dir, list(fit["text"].astype(str)), max_length, say)
@@ -155,23 +182,14 @@ def _probe_classification(
     probe = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=recipe.seed)
     probe.fit(scaler.transform(x_fit), list(fit["label"].astype(str)))
     predicted = probe.predict(scaler.transform(x_val))
-    return float(
-        f1_score(
-            list(validation["label"].astype(str)),
-            predicted,
-            average="macro",
-            labels=list(recipe.data.labels),
-            zero_division=0,
-        )
-    )
+    return list(validation["label"].astype(str)), list(predicted)
 
 
 def _probe_ner(
     recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, max_length: int, say=None
-) -> float:
+) -> tuple[list, list]:
+    """(gold, predicted) tag sequences of a token-wise logistic regression on the frozen encoder's word vectors."""
     import numpy as np
-    from seqeval.metrics import f1_score
-    from seqeval.scheme import IOB2
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -192,7 +210,21 @@ def _probe_ner(
         guess = list(probe.predict(scaler.transform(vectors))) if len(vectors) else []
         gold.append(tags)
         predicted.append(_repair_bio(guess + ["O"] * (len(tags) - len(guess))))
-    return float(f1_score(gold, predicted, mode="strict", scheme=IOB2, zero_division=0))
+    return gold, predicted
+
+
+def paired_bootstrap_stderr(score, gold: list, base: list, adapted: list, seed: int) -> float:
+    """Standard error of ``score(adapted) - score(base)``, resampling the same validation rows for both."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = len(gold)
+    gains = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        rows = rng.integers(0, n, n)
+        picked = [gold[i] for i in rows]
+        gains.append(score(picked, [adapted[i] for i in rows]) - score(picked, [base[i] for i in rows]))
+    return float(np.std(gains, ddof=1))
 
 
 def _repair_bio(tags: list[str]) -> list[str]:
@@ -234,9 +266,12 @@ def measure_adaptation_gain(
     fit, validation = validation_split(recipe, train_df)
     metric = "entity_f1" if recipe.task == "ner" else "macro_f1"
     scores = {}
+    stderr = None
     if method == "probe":
         fit = _subsample(fit, PROBE_MAX_ROWS, recipe.seed)
         probe = _probe_ner if recipe.task == "ner" else _probe_classification
+        score = functools.partial(_ner_score if recipe.task == "ner" else _classification_score, recipe)
+        predictions = {}
         for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
             from transformers import AutoTokenizer
 
@@ -249,12 +284,16 @@ def measure_adaptation_gain(
             say(
                 f"[adaptation-gain] linear probe on the {name} encoder ({len(fit)} fit / {len(validation)} validation rows)"
             )
-            scores[name] = probe(recipe, Path(folder), fit, validation, length, say)
+            gold, predictions[name] = probe(recipe, Path(folder), fit, validation, length, say)
+            scores[name] = score(gold, predictions[name])
+        stderr = paired_bootstrap_stderr(score, gold, predictions["base"], predictions["adapted"], recipe.seed)
     else:
         for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
             say(f"[adaptation-gain] fine-tuning from the {name} encoder to compare ({len(fit)} rows)")
             scores[name] = _finetuned_score(recipe, Path(folder), fit, validation, Path(work_dir) / name, say)
     gain = scores["adapted"] - scores["base"]
+    margin = recipe.adapt.gain_noise_margin if stderr is not None else 0.0
+    threshold = recipe.adapt.min_gain + margin * (stderr or 0.0)
     result = AdaptationGain(
         method=method,
         metric=metric,
@@ -262,10 +301,12 @@ def measure_adaptation_gain(
         adapted=round(scores["adapted"], 6),
         gain=round(gain, 6),
         min_gain=recipe.adapt.min_gain,
-        kept="adapted" if gain >= recipe.adapt.min_gain else "base",
+        kept="adapted" if gain >= threshold else "base",
         n_fit=len(fit),
         n_validation=len(validation),
         seconds=round(time.perf_counter() - started, 1),
+        stderr=round(stderr, 6) if stderr is not None else None,
+        noise_margin=margin,
     )
     say(f"[adaptation-gain] {result.sentence()}")
     return result

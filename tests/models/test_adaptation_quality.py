@@ -241,3 +241,47 @@ def test_head_warmup_scores_held_out_targets_and_keeps_its_best_head(tiny_base_m
     best_step, best_loss = min(result.heldout_curve, key=lambda point: point[1])
     assert result.best_step == best_step
     assert result.to_metrics()["heldout_loss_best"] == pytest.approx(best_loss, abs=1e-4)
+
+
+def test_paired_bootstrap_stderr_is_zero_for_identical_predictions_and_near_the_binomial_value_otherwise():
+    from models.adaptation_gain import paired_bootstrap_stderr
+
+    def accuracy(gold, predicted):
+        return sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
+
+    gold = ["a"] * 400
+    same = ["a"] * 200 + ["b"] * 200
+    assert paired_bootstrap_stderr(accuracy, gold, same, list(same), seed=1) == 0.0
+    # the adapted encoder fixes 40 of the base's errors and breaks none: the gain is 0.1 with a paired standard
+    # error of sqrt(p(1-p)/n) for the 10% of rows that differ
+    better = ["a"] * 240 + ["b"] * 160
+    stderr = paired_bootstrap_stderr(accuracy, gold, same, better, seed=1)
+    assert stderr == pytest.approx((0.1 * 0.9 / 400) ** 0.5, rel=0.25)
+
+
+def test_a_probe_gain_must_clear_min_gain_by_the_noise_margin(tiny_base_model, adapted_encoder, tmp_path):
+    from models.adaptation_gain import measure_adaptation_gain
+
+    frame = classification_frame(10)
+    measured = measure_adaptation_gain(
+        _gain_recipe(tiny_base_model, min_gain=-1.0, gain_noise_margin=0.0),
+        tiny_base_model,
+        adapted_encoder,
+        frame,
+        tmp_path,
+    )
+    assert measured.stderr is not None and measured.stderr >= 0.0
+    # a min_gain the gain meets exactly keeps the adapted encoder without a margin...
+    exact = _gain_recipe(tiny_base_model, min_gain=measured.gain, gain_noise_margin=0.0)
+    assert measure_adaptation_gain(exact, tiny_base_model, adapted_encoder, frame, tmp_path).kept == "adapted"
+    # ...and with a margin only when the standard error is 0; the sentence names the threshold's parts
+    margined = measure_adaptation_gain(
+        _gain_recipe(tiny_base_model, min_gain=measured.gain, gain_noise_margin=1.0),
+        tiny_base_model,
+        adapted_encoder,
+        frame,
+        tmp_path,
+    )
+    assert margined.kept == ("adapted" if measured.stderr == 0.0 else "base")
+    assert margined.threshold == pytest.approx(measured.gain + measured.stderr)
+    assert "x stderr" in margined.sentence()
