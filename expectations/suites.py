@@ -201,11 +201,13 @@ def _length_checks(cfg: ValidationConfig, frame: str) -> list[Check]:
     ]
 
 
-def _leakage_check(frame: str) -> Check:
+def _leakage_check(cfg: ValidationConfig, frame: str) -> Check:
     return Check(
         "train_eval_leakage",
         frame,
-        _gxe().ExpectColumnValuesToBeInSet(column="leaks_across_splits", value_set=[False]),
+        _gxe().ExpectColumnValuesToBeInSet(
+            column="leaks_across_splits", value_set=[False], mostly=_within_rate(cfg.max_leakage_rate)
+        ),
         "a text in both train and eval inflates evaluation scores: the model has seen the answer",
         show=lambda row: f"[{row['split']}] {row['text']}",
     )
@@ -268,7 +270,7 @@ def classification_suite(cfg: ValidationConfig, labels: list[str], with_eval: bo
         *_length_checks(cfg, "rows"),
     ]
     if with_eval:
-        checks.append(_leakage_check("rows"))
+        checks.append(_leakage_check(cfg, "rows"))
     return Suite("classification", checks)
 
 
@@ -324,7 +326,7 @@ def ner_suite(cfg: ValidationConfig, entity_types: list[str], with_eval: bool) -
         ),
     ]
     if with_eval:
-        checks.append(_leakage_check("sentences"))
+        checks.append(_leakage_check(cfg, "sentences"))
     return Suite("ner", checks)
 
 

@@ -72,6 +72,13 @@ class ValidationConfig(_Section):
         le=1.0,
         description="Share of labelled rows allowed to repeat a text under another label (annotator disagreement).",
     )
+    max_leakage_rate: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of rows allowed in both train and eval (real corpora repeat boilerplate such as "
+        "'1 .' or 'Results :'); the leaked rows are shown either way. 0 refuses any.",
+    )
     min_examples_per_class: int = Field(default=20, ge=1)
     max_class_imbalance: float = Field(default=20.0, ge=1.0, description="Largest class / smallest class.")
     drift_warn: float = Field(default=0.1, ge=0.0, description="Profile distance that warns.")

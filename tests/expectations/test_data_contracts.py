@@ -261,6 +261,22 @@ def test_text_shared_by_train_and_eval_is_leakage(make_recipe, tmp_path):
     assert {(e["split"], e["row"]) for e in result.examples} == {("train", 8), ("eval", 3)}
 
 
+def test_a_rare_repeated_boilerplate_row_is_within_max_leakage_rate_and_still_shown(make_recipe, tmp_path):
+    # real corpora repeat boilerplate ("1 .", "Results :") across splits: 2 of 300 rows here
+    train, evaluation = clean_labelled(n_per_class=100), clean_labelled(n_per_class=50, offset=500)
+    evaluation.loc[2, "text"] = train.loc[7, "text"]
+    evaluation.loc[2, "label"] = train.loc[7, "label"]
+
+    lenient = validate_recipe_data(make_recipe(train=train, evaluation=evaluation), tmp_path / "a")
+    check = lenient.check("train_eval_leakage")
+    assert check.success and {(e["split"], e["row"]) for e in check.examples} == {("train", 8), ("eval", 3)}
+
+    strict = validate_recipe_data(
+        make_recipe(train=train, evaluation=evaluation, validation={"max_leakage_rate": 0.0}), tmp_path / "b"
+    )
+    assert_failed(strict, "train_eval_leakage")
+
+
 def test_no_eval_file_means_no_leakage_check(make_recipe, tmp_path):
     report = validate_recipe_data(make_recipe(), tmp_path / "out")
     with pytest.raises(KeyError):
