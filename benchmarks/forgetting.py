@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from dapt.settings import dapt_home
+    from models.settings import dapt_home
 
     if args.threads:
         torch.set_num_threads(args.threads)

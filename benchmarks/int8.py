@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    from dapt.settings import dapt_home
+    from models.settings import dapt_home
 
     out = args.out or dapt_home() / "bench" / "int8"
     out.mkdir(parents=True, exist_ok=True)

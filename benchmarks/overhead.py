@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home or Path(tempfile.mkdtemp(prefix="dapt-overhead-"))
     os.environ["DAPT_HOME"] = str(home)
     sys.path.insert(0, str(REPO))
-    from dapt.settings import configure_environment
+    from models.settings import configure_environment
 
     configure_environment()
     from models.recipe import load_recipe

@@ -165,7 +165,7 @@ def run_pipeline(recipe_path: Path, home: Path, log_path: Path) -> dict[str, Any
     Stage times come from the moment each Prefect task run's "Finished in state" line arrives: a stage's
     time is the gap since the previous stage finished (the first since the flow run started).
     """
-    from dapt.settings import stack_environment
+    from models.settings import stack_environment
 
     env = os.environ | stack_environment(home)  # overrides any DAPT/Prefect/BentoML home of the caller
     dapt = Path(sys.executable).with_name("dapt")
@@ -324,7 +324,7 @@ def judge(results: dict[str, Any], wall_seconds: float) -> dict[str, dict[str, A
 
 def torch_threads(home: Path) -> int | None:
     """Threads torch uses in a child with the same environment as the run (defaults to the core count)."""
-    from dapt.settings import stack_environment
+    from models.settings import stack_environment
 
     probe = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],

@@ -64,7 +64,7 @@ TARGET_COLD_START_S = 10.0
 
 
 def bench_dir() -> Path:
-    from dapt.settings import dapt_home
+    from models.settings import dapt_home
 
     return dapt_home() / "bench"
 
@@ -194,7 +194,7 @@ def resolve_bundle(args: argparse.Namespace) -> tuple[Path, str, str]:
 
 
 def start_ours(bundle: Path, name: str, version: str, port: int, log: Path) -> subprocess.Popen:
-    from dapt.cli import start_server
+    from services.launcher import start_server
 
     return start_server(bundle, name, version, "127.0.0.1", port, log=log)  # type: ignore[arg-type]
 
@@ -231,7 +231,7 @@ def start_and_wait(label: str, start, texts: list[str], args: argparse.Namespace
     """Start a server, time process start to /readyz 200 (the cold start), check one answer, warm it up."""
     import httpx
 
-    from dapt.cli import UserError, free_port, stop_server, wait_ready
+    from services.launcher import ServerError, free_port, stop_server, wait_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -241,7 +241,7 @@ def start_and_wait(label: str, start, texts: list[str], args: argparse.Namespace
     try:
         try:
             wait_ready(url, server.process, timeout_s=args.ready_timeout)
-        except UserError as exc:
+        except ServerError as exc:
             raise BenchmarkError(f"{label} did not start: {exc}\n--- {log} ---\n{log_tail(log)}") from None
         server.cold_start_s = time.perf_counter() - started
         say(f"{label}: ready after {server.cold_start_s:.1f} s")
@@ -439,7 +439,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from dapt.settings import configure_environment
+    from models.settings import configure_environment
 
     configure_environment()
     started = time.perf_counter()
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ["DAPT_ORT_THREADS"] = str(args.threads)
         logs = out_dir / "logs"
-        from dapt.cli import stop_server
+        from services.launcher import stop_server
 
         running: list[RunningServer] = []
         try:

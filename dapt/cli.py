@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from dapt.cli_common import UserError, console, err, read_recipe
 from dapt.cli_stages import register as register_stage_commands
 from dapt.cli_ui import register as register_ui_command
 from dapt.exit_codes import ExitCode
-from dapt.settings import configure_environment
-
-REPO = Path(__file__).resolve().parents[1]
-console = Console()
-err = Console(stderr=True)
+from models.settings import configure_environment
+from services.launcher import (
+    ServerError,
+    free_port,
+    serve_until_stopped,
+    start_server,
+    stop_server,
+    wait_ready,
+)
 
 app = typer.Typer(
     help="dapt: raw domain text → validated → adapted → fine-tuned → judged → exported → registered → served.",
@@ -33,34 +33,9 @@ bento_app = typer.Typer(help="Package a registered version as a Bento (BentoML s
 app.add_typer(bento_app, name="bento")
 
 
-class UserError(Exception):
-    """A problem the user can act on, printed as one red line (no traceback).
-
-    The exit code says which kind: ``ExitCode.USAGE`` (2, the default) for a wrong command or input,
-    ``ExitCode.FAILURE`` (1) when the command ran and failed, ``ExitCode.GATE_REFUSED`` (3).
-    """
-
-    def __init__(self, message: str, exit_code: int = ExitCode.USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = int(exit_code)
-
-
 @app.callback()
 def _setup() -> None:
     configure_environment()
-
-
-def _recipe(path: Path):
-    from models.recipe import RecipeError, check_data_paths, load_recipe
-
-    try:
-        recipe = load_recipe(path)
-    except RecipeError as exc:
-        raise UserError(str(exc)) from None
-    problems = check_data_paths(recipe)
-    if problems:
-        raise UserError(f"{path}: " + "; ".join(problems))
-    return recipe
 
 
 def _print_run_summary(summary: dict) -> None:
@@ -91,7 +66,7 @@ def _print_run_summary(summary: dict) -> None:
 
 def run_recipe(recipe_path: Path) -> dict:
     """Run the retrain flow; return its summary or raise UserError with a readable report."""
-    recipe = _recipe(recipe_path)
+    recipe = read_recipe(recipe_path)
     from flows.retrain import retrain
 
     state = retrain(recipe, return_state=True)
@@ -149,9 +124,9 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/
 
     Example: dapt validate recipes/demo.yaml
     """
-    parsed = _recipe(recipe)
-    from dapt.settings import runs_dir
+    parsed = read_recipe(recipe)
     from expectations.runner import validate_recipe_data
+    from models.settings import runs_dir
 
     out = runs_dir() / f"validate-{time.strftime('%Y%m%dT%H%M%S')}-{parsed.name}"
     report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
@@ -190,69 +165,6 @@ def _resolve_served_version(name: str | None, alias: str, version: int | None):
     return chosen, path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def start_server(
-    bundle_dir: Path,
-    name: str,
-    version: int,
-    host: str,
-    port: int,
-    alias: str | None = None,
-    log: Path | None = None,
-) -> subprocess.Popen:
-    """`bentoml serve` on a verified bundle; with an alias the service can follow it when it moves.
-
-    The server writes to this process's stdout/stderr, or with ``log`` appends both to that file.
-    """
-    env = os.environ | {
-        "DAPT_BUNDLE_DIR": str(bundle_dir),
-        "DAPT_MODEL_NAME": name,
-        "DAPT_MODEL_VERSION": str(version),
-    }
-    if alias:
-        env["DAPT_MODEL_ALIAS"] = alias
-    command = [sys.executable, "-m", "bentoml", "serve", "services.service:DaptService", "--host", host]
-    command += ["--port", str(port)]
-    if log is None:
-        return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            command, cwd=REPO, env=env, start_new_session=True, stdout=handle, stderr=subprocess.STDOUT
-        )
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise UserError(f"the server exited with code {process.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise UserError(f"the server at {url} was not ready after {timeout_s:.0f} s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @app.command()
 def serve(
     name: str = typer.Option(None, help="Registered model name (default: the only one registered)."),
@@ -271,38 +183,6 @@ def serve(
     code = serve_until_stopped(process)
     if code:
         raise typer.Exit(code)
-
-
-def serve_until_stopped(process: subprocess.Popen) -> int:
-    """Wait for the server; SIGTERM, SIGINT or SIGHUP to this command stop it gracefully (it runs in its own
-    process group, so a signal to this process alone would otherwise leave it serving). Returns its exit
-    status as a shell reports it (128 + signal number when a signal killed it)."""
-    stopping: list[int] = []
-
-    def forward(signum: int, _frame) -> None:
-        stopping.append(signum)
-        raise _Stop
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
-        try:
-            process.wait()
-        except _Stop:
-            pass
-        # Further signals while it drains must not cut the drain short: the server is already stopping.
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        if stopping:
-            stop_server(process)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    code = process.returncode
-    return 128 - code if code < 0 else code
-
-
-class _Stop(BaseException):
-    """Raised by the signal handler to end the wait (BaseException: no `except Exception` swallows it)."""
 
 
 @app.command()
@@ -326,7 +206,10 @@ def demo(
     console.print(f"starting the service for {chosen.name} v{chosen.version} on {url} ...")
     process = start_server(path, chosen.name, chosen.version, "127.0.0.1", port)
     try:
-        wait_ready(url, process)
+        try:
+            wait_ready(url, process)
+        except ServerError as exc:
+            raise UserError(str(exc)) from None
         task = (chosen.evidence or {}).get("recipe", {}).get("task", "classification")
         texts = text or (
             ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn a year earlier.",
@@ -385,7 +268,7 @@ def schedule(
 
     Example: PREFECT_API_URL=http://127.0.0.1:4200/api dapt schedule recipes/demo.yaml --cron "0 3 * * *"
     """
-    parsed = _recipe(recipe)
+    parsed = read_recipe(recipe)
     from flows.deploy import ScheduleError, serve_retraining
 
     try:

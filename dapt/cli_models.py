@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from dapt.exit_codes import ExitCode
-from dapt.settings import configure_environment
+from models.settings import configure_environment
 
 if TYPE_CHECKING:
     from models.registry import ModelVersion, Registry

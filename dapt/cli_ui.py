@@ -5,9 +5,10 @@ Registered by dapt/cli.py with ``register_ui_command(app)``. Read-only unless DA
 
 from __future__ import annotations
 
-import os
-
 import typer
+
+from dapt.cli_common import UserError, console
+from models.settings import admin_token
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +27,6 @@ def register(app: typer.Typer) -> None:
 
         import uvicorn
 
-        from dapt.cli import UserError, console
         from services.ui import create_app
 
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -36,6 +36,6 @@ def register(app: typer.Typer) -> None:
                 reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be opened ({exc.strerror})"
                 raise UserError(f"{host}:{port} {reason}; choose another with --port") from None
         app_ = create_app()
-        mode = "admin actions enabled" if os.environ.get("DAPT_ADMIN_TOKEN") else "read-only"
+        mode = "admin actions enabled" if admin_token() else "read-only"
         console.print(f"dapt ui on http://{host}:{port}/ ({mode}); registry {app_.state.registry!r}")
         uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)

@@ -259,7 +259,9 @@ def _leaks(normalised: pd.Series, split: pd.Series, non_empty: pd.Series) -> pd.
 
 
 def bio_tag_set(entity_types: list[str]) -> list[str]:
-    return ["O"] + [f"{prefix}-{kind}" for kind in entity_types for prefix in ("B", "I")]
+    from models.data import ner_tag_set
+
+    return ner_tag_set(list(entity_types))
 
 
 def bio_error(tags: list[str]) -> str:

@@ -20,9 +20,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.states import Failed
 
-from dapt.settings import dapt_home, runs_dir
 from expectations.report import write_validation_html
 from models.recipe import Recipe
+from models.settings import dapt_home, runs_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

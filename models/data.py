@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.hashing import file_sha256
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -242,12 +244,12 @@ def task_texts(recipe: Recipe, task_data: TaskData) -> list[str]:
     return list(task_data.train["text"])
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def ner_tag_set(entity_types: list[str]) -> list[str]:
+    """The BIO tags in logit order: ``O`` then ``B-T``, ``I-T`` for each entity type, in recipe order."""
+    tags = ["O"]
+    for entity_type in entity_types:
+        tags += [f"B-{entity_type}", f"I-{entity_type}"]
+    return tags
 
 
 def data_fingerprint(recipe: Recipe) -> dict:

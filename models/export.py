@@ -218,7 +218,7 @@ def check_export_target(out_dir: Path) -> None:
     reports/parity.json). Never a registered version (a folder with the registry's evidence.json, or anything
     under the registry's artifact store): registered versions are immutable.
     """
-    from dapt.settings import artifact_root
+    from models.settings import artifact_root
 
     out_dir = Path(out_dir).expanduser().resolve()
     store = artifact_root().expanduser().resolve()

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.data import ner_tag_set
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -87,14 +89,6 @@ class TrainRun:
 
 
 # --------------------------------------------------------------------------------------------------------- labels
-
-
-def ner_tag_set(entity_types: list[str]) -> list[str]:
-    """The BIO tags in logit order: ``O`` then ``B-T``, ``I-T`` for each entity type, in recipe order."""
-    tags = ["O"]
-    for entity_type in entity_types:
-        tags += [f"B-{entity_type}", f"I-{entity_type}"]
-    return tags
 
 
 def task_labels(recipe: Recipe) -> list[str]:
@@ -806,7 +800,9 @@ def finetune(
     if config.search_trials > 0:
         from models.search import search_hyperparameters
 
-        search = search_hyperparameters(recipe, encoder_dir, train_df, out_dir / "search", progress=emit)
+        search = search_hyperparameters(
+            recipe, encoder_dir, train_df, out_dir / "search", train=train_task_model, progress=emit
+        )
         config = config.model_copy(update=search.best_params)
         search_report = search.report()
 

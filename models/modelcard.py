@@ -9,10 +9,11 @@ never registers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from models.hashing import file_sha256
 
 DEFAULT_INTENDED_USE = (
     "Domain-specific text {task} for the data the recipe describes. Not evaluated outside that domain or "
@@ -74,7 +75,7 @@ def _sample_hashes() -> set[str]:
     hashes = set()
     for path in SAMPLE_DIR.glob("*"):
         if path.is_file() and path.suffix in (".txt", ".csv", ".conll", ".jsonl"):
-            hashes.add(hashlib.sha256(path.read_bytes()).hexdigest())
+            hashes.add(file_sha256(path))
     return hashes
 
 

@@ -48,7 +48,7 @@ which is fine because visibility is decided by the row's ``ready`` status, not b
 Usage::
 
     from models.registry import Registry
-    registry = Registry()                                   # dapt.settings URLs
+    registry = Registry()                                   # models.settings URLs
     mv = registry.register("finsent", bundle_dir, evidence)  # -> ModelVersion(version=1, ...)
     registry.promote("finsent", mv.version)                 # -> GateDecision; moves `production` if passed
     path = registry.load_path("finsent", alias="production")  # verified bundle folder
@@ -108,6 +108,8 @@ from models.bundle import (
     check_bundle_path,
 )
 from models.gate import GateDecision, decide
+from models.hashing import CHUNK as _CHUNK
+from models.hashing import file_sha256
 from models.modelcard import render_model_card
 
 if TYPE_CHECKING:
@@ -127,7 +129,6 @@ STAGING_DIR = ".staging"
 # heartbeat every lease/4 seconds, so only a process that is dead (or stalled for the whole lease) loses it.
 DEFAULT_LEASE_S = 120.0
 MAX_IDEMPOTENCY_KEY = 200
-_CHUNK = 1 << 20
 
 PENDING, READY, ARCHIVED, REMOVING = "pending", "ready", "archived", "removing"
 VISIBLE = (READY, ARCHIVED)
@@ -347,8 +348,10 @@ def _token_of(owner: str) -> str:
 
 
 def _default_actor() -> str:
-    if os.environ.get("DAPT_ACTOR"):
-        return os.environ["DAPT_ACTOR"]
+    from models.settings import actor
+
+    if actor():
+        return actor()
     try:
         import getpass
 
@@ -385,13 +388,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
         return out
     return {prefix: value}
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_path(path: Path) -> None:
@@ -567,7 +563,7 @@ class _Heartbeat:
 class Registry:
     """Versions, aliases and the audit log in one SQL database; bundles in the artifact store.
 
-    ``Registry()`` uses ``dapt.settings.registry_url()`` and ``dapt.settings.artifact_root()``. Nothing touches
+    ``Registry()`` uses ``models.settings.registry_url()`` and ``models.settings.artifact_root()``. Nothing touches
     disk or the database until the first call (which creates the tables).
 
     ``lease_s``: how long a pending registration may go without a heartbeat before others may remove it.
@@ -584,7 +580,7 @@ class Registry:
         lease_s: float = DEFAULT_LEASE_S,
         hook: Callable[[str], None] | None = None,
     ):
-        from dapt import settings
+        from models import settings
 
         if not lease_s > 0:
             raise RegistryError(f"lease_s must be positive, got {lease_s!r}")
@@ -815,7 +811,7 @@ class Registry:
             )
             _write_durably(staged / MODEL_CARD, card)
             for rel in (EVIDENCE_FILE, MODEL_CARD):
-                entries[rel] = {"sha256": _sha256(staged / rel), "size": (staged / rel).stat().st_size}
+                entries[rel] = {"sha256": file_sha256(staged / rel), "size": (staged / rel).stat().st_size}
                 os.chmod(staged / rel, 0o444)
             manifest = {
                 "format": 1,
@@ -826,7 +822,7 @@ class Registry:
             }
             _write_durably(staged / MANIFEST, json.dumps(manifest, indent=2))
             os.chmod(staged / MANIFEST, 0o444)
-            manifest_sha = _sha256(staged / MANIFEST)
+            manifest_sha = file_sha256(staged / MANIFEST)
             _fsync_tree(staged)
             self._stage("copied")
 
@@ -1111,7 +1107,7 @@ class Registry:
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
             raise ChecksumError(f"{label}: {MANIFEST} is missing in {root}; {fix}")
-        if model_version.manifest_sha256 and _sha256(manifest_path) != model_version.manifest_sha256:
+        if model_version.manifest_sha256 and file_sha256(manifest_path) != model_version.manifest_sha256:
             raise ChecksumError(
                 f"{label}: {MANIFEST} was modified (its sha256 differs from the registry's); {fix}"
             )
@@ -1142,7 +1138,7 @@ class Registry:
                 problems.append(f"{rel} is missing")
             elif path.stat().st_size != entry["size"]:
                 problems.append(f"{rel} changed size ({entry['size']} -> {path.stat().st_size} bytes)")
-            elif _sha256(path) != entry["sha256"]:
+            elif file_sha256(path) != entry["sha256"]:
                 problems.append(f"{rel} changed (sha256 differs from the manifest)")
         for rel in files:
             if rel not in expected and rel != MANIFEST:

@@ -85,7 +85,7 @@ def export_stage(
     recipe: Recipe, model_dir: Path, out_dir: Path, progress: Progress | None = None
 ) -> ExportResult:
     """ONNX variants of a fine-tuned model, each checked for parity on the eval split, as a serving bundle."""
-    from models.data import load_task_data, ner_text
+    from models.data import load_task_data, ner_tag_set, ner_text
     from models.export import check_export_target, export_bundle
     from models.finetune import model_max_length
 
@@ -94,7 +94,7 @@ def export_stage(
     if recipe.task == "ner":
         texts = [ner_text(tokens) for tokens in data.eval["tokens"]]
         labels = None
-        tags = ["O"] + [f"{prefix}-{label}" for label in recipe.data.labels for prefix in ("B", "I")]
+        tags = ner_tag_set(list(recipe.data.labels))
     else:
         texts, labels, tags = list(data.eval["text"]), list(data.eval["label"]), list(recipe.data.labels)
     return export_bundle(

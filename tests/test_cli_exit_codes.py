@@ -23,7 +23,7 @@ DAPT = Path(sys.executable).parent / "dapt"  # the console script pip installed 
 
 
 def dapt(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    from dapt.settings import stack_environment
+    from models.settings import stack_environment
 
     env = os.environ | stack_environment(home) | {"COLUMNS": "200", "DAPT_TORCH_THREADS": "1"}
     # This checkout's code, whichever checkout the console script was installed from.

@@ -21,8 +21,9 @@ def prefect_harness():
 
 
 def test_ner_flow_serves_entities_with_character_offsets(tmp_path, sample_dir, tiny_base_model, prefect_harness):
-    from dapt.cli import free_port, run_recipe, start_server, stop_server, wait_ready
+    from dapt.cli import run_recipe
     from models.registry import Registry
+    from services.launcher import free_port, start_server, stop_server, wait_ready
 
     summary = run_recipe(write_tiny_ner_recipe(tmp_path / "ner", sample_dir, tiny_base_model))
     assert "entity_f1" in summary["metrics"]  # entity-level F1 is reported

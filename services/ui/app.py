@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from models import settings
 from models.htmlpage import STYLE, markdown_to_html, split_front_matter
 from models.registry import (
     MODEL_CARD,
@@ -239,10 +239,10 @@ class SecurityHeaders:
 
 
 def create_app(registry: Registry | None = None, admin_token: str | None = None) -> Starlette:
-    """The UI over ``registry`` (default: the one dapt.settings points at). ``admin_token`` (default:
+    """The UI over ``registry`` (default: the one models.settings points at). ``admin_token`` (default:
     ``DAPT_ADMIN_TOKEN``) enables promote and rollback; without it the UI is read-only."""
     registry = registry or Registry()
-    token = admin_token if admin_token is not None else os.environ.get("DAPT_ADMIN_TOKEN", "")
+    token = admin_token if admin_token is not None else settings.admin_token()
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     env.filters.update(fmt=fmt, fmt_time=fmt_time, short=short, q=lambda v: quote(str(v), safe=""))
     env.globals.update(delta_class=delta_class, admin=bool(token))

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dapt.cli import stop_server as _stop
+from services.launcher import stop_server as _stop
 from tests.tiny_recipe import write_tiny_recipe
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture()
 def prefect_server(tmp_path):
-    from dapt.cli import free_port
+    from services.launcher import free_port
 
     port = free_port()
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-server"), "PREFECT_API_URL": ""}

@@ -378,7 +378,7 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
     }
     assert "services/service.py" in sources and "models/bundle.py" in sources
     assert "models/export.py" not in sources  # no training code in the image
-    assert {"services/guard.py", "services/reloader.py", "models/registry.py", "dapt/settings.py"} <= sources
+    assert {"services/guard.py", "services/reloader.py", "models/registry.py", "models/settings.py"} <= sources
     # The generated Dockerfile creates a `bentoml` user and switches to it before the entrypoint: not root.
     docker_lines = [line.strip() for line in dockerfile.read_text().splitlines()]
     users = [line.split()[1] for line in docker_lines if line.startswith("USER ")]

@@ -203,7 +203,7 @@ def test_sigterm_to_the_installed_dapt_serve_stops_the_server_and_frees_the_port
     registry = tmp_registry(tmp_path)
     registry.register("tiny", classifier_bundle, MINIMAL_EVIDENCE)
     registry.set_alias("tiny", "production", 1, reason="test")
-    from dapt.cli import free_port
+    from services.launcher import free_port
 
     port = free_port()
     dapt = Path(sys.executable).parent / "dapt"
