@@ -338,7 +338,7 @@ def run_cli(args: list[str] | None = None) -> int:
         err.print("interrupted")
         return ExitCode.INTERRUPTED
     except classes["usage"] as exc:
-        exc.show()  # click's usual "Usage: ... Try 'dapt ... --help' ... Error: ..." on stderr
+        exc.show()  # type: ignore[attr-defined]  # click's usual "Usage: ... Try 'dapt ... --help' ... Error: ..." on stderr
         return int(getattr(exc, "exit_code", ExitCode.USAGE))
     # Commands return None; an int here is the code of a `typer.Exit` raised inside a command.
     if isinstance(returned, int) and not isinstance(returned, bool):

@@ -296,7 +296,8 @@ def retrain(recipe: Recipe) -> dict:
     validation = validate_data(recipe, run_dir / "validation", (incumbent or {}).get("profile"))
     write_validation_html(validation["dict"], run_dir / "validation" / "report.html", f"Data validation — {recipe.name}")
     if not validation["dict"]["success"]:
-        return Failed(message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"])
+        # A failed state carrying the report (the CLI prints it from the state's data), not a summary dict.
+        return Failed(message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"])  # type: ignore[return-value]
 
     key = adaptation_key(recipe, fingerprint)
     # A cached result whose encoder folder was deleted must not be reused: refresh it.
@@ -318,7 +319,7 @@ def retrain(recipe: Recipe) -> dict:
     (Path(exported["bundle_dir"]) / "reports" / "validation.json").write_text(
         json.dumps(validation["dict"], indent=2), encoding="utf-8"
     )
-    flow_run = get_run_context().flow_run
+    flow_run = get_run_context().flow_run  # type: ignore[union-attr]  # a flow's context
     scalar_metrics = {
         k: v for k, v in evaluation["metrics"].items() if isinstance(v, float | int) and not isinstance(v, bool)
     }

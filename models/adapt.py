@@ -273,7 +273,7 @@ def extend_vocabulary(
             if backend.pre_tokenizer
             else normalized.split()
         )
-        counts.update(w for w, _ in words if len(w) >= 4 and any(c.isalpha() for c in w))
+        counts.update(w for w, _ in words if len(w) >= 4 and any(c.isalpha() for c in w))  # type: ignore[str-unpack]
     vocabulary = tokenizer.get_vocab()
     chosen: list[tuple[str, list[int]]] = []
     for word, count in counts.most_common():
@@ -288,7 +288,7 @@ def extend_vocabulary(
         return []
     tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=True) for w, _ in chosen])
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    embeddings = model.get_input_embeddings().weight
+    embeddings: Any = model.get_input_embeddings().weight
     with torch.no_grad():
         for word, piece_ids in chosen:
             embeddings[tokenizer.convert_tokens_to_ids(word)] = embeddings[piece_ids].mean(dim=0)
@@ -358,7 +358,9 @@ def _collator(tokenizer, adapt: AdaptConfig, seed: int, pad_to_multiple_of: int 
             batch["input_ids"][row, column] = self.tokenizer.mask_token_id
 
     # whole-word masking in 4.57 supports [MASK] replacement only (and warns with a crash otherwise)
-    probabilities = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if adapt.whole_word_mask else {}
+    probabilities: dict[str, Any] = (
+        {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if adapt.whole_word_mask else {}
+    )
     return DomainMLMCollator(
         tokenizer,
         mlm=True,

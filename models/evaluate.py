@@ -75,7 +75,7 @@ def expected_calibration_error(
         accuracy = float(correct[members].mean()) if count else None
         confidence = float(confidences[members].mean()) if count else None
         if count:
-            ece += count / confidences.size * abs(accuracy - confidence)
+            ece += count / confidences.size * abs(accuracy - confidence)  # type: ignore[operator]  # count > 0
         table.append(
             {
                 "lower": float(edges[b]),

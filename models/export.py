@@ -560,7 +560,7 @@ def compare_variants(
                 break
             diffs = [float(abs(o - r).max()) for o, r in zip(outputs, reference.logits, strict=True)]
             same = [o.argmax(-1) == r.argmax(-1) for o, r in zip(outputs, reference.logits, strict=True)]
-            if task == "ner":  # the service reads a word's tag off its first sub-token only: judge those
+            if served is not None:  # NER: the service reads a word's tag off its first sub-token only: judge those
                 same = [s[[t for t in firsts if t is not None]] for s, firsts in zip(same, served, strict=True)]
             record = {
                 "max_abs_diff": max(diffs),

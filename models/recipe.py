@@ -195,7 +195,7 @@ class ExportConfig(_Section):
     fp32 always serves. The int8 defaults are the option that held on real data (benchmarks/int8.py).
     """
 
-    variants: list[Literal["fp32", "int8", "fp16"]] = Field(default_factory=lambda: ["fp32", "int8"])
+    variants: list[Literal["fp32", "int8", "fp16"]] = Field(default_factory=lambda: ["fp32", "int8"])  # type: ignore[arg-type]
     opset: int | None = None
     parity_atol: float = Field(default=1e-3, gt=0, description="Max |logit difference| allowed for fp32.")
     min_label_agreement: float = Field(
@@ -219,7 +219,7 @@ class ExportConfig(_Section):
     int8_per_channel: bool = Field(default=True, description="One weight scale per output channel.")
     int8_reduce_range: bool = Field(default=False, description="7-bit weights (for CPUs without VNNI).")
     int8_operators: list[Literal["MatMul", "Gather", "Attention"]] = Field(
-        default_factory=lambda: ["MatMul"],
+        default_factory=lambda: ["MatMul"],  # type: ignore[arg-type]
         min_length=1,
         description="Operator types to quantize; Gather would quantize the embedding tables too.",
     )

@@ -350,8 +350,9 @@ def _token_of(owner: str) -> str:
 def _default_actor() -> str:
     from models.settings import actor
 
-    if actor():
-        return actor()
+    configured = actor()
+    if configured:
+        return configured
     try:
         import getpass
 
@@ -630,7 +631,7 @@ class Registry:
             if column not in present:
                 kind = table.c[column].type.compile(dialect=connection.dialect)
                 connection.execute(text(f"ALTER TABLE versions ADD COLUMN {column} {kind}"))
-        for index in table.indexes:
+        for index in table.indexes:  # type: ignore[attr-defined]  # a Table, which has them
             index.create(connection, checkfirst=True)
 
     def _stage(self, stage: str) -> None:

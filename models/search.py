@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VALIDATION_FRACTION = 0.2
-SEARCH_SPACE = {
+SEARCH_SPACE: dict[str, Any] = {
     "learning_rate": (1e-5, 2e-4),  # log-uniform
     "epochs": (2, 6),  # integer
     "batch_size": [8, 16, 32],
@@ -134,7 +134,7 @@ def search_hyperparameters(
     emit(f"search done: best validation macro-F1 {best.value:.4f} with {best_params}")
     return SearchResult(
         best_params=best_params,
-        best_value=float(best.value),
+        best_value=float(best.value or 0.0),  # a finished trial always has its value
         trials=trials,
         extra={"n_fit": len(fit_rows), "n_validation": len(validation_rows), "timeout_s": timeout_s},
     )

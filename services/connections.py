@@ -83,7 +83,7 @@ def _guarded_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             settings = limits()
-            self.timeout_keep_alive = settings.keep_alive_s
+            self.timeout_keep_alive = settings.keep_alive_s  # type: ignore[assignment]  # uvicorn takes seconds
             self._header_timeout_s = settings.header_timeout_s
             self._max_connections = settings.max_connections
             self._header_timer: Any = None

@@ -34,7 +34,7 @@ def max_body_bytes() -> int:
     )
 
 
-async def send_json(send: Any, status: int, document: Any, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(send: Any, status: int, document: Any, headers: list[tuple[bytes, bytes]] | tuple[()] = ()) -> None:
     body = json.dumps(document).encode("utf-8")
     await send(
         {

@@ -432,4 +432,4 @@ def _bundle_name_and_version(bundle_dir: Path) -> tuple[str, str]:
 
 
 # Limits before parsing, uniform JSON errors, GET /metadata and POST /admin/reload (services/guard.py).
-DaptService.add_asgi_middleware(RequestGuard)
+DaptService.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]  # added by @bentoml.service

@@ -76,10 +76,12 @@ def fmt(value: Any) -> str:
 def fmt_time(value: datetime | str | None) -> str:
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            moment: datetime | None = datetime.fromisoformat(value)
         except ValueError:
             return value
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+    else:
+        moment = value
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
 
 
 def delta_class(metric: str, delta: float | None) -> str:
@@ -140,7 +142,7 @@ def adaptation_gain(evidence: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "domain_loss_before": before if domain else None,
         "domain_loss_after": after if domain else None,
-        "gain": before - after if domain else None,
+        "gain": before - after if domain else None,  # type: ignore[operator]  # domain: both are numbers
         "task": task,
     }
 
