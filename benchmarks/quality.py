@@ -386,13 +386,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS} rows, tiny BERT, a few steps")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a new temp folder)")
-    parser.add_argument("--synthetic", action="store_true", help="the generated FPB-style set instead of real data")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="the generated FPB-style set instead of real data"
+    )
     real = parser.add_argument_group("real data (default mode)")
     real.add_argument("--data-dir", type=Path, default=None, help="folder of the real sets ($DAPT_REAL_DATA)")
     real.add_argument("--task", choices=["sentiment", "ner", "both"], default="both")
     real.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
     real.add_argument("--train-rows", type=int, default=5000, help="tweets train rows (stratified sample)")
-    real.add_argument("--corpus", choices=sorted(CORPORA), default="headlines", help="sentiment's domain corpus")
+    real.add_argument(
+        "--corpus", choices=sorted(CORPORA), default="headlines", help="sentiment's domain corpus"
+    )
     real.add_argument("--ner-types", default="Disease", help="BC5CDR entity types kept (comma-separated)")
     args = parser.parse_args(argv)
     if not (args.synthetic or args.quick):

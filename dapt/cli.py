@@ -29,7 +29,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bento_app = typer.Typer(help="Package a registered version as a Bento (BentoML store + Dockerfile).", no_args_is_help=True)
+bento_app = typer.Typer(
+    help="Package a registered version as a Bento (BentoML store + Dockerfile).", no_args_is_help=True
+)
 app.add_typer(bento_app, name="bento")
 
 
@@ -51,7 +53,13 @@ def _print_run_summary(summary: dict) -> None:
             old = before.get(key)
             table.add_row(key, f"{value:.4f}", "-" if not isinstance(old, float | int) else f"{old:.4f}")
     forgetting = summary.get("forgetting") or {}
-    for key in ("domain_loss_before", "domain_loss_after", "general_loss_before", "general_loss_after", "delta"):
+    for key in (
+        "domain_loss_before",
+        "domain_loss_after",
+        "general_loss_before",
+        "general_loss_after",
+        "delta",
+    ):
         value = forgetting.get(key)
         if isinstance(value, float | int):
             table.add_row(f"mlm {key}", f"{value:.4f}", "")
@@ -131,7 +139,9 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/
     out = runs_dir() / f"validate-{time.strftime('%Y%m%dT%H%M%S')}-{parsed.name}"
     report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
     report.render(console)
-    console.print(f"Validation report (opens offline): {report.write_html(out / 'report.html', f'Data validation — {parsed.name}')}")
+    console.print(
+        f"Validation report (opens offline): {report.write_html(out / 'report.html', f'Data validation — {parsed.name}')}"
+    )
     if not report.success:
         raise typer.Exit(ExitCode.FAILURE)
 
@@ -158,7 +168,11 @@ def _resolve_served_version(name: str | None, alias: str, version: int | None):
             if len(names) > 1:
                 raise UserError(f"several models are registered ({', '.join(names)}): choose one with --name")
             name = names[0]
-        chosen = registry.get_version(name, version=version) if version else registry.get_version(name, alias=alias)
+        chosen = (
+            registry.get_version(name, version=version)
+            if version
+            else registry.get_version(name, alias=alias)
+        )
         path = registry.load_path(name, version=chosen.version, verify=True)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
@@ -212,8 +226,10 @@ def demo(
             raise UserError(str(exc)) from None
         task = (chosen.evidence or {}).get("recipe", {}).get("task", "classification")
         texts = text or (
-            ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn a year earlier.",
-             "The company warned that net sales will fall sharply in 2009."]
+            [
+                "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn a year earlier.",
+                "The company warned that net sales will fall sharply in 2009.",
+            ]
             if task == "classification"
             else ["Nokia posted net sales of EUR 1.2 bn in the third quarter of 2008."]
         )
@@ -236,7 +252,9 @@ def bento_build(
     alias: str = typer.Option("production", help="Alias whose version is packaged."),
     version: int = typer.Option(None, help="Package this version instead of the alias."),
     cpu: bool = typer.Option(
-        False, "--cpu", help="CPU image (python:3.11-slim, onnxruntime) instead of the GPU one (CUDA 12.8 base)."
+        False,
+        "--cpu",
+        help="CPU image (python:3.11-slim, onnxruntime) instead of the GPU one (CUDA 12.8 base).",
     ),
 ) -> None:
     """Import a registered version into the BentoML store and build a Bento with its Dockerfile (offline).
@@ -255,7 +273,9 @@ def bento_build(
     console.print(f"Dockerfile: {dockerfile}")
     console.print(f"container: `bentoml containerize {bento_tag}` on a machine with Docker")
     if not cpu:
-        console.print("run it with `docker run --gpus all ...` to serve on CUDA (it uses the CPU without a GPU)")
+        console.print(
+            "run it with `docker run --gpus all ...` to serve on CUDA (it uses the CPU without a GPU)"
+        )
 
 
 @app.command()

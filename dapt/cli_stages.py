@@ -32,7 +32,6 @@ def _progress(line: str) -> None:
 def _print_numbers(title: str, numbers: dict) -> None:
     from rich.table import Table
 
-
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -98,14 +97,20 @@ def register(app: typer.Typer) -> None:
         result = _run(lambda: adapt_stage(parsed, out_dir, progress=_progress))
         _print_numbers(f"adaptation ({result.strategy})", result.metrics)
         console.print(f"encoder: {result.encoder_dir}")
-        gain = _run(lambda: adaptation_gain_stage(parsed, result.encoder_dir, out_dir / "gain", progress=_progress))
+        gain = _run(
+            lambda: adaptation_gain_stage(parsed, result.encoder_dir, out_dir / "gain", progress=_progress)
+        )
         if gain is not None:
-            (out_dir / "adaptation_gain.json").write_text(json.dumps(gain.to_dict(), indent=2), encoding="utf-8")
+            (out_dir / "adaptation_gain.json").write_text(
+                json.dumps(gain.to_dict(), indent=2), encoding="utf-8"
+            )
             console.print(gain.sentence())
         if gain is None or gain.helped:
             console.print(f"next: dapt finetune {recipe} --encoder {out_dir}")
         else:
-            console.print(f"next: dapt finetune {recipe}   (the base encoder; --encoder {out_dir} to use it anyway)")
+            console.print(
+                f"next: dapt finetune {recipe}   (the base encoder; --encoder {out_dir} to use it anyway)"
+            )
 
     @app.command()
     def finetune(

@@ -33,7 +33,11 @@ def register(app: typer.Typer) -> None:
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be opened ({exc.strerror})"
+                reason = (
+                    "is already in use"
+                    if exc.errno == errno.EADDRINUSE
+                    else f"cannot be opened ({exc.strerror})"
+                )
                 raise UserError(f"{host}:{port} {reason}; choose another with --port") from None
         app_ = create_app()
         mode = "admin actions enabled" if admin_token() else "read-only"

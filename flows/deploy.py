@@ -63,7 +63,9 @@ def validate_cron(cron: str) -> str:
     try:
         CronSchedule(cron=cron)
     except ValidationError:
-        raise ScheduleError(f"{cron!r} is not a valid cron expression (e.g. '0 3 * * *' for 03:00 every day)") from None
+        raise ScheduleError(
+            f"{cron!r} is not a valid cron expression (e.g. '0 3 * * *' for 03:00 every day)"
+        ) from None
     return cron
 
 

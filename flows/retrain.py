@@ -235,7 +235,9 @@ def _report_markdown(recipe: Recipe, summary: dict) -> str:
             lines.append(f"| {key} | {value:.4f} |")
     gain = summary.get("adaptation_gain")
     lines += ["", "## Adaptation gain", ""]
-    lines.append(gain["summary"] if gain else "not measured (adapt.strategy none, or adapt.keep_only_if_helps off)")
+    lines.append(
+        gain["summary"] if gain else "not measured (adapt.strategy none, or adapt.keep_only_if_helps off)"
+    )
     lines += ["", "## Forgetting (MLM loss on general text)", "", "| | value |", "|---|---|"]
     for key, value in forgetting.items():
         if isinstance(value, float | int):
@@ -277,7 +279,9 @@ def write_run_report(run_dir: Path, markdown: str, pictures: list[Path], title: 
     md_path = run_dir / "report.md"
     md_path.write_text(markdown + ("\n\n## Plots\n" + links if pictures else "") + "\n", encoding="utf-8")
     html_path = run_dir / "report.html"
-    html_path.write_text(standalone_page(title, markdown_to_html(markdown + _inline_pictures(pictures))), encoding="utf-8")
+    html_path.write_text(
+        standalone_page(title, markdown_to_html(markdown + _inline_pictures(pictures))), encoding="utf-8"
+    )
     return md_path, html_path
 
 
@@ -294,10 +298,14 @@ def retrain(recipe: Recipe) -> dict:
     incumbent = production_evidence(recipe)
 
     validation = validate_data(recipe, run_dir / "validation", (incumbent or {}).get("profile"))
-    write_validation_html(validation["dict"], run_dir / "validation" / "report.html", f"Data validation — {recipe.name}")
+    write_validation_html(
+        validation["dict"], run_dir / "validation" / "report.html", f"Data validation — {recipe.name}"
+    )
     if not validation["dict"]["success"]:
         # A failed state carrying the report (the CLI prints it from the state's data), not a summary dict.
-        return Failed(message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"])  # type: ignore[return-value]
+        return Failed(
+            message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"]
+        )  # type: ignore[return-value]
 
     key = adaptation_key(recipe, fingerprint)
     # A cached result whose encoder folder was deleted must not be reused: refresh it.
@@ -306,7 +314,9 @@ def retrain(recipe: Recipe) -> dict:
     adapted = adapt_state.result()
     adapt_cache_hit = adapt_state.name == "Cached"
     if adapt_cache_hit:
-        logger.info("adaptation cache hit (key %s): same data and settings, reusing %s", key, adapted["encoder_dir"])
+        logger.info(
+            "adaptation cache hit (key %s): same data and settings, reusing %s", key, adapted["encoder_dir"]
+        )
     gain = measure_gain(recipe, adapted["encoder_dir"], run_dir / "adaptation_gain")
     base_kept = gain is not None and gain["kept"] == "base"
     encoder_dir = str(recipe.resolved_base_model()) if base_kept else adapted["encoder_dir"]
@@ -321,7 +331,9 @@ def retrain(recipe: Recipe) -> dict:
     )
     flow_run = get_run_context().flow_run  # type: ignore[union-attr]  # a flow's context
     scalar_metrics = {
-        k: v for k, v in evaluation["metrics"].items() if isinstance(v, float | int) and not isinstance(v, bool)
+        k: v
+        for k, v in evaluation["metrics"].items()
+        if isinstance(v, float | int) and not isinstance(v, bool)
     }
     evidence = {
         "metrics": scalar_metrics,

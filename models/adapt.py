@@ -504,7 +504,9 @@ def _train_phase(
             try:
                 reused = type(model).from_pretrained(output_dir)
             except Exception as exc:  # noqa: BLE001 - a damaged result is trained again, never used
-                say(f"[adapt:{phase.name}] the finished result in {output_dir} does not load ({exc}); training again")
+                say(
+                    f"[adapt:{phase.name}] the finished result in {output_dir} does not load ({exc}); training again"
+                )
                 done_file.unlink()
             else:
                 say(f"[adapt:{phase.name}] already finished with this configuration; reusing {output_dir}")
@@ -741,7 +743,8 @@ def _fit_to_budget(
         return phases, None
     key = hashlib.sha256(
         json.dumps(
-            [adapt.model_dump(mode="json"), recipe.seed, [_sha(p.train_texts) for p in phases]], sort_keys=True
+            [adapt.model_dump(mode="json"), recipe.seed, [_sha(p.train_texts) for p in phases]],
+            sort_keys=True,
         ).encode()
     ).hexdigest()
     plan_file = out_dir / BUDGET_FILE

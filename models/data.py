@@ -184,7 +184,11 @@ def read_ner(path: Path, tokens_column: str = "tokens", tags_column: str = "tags
     out = df[[tokens_column, tags_column]].copy()
     out.columns = ["tokens", "tags"]
     for column in ("tokens", "tags"):
-        bad = [i for i, v in enumerate(out[column]) if not isinstance(v, (list, tuple)) and not hasattr(v, "tolist")]
+        bad = [
+            i
+            for i, v in enumerate(out[column])
+            if not isinstance(v, (list, tuple)) and not hasattr(v, "tolist")
+        ]
         if bad:
             raise DataError(f"{path}: column {column!r} must hold lists of strings (rows {bad[:5]} do not)")
         out[column] = out[column].map(lambda v: [str(x) for x in (v.tolist() if hasattr(v, "tolist") else v)])

@@ -150,9 +150,21 @@ def export_bundle(
     # Parity runs the serving predictor on the bundle itself, so the spec must exist first.
     spec(variant_paths, "fp32", "fp32", {}).write(out_dir)
     sizes = ", ".join(str(b) for b in config.parity_batch_sizes)
-    say(f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts, serving batches of {sizes}")
-    parity = _parity(model, tokenizer, out_dir, variant_paths, task, labels, max_length, config, parity_texts,
-                     parity_labels)
+    say(
+        f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts, serving batches of {sizes}"
+    )
+    parity = _parity(
+        model,
+        tokenizer,
+        out_dir,
+        variant_paths,
+        task,
+        labels,
+        max_length,
+        config,
+        parity_texts,
+        parity_labels,
+    )
     dropped = {v: "; ".join(r["failures"]) for v, r in parity.items() if v != "fp32" and r["passed"] is False}
     for variant in dropped:
         # Dropped from what serves: the service can never load it; its numbers stay in reports/parity.json.
@@ -396,8 +408,15 @@ def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], d
         ):
             kept["activation_matmuls"].append(node.name)
     gemms = {node.name for node in graph.node if node.op_type == "Gemm"}
-    names = sorted({n for group in kept.values() for name in group for n in (name, f"{name}_MatMul")
-                    if n == name or name in gemms})
+    names = sorted(
+        {
+            n
+            for group in kept.values()
+            for name in group
+            for n in (name, f"{name}_MatMul")
+            if n == name or name in gemms
+        }
+    )
     return names, {rule: len(group) for rule, group in kept.items()}
 
 
@@ -550,7 +569,9 @@ def compare_variants(
     pytorch_f1 = (
         _macro_f1(task, reference.logits, gold_per_text, labels, texts, offsets) if gold is not None else None
     )
-    served = [_first_token_per_word(t, o) for t, o in zip(texts, offsets, strict=True)] if task == "ner" else None
+    served = (
+        [_first_token_per_word(t, o) for t, o in zip(texts, offsets, strict=True)] if task == "ner" else None
+    )
     records: dict[str, dict[str, Any]] = {}
     for variant, path in variant_paths.items():
         by_batch: dict[str, dict[str, Any]] = {}
@@ -560,8 +581,12 @@ def compare_variants(
                 break
             diffs = [float(abs(o - r).max()) for o, r in zip(outputs, reference.logits, strict=True)]
             same = [o.argmax(-1) == r.argmax(-1) for o, r in zip(outputs, reference.logits, strict=True)]
-            if served is not None:  # NER: the service reads a word's tag off its first sub-token only: judge those
-                same = [s[[t for t in firsts if t is not None]] for s, firsts in zip(same, served, strict=True)]
+            if (
+                served is not None
+            ):  # NER: the service reads a word's tag off its first sub-token only: judge those
+                same = [
+                    s[[t for t in firsts if t is not None]] for s, firsts in zip(same, served, strict=True)
+                ]
             record = {
                 "max_abs_diff": max(diffs),
                 "label_agreement": float(sum(s.sum() for s in same) / sum(s.size for s in same)),

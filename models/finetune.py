@@ -210,7 +210,11 @@ def model_max_length(recipe: Recipe, model_dir: Path) -> int:
     if recipe.finetune.max_length != "auto":
         return int(recipe.finetune.max_length)
     config_file = Path(model_dir) / "tokenizer_config.json"
-    saved = json.loads(config_file.read_text(encoding="utf-8")).get("model_max_length") if config_file.is_file() else None
+    saved = (
+        json.loads(config_file.read_text(encoding="utf-8")).get("model_max_length")
+        if config_file.is_file()
+        else None
+    )
     if not isinstance(saved, int) or saved > 512:
         raise FinetuneError(
             f"{model_dir} does not record the max_length it was trained with (finetune.max_length is 'auto'); "

@@ -294,7 +294,8 @@ def warm_up_head(
             if nsp_batches is not None:
                 pairs = nsp_batches.next().to(pooled.device)
                 loss = loss + torch.nn.functional.cross_entropy(
-                    nsp_head(pooled[pairs]).float(), nsp_labels[pairs]  # type: ignore[misc]  # set with nsp_batches
+                    nsp_head(pooled[pairs]).float(),
+                    nsp_labels[pairs],  # type: ignore[misc]  # set with nsp_batches
                 )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, 1.0)

@@ -198,13 +198,17 @@ class VersionRow(Base):
     name: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), index=True)  # pending | ready | archived | removing
-    owner: Mapped[str] = mapped_column(String(300))  # <token>@host:pid of the registering call (token decides)
+    owner: Mapped[str] = mapped_column(
+        String(300)
+    )  # <token>@host:pid of the registering call (token decides)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(MAX_IDEMPOTENCY_KEY), nullable=True)
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    artifact_path: Mapped[str] = mapped_column(String(200))  # relative to the artifact root: <name>/<version>-<token>
+    artifact_path: Mapped[str] = mapped_column(
+        String(200)
+    )  # relative to the artifact root: <name>/<version>-<token>
     manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     file_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -390,7 +394,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-
 def _fsync_path(path: Path) -> None:
     """Flush a file's or a folder's entry to stable storage (a folder fsync makes renames and creations durable)."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
@@ -540,7 +543,9 @@ class _Heartbeat:
     def __init__(self, registry: Registry, row_id: int, owner: str):
         self._registry, self._row_id, self._owner = registry, row_id, owner
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"dapt-registry-heartbeat-{row_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"dapt-registry-heartbeat-{row_id}", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -779,7 +784,9 @@ class Registry:
             if kind == "new":
                 break
             if kind == "done":
-                log.info("%s v%d was already registered with key %r; returning it", name, value, idempotency_key)
+                log.info(
+                    "%s v%d was already registered with key %r; returning it", name, value, idempotency_key
+                )
                 return self.get_version(name, value)
             if time.monotonic() > give_up:
                 raise RegistryError(
@@ -859,7 +866,9 @@ class Registry:
             state = self._settle_failed(row_id, owner)
             if state == READY and isinstance(error, Exception):
                 # The commit went through and only its answer was lost: the version is complete.
-                log.warning("%s v%d: %s after the version was committed; it is registered", name, version, error)
+                log.warning(
+                    "%s v%d: %s after the version was committed; it is registered", name, version, error
+                )
             elif state in (REMOVING, "gone"):
                 shutil.rmtree(work, ignore_errors=True)
                 shutil.rmtree(final, ignore_errors=True)
@@ -896,7 +905,9 @@ class Registry:
         try:
             return self._write(settle, attempts=20)
         except Exception as error:  # noqa: BLE001 - the original error is what the caller sees
-            log.warning("could not read back registration row %d (%s); cleanup() will settle it", row_id, error)
+            log.warning(
+                "could not read back registration row %d (%s); cleanup() will settle it", row_id, error
+            )
             return "unknown"
 
     def _delete_removing(self, row_id: int) -> None:
@@ -971,9 +982,7 @@ class Registry:
             with self._read() as session:
                 live = {
                     _token_of(owner)
-                    for owner in session.scalars(
-                        select(VersionRow.owner).where(VersionRow.status == PENDING)
-                    )
+                    for owner in session.scalars(select(VersionRow.owner).where(VersionRow.status == PENDING))
                 }
             for work in staged:
                 if work.name not in live:

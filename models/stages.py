@@ -52,7 +52,11 @@ def adaptation_gain_stage(
 
     base = Path(recipe.resolved_base_model())
     adapted = model_folder(adapted_dir, "encoder")
-    if not recipe.adapt.keep_only_if_helps or recipe.adapt.strategy == "none" or adapted.resolve() == base.resolve():
+    if (
+        not recipe.adapt.keep_only_if_helps
+        or recipe.adapt.strategy == "none"
+        or adapted.resolve() == base.resolve()
+    ):
         return None
     return measure_adaptation_gain(
         recipe, base, adapted, load_task_data(recipe).train, out_dir, progress=progress

@@ -39,7 +39,9 @@ class Limits(NamedTuple):
 
 
 def _positive(name: str, default: float, kind: type = float) -> Any:
-    return env_number(name, default, kind=kind, valid=lambda n: n > 0, requirement=f"a positive {kind.__name__}")
+    return env_number(
+        name, default, kind=kind, valid=lambda n: n > 0, requirement=f"a positive {kind.__name__}"
+    )
 
 
 @lru_cache(maxsize=1)
@@ -57,7 +59,9 @@ def install() -> None:
         import uvicorn.config
         from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: F401 - the class we extend
     except ImportError as exc:  # another uvicorn layout: serve as it is, and say so
-        logging.getLogger("dapt").warning("connection limits not installed (%s); check services/connections.py", exc)
+        logging.getLogger("dapt").warning(
+            "connection limits not installed (%s); check services/connections.py", exc
+        )
         return
     limits()  # a bad setting fails the start, not the first connection
     for name in ("auto", "h11"):

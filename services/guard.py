@@ -34,7 +34,9 @@ def max_body_bytes() -> int:
     )
 
 
-async def send_json(send: Any, status: int, document: Any, headers: list[tuple[bytes, bytes]] | tuple[()] = ()) -> None:
+async def send_json(
+    send: Any, status: int, document: Any, headers: list[tuple[bytes, bytes]] | tuple[()] = ()
+) -> None:
     body = json.dumps(document).encode("utf-8")
     await send(
         {
@@ -123,7 +125,9 @@ def check_texts_payload(body: bytes) -> tuple[int, dict[str, Any]] | None:
             "field": "body",
         }
     if "texts" not in document:
-        near = [key for key in document if isinstance(key, str) and key.lower() in ("text", "inputs", "input")]
+        near = [
+            key for key in document if isinstance(key, str) and key.lower() in ("text", "inputs", "input")
+        ]
         hint = f" (got {near[0]!r}: did you mean 'texts'?)" if near else ""
         return 422, {
             "error": f'texts is required: send {{"texts": ["..."]}}, a list of strings{hint}',

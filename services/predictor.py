@@ -127,7 +127,11 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def _thread_count() -> int:
     threads = env_number(
-        THREADS_ENV, 0, kind=int, valid=lambda n: n >= 1, requirement="a whole number of threads, at least 1",
+        THREADS_ENV,
+        0,
+        kind=int,
+        valid=lambda n: n >= 1,
+        requirement="a whole number of threads, at least 1",
         error=BundleError,
     )
     if threads:

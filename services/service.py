@@ -356,7 +356,9 @@ class DaptService:
     @bentoml.api(route="/entities")
     async def entities(
         self,
-        texts: Annotated[list[str], Field(description="Texts to extract entities from", examples=[SAMPLE_TEXTS])],
+        texts: Annotated[
+            list[str], Field(description="Texts to extract entities from", examples=[SAMPLE_TEXTS])
+        ],
     ) -> EntitiesResponse:
         """Entity spans per text, with character offsets into that text."""
         invalid = self._invalid(texts, "ner")

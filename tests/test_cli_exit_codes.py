@@ -142,7 +142,9 @@ def test_unknown_versions_exit_1_and_a_refused_promotion_exits_3(refused_run):
     refused = dapt("models", "promote", MODEL, "1", "--min-value", "0.99", home=home)
     assert refused.returncode == ExitCode.GATE_REFUSED, refused.stdout + refused.stderr
     assert "--force" in refused.stderr
-    forced = dapt("models", "promote", MODEL, "1", "--min-value", "0.99", "--force", "test override", home=home)
+    forced = dapt(
+        "models", "promote", MODEL, "1", "--min-value", "0.99", "--force", "test override", home=home
+    )
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "now points at v1" in forced.stdout
 

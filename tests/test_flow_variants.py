@@ -20,7 +20,9 @@ def prefect_harness():
         yield
 
 
-def test_ner_flow_serves_entities_with_character_offsets(tmp_path, sample_dir, tiny_base_model, prefect_harness):
+def test_ner_flow_serves_entities_with_character_offsets(
+    tmp_path, sample_dir, tiny_base_model, prefect_harness
+):
     from dapt.cli import run_recipe
     from models.registry import Registry
     from services.launcher import free_port, start_server, stop_server, wait_ready
@@ -49,8 +51,16 @@ def test_ner_flow_serves_entities_with_character_offsets(tmp_path, sample_dir, t
 @pytest.mark.parametrize(
     ("name", "adapt"),
     [
-        ("scratch", {"strategy": "scratch", "scratch_vocab_size": 300, "scratch_hidden_size": 32,
-                     "scratch_layers": 1, "scratch_heads": 2}),
+        (
+            "scratch",
+            {
+                "strategy": "scratch",
+                "scratch_vocab_size": 300,
+                "scratch_hidden_size": 32,
+                "scratch_layers": 1,
+                "scratch_heads": 2,
+            },
+        ),
         ("nsp", {"strategy": "dapt", "objective": "mlm+nsp"}),
         ("tapt", {"strategy": "dapt+tapt"}),
     ],

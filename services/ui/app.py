@@ -114,7 +114,11 @@ def evaluation_tables(evidence: dict[str, Any]) -> dict[str, dict[str, dict[str,
     """Per-class (or per entity type) and per-slice tables from the stored evaluation."""
     evaluation = evidence.get("evaluation") or {}
     tables = {}
-    for key, title in (("per_class", "per class"), ("per_type", "per entity type"), ("per_slice", "per slice")):
+    for key, title in (
+        ("per_class", "per class"),
+        ("per_type", "per entity type"),
+        ("per_slice", "per slice"),
+    ):
         table = evaluation.get(key)
         if isinstance(table, dict) and table:
             tables[title] = {str(k): v for k, v in table.items() if isinstance(v, dict)}
@@ -194,9 +198,13 @@ def verified_file(mv: ModelVersion, rel: str) -> Path:
     try:
         data = path.read_bytes()
     except OSError:
-        raise HTTPException(409, f"{mv.name} v{mv.version}: {rel} is missing from the version folder") from None
+        raise HTTPException(
+            409, f"{mv.name} v{mv.version}: {rel} is missing from the version folder"
+        ) from None
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise HTTPException(409, f"{mv.name} v{mv.version}: {rel} changed since registration (sha256 differs)")
+        raise HTTPException(
+            409, f"{mv.name} v{mv.version}: {rel} changed since registration (sha256 differs)"
+        )
     return path
 
 
@@ -362,7 +370,8 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
         for title in dict.fromkeys([*ta, *tb]):
             rows = dict.fromkeys([*(ta.get(title) or {}), *(tb.get(title) or {})])
             side_tables[title] = [
-                (row, (ta.get(title) or {}).get(row) or {}, (tb.get(title) or {}).get(row) or {}) for row in rows
+                (row, (ta.get(title) or {}).get(row) or {}, (tb.get(title) or {}).get(row) or {})
+                for row in rows
             ]
         evidence = {
             key: values
@@ -457,9 +466,7 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
         alias = check_name(form.get("alias") or "production", "alias")
         force = form.get("force_reason", "").strip() or None
         actor = f"ui:{request.client.host if request.client else 'unknown'}"
-        decision = await run_in_threadpool(
-            registry.promote, name, int(version), alias, None, force, actor
-        )
+        decision = await run_in_threadpool(registry.promote, name, int(version), alias, None, force, actor)
         if not decision.passed and force is None:
             raise HTTPException(409, f"gate refused {name} v{version} for '{alias}': {decision.summary()}")
         return done(name, f"{alias} -> v{version}: {decision.summary()}")

@@ -537,8 +537,15 @@ def test_resume_skips_checkpoints_cut_short_while_saving(tiny_base_model, tmp_pa
     out = tmp_path / "run"
     first: list[str] = []
     with pytest.raises(_Stop):
-        adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[],
-                      progress=_stop_after_checkpoint(2, first), checkpoint_every=1)
+        adapt_encoder(
+            recipe,
+            out,
+            corpus=CORPUS,
+            general=[],
+            task_texts=[],
+            progress=_stop_after_checkpoint(2, first),
+            checkpoint_every=1,
+        )
     checkpoints = out / "checkpoints" / "dapt"
     assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
     # checkpoint-3: weights written, killed before the state; checkpoint-4: killed inside the state file
@@ -549,8 +556,9 @@ def test_resume_skips_checkpoints_cut_short_while_saving(tiny_base_model, tmp_pa
     (checkpoints / "checkpoint-4" / "trainer_state.json").write_text(state[: len(state) // 2])
 
     lines: list[str] = []
-    result = adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[],
-                           progress=lines.append, checkpoint_every=1)
+    result = adapt_encoder(
+        recipe, out, corpus=CORPUS, general=[], task_texts=[], progress=lines.append, checkpoint_every=1
+    )
     assert any("checkpoint-4 is incomplete" in line for line in lines)
     assert any("checkpoint-3 is incomplete" in line for line in lines)
     assert any("resumed from checkpoint-2" in line for line in lines)

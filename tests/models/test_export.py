@@ -50,7 +50,9 @@ def exported(classifier_dir, tmp_path_factory) -> ExportResult:
         task="classification",
         labels=LABELS,
         max_length=32,
-        config=ExportConfig(variants=["fp32", "int8", "fp16"], min_label_agreement=0.5, max_accuracy_drop=1.0),
+        config=ExportConfig(
+            variants=["fp32", "int8", "fp16"], min_label_agreement=0.5, max_accuracy_drop=1.0
+        ),
         parity_texts=TEXTS,
         parity_labels=["billing", "outage", "praise", "praise"],
         progress=messages.append,
@@ -129,7 +131,9 @@ def test_a_variant_that_fails_parity_is_dropped_from_serving_with_its_numbers(
     assert set(result.variants) == {"fp32"} and result.preferred_cpu_variant == "fp32"
     assert not (tmp_path / "out" / "onnx" / "int8").exists()  # nothing left for the service to load
     spec = ServingSpec.read(tmp_path / "out")
-    assert spec.variants == {"fp32": "onnx/fp32/model.onnx"} and spec.extra["dropped_variants"] == result.dropped
+    assert (
+        spec.variants == {"fp32": "onnx/fp32/model.onnx"} and spec.extra["dropped_variants"] == result.dropped
+    )
     report = json.loads((tmp_path / "out" / "reports" / "parity.json").read_text())
     assert report["dropped"] == result.dropped and report["served"] == ["fp32"]
     assert report["variants"]["int8"]["passed"] is False and "label_agreement" in report["variants"]["int8"]

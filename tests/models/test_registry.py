@@ -131,7 +131,9 @@ def test_register_list_get_writes_manifest_evidence_and_card(registry, bundle):
     assert (first.version, second.version) == (1, 2)
     # One folder per row (version + token), so no other registration can ever write or delete it.
     assert first.path.parent == registry.artifact_root / "finsent" and first.status == "ready"
-    assert re.fullmatch(r"1-[0-9a-f]{12}", first.path.name) and re.fullmatch(r"2-[0-9a-f]{12}", second.path.name)
+    assert re.fullmatch(r"1-[0-9a-f]{12}", first.path.name) and re.fullmatch(
+        r"2-[0-9a-f]{12}", second.path.name
+    )
     manifest = json.loads((first.path / "manifest.json").read_text())
     assert {
         "serving.json",
