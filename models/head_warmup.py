@@ -291,11 +291,10 @@ def warm_up_head(
         for step in range(1, steps + 1):
             rows = mlm_batches.next().to(hidden.device)
             loss = torch.nn.functional.cross_entropy(head(hidden[rows]).float(), labels[rows])
-            if nsp_batches is not None:
+            if nsp_batches is not None and nsp_head is not None:  # both set, or neither
                 pairs = nsp_batches.next().to(pooled.device)
                 loss = loss + torch.nn.functional.cross_entropy(
-                    nsp_head(pooled[pairs]).float(),
-                    nsp_labels[pairs],  # type: ignore[misc]  # set with nsp_batches
+                    nsp_head(pooled[pairs]).float(), nsp_labels[pairs]
                 )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
