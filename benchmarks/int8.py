@@ -7,7 +7,7 @@
 For each task it needs a fine-tuned checkpoint: ``--model`` / ``--ner-model``, or it fine-tunes the shipped
 MiniLM itself (``--train-rows`` tweets for ``--epochs``; ``--ner-rows`` BC5CDR sentences for 1 epoch) and caches
 the result under ``--out``. The checkpoint is exported once with Optimum (plain graph + fp32 O2, exactly as
-``models.export`` does); every option then re-quantizes the plain graph with ``models.export.quantize_int8``
+``models.export.onnx`` does); every option then re-quantizes the plain graph with ``models.export.onnx.quantize_int8``
 (static QDQ with ``onnxruntime.quantization.quantize_static``, calibrated on training texts, not eval ones) and is
 scored the way the export judges parity: through the serving predictor (services/predictor.py) at batch sizes
 1 and 32, against PyTorch's labels; the worst batch size counts. Latency: ms per text through the same
@@ -207,8 +207,7 @@ def run_task(
         AutoTokenizer,
     )
 
-    from models.bundle import ServingSpec
-    from models.export import (
+    from models.export.onnx import (
         _optimize,
         _optimum_export,
         compare_variants,
@@ -216,6 +215,7 @@ def run_task(
         quantize_int8,
     )
     from models.recipe import ExportConfig
+    from models.registry.bundle import ServingSpec
 
     if work.exists():
         shutil.rmtree(work)

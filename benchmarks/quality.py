@@ -233,10 +233,10 @@ def onnx_scores(bundle: Path, texts: list[str], gold: list[str]) -> dict[str, di
 
 def read_results(recipe_path: Path, home: Path) -> dict[str, Any]:
     """Metrics of the version the run registered (evidence) and of its ONNX variants on the same split."""
-    from models.bundle import ServingSpec
     from models.data import load_task_data
     from models.recipe import load_recipe
-    from models.registry import Registry
+    from models.registry.bundle import ServingSpec
+    from models.registry.store import Registry
 
     registry = Registry(url=f"sqlite:///{home / 'registry.db'}", artifact_root=home / "artifacts")
     version = registry.get_version(MODEL_NAME)

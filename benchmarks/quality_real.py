@@ -185,7 +185,7 @@ def apply_overrides(recipe: dict, overrides: dict[str, Any]) -> dict:
 def dapt_run(name: str, recipe: dict, out: Path) -> dict[str, Any]:
     """``dapt run`` in a private DAPT_HOME; what the registered version's evidence says."""
     from benchmarks.quality import run_pipeline, write_recipe
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ def _fine_tune(checkpoint_out: Path, quick: bool, threads: int, epochs: int) -> 
 def build_bundle(quick: bool, threads: int, epochs: int = 2) -> Path:
     """A cached bundle under DAPT_HOME/bench/: MiniLM fine-tuned briefly on the sample sentiment data and
     exported with int8 + parity on the held-out rows (quick: a tiny random BERT, fp32 + int8)."""
-    from models.export import export_bundle
+    from models.export.onnx import export_bundle
     from models.recipe import ExportConfig
 
     recipe = f"{quick}-{MAX_LENGTH}-{epochs}-v2".encode()
@@ -177,7 +177,7 @@ def resolve_bundle(args: argparse.Namespace) -> tuple[Path, str, str]:
         spec = json.loads((args.bundle / "serving.json").read_text(encoding="utf-8"))
         return args.bundle.resolve(), spec["name"], "bundle"
     if args.registry_name:
-        from models.registry import Registry, RegistryError
+        from models.registry.store import Registry, RegistryError
 
         try:
             registry = Registry()

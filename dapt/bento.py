@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.bundle import MANIFEST, ONNX_DIR, REPORTS_DIR, SERVING_SPEC, TOKENIZER_DIR, ServingSpec
 from models.hashing import update_with_file
+from models.registry.bundle import MANIFEST, ONNX_DIR, REPORTS_DIR, SERVING_SPEC, TOKENIZER_DIR, ServingSpec
 from models.settings import stack_environment
 
 logger = logging.getLogger(__name__)

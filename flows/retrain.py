@@ -117,7 +117,7 @@ def export_onnx(recipe: Recipe, model_dir: str, out_dir: Path) -> dict:
 
 @task(name="register-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def register_version(name: str, bundle_dir: str, evidence: dict, idempotency_key: str) -> dict:
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     # The key is the same for every retry of this task in this run: a retry after an error that came once the
     # version was already committed returns that version instead of registering a duplicate.
@@ -132,7 +132,7 @@ def registration_key(flow_run_id: Any, run_dir: Path) -> str:
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_version(recipe: Recipe, version: int) -> dict:
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     decision = Registry().promote(recipe.name, version, alias=recipe.gate.alias, gate=recipe.gate)
     get_run_logger().info(decision.summary())
@@ -140,7 +140,7 @@ def promote_version(recipe: Recipe, version: int) -> dict:
 
 
 def production_evidence(recipe: Recipe) -> dict | None:
-    from models.registry import Registry, RegistryError
+    from models.registry.store import Registry, RegistryError
 
     try:
         current = Registry().get_version(recipe.name, alias=recipe.gate.alias)

@@ -35,7 +35,7 @@ BENTO_REQUIREMENTS = {
 }
 PROJECT = "dapt"
 EXTRAS = ("test", "dev")
-# What the serving process imports (services/, models/registry.py); bentoml is what BentoML adds itself.
+# What the serving process imports (services/, models/registry/store.py); bentoml is what BentoML adds itself.
 SERVING_ROOTS = ("bentoml", "tokenizers", "numpy", "pydantic", "sqlalchemy", "psycopg[binary]")
 # The last onnxruntime-gpu release built for CUDA 12 + cuDNN 9 (checked on the wheels: libcublas.so.12 up to
 # 1.26, .so.13 from 1.27); BentoML has no CUDA 13 base image.

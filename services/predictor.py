@@ -4,7 +4,7 @@
     predictor.classify(["great product"])           # [{"label", "score", "scores": {label: p}}]
     predictor.entities(["Aspirin eases headache"])  # [[{"text", "label", "start", "end", "score"}]]
 
-Only onnxruntime, tokenizers, numpy and the standard library are imported (plus models.bundle, stdlib-only).
+Only onnxruntime, tokenizers, numpy and the standard library are imported (plus models.registry.bundle, stdlib-only).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import (
+from models.hashing import file_sha256
+from models.registry.bundle import (
     MANIFEST,
     SERVING_SPEC,
     TOKENIZER_DIR,
@@ -25,7 +26,6 @@ from models.bundle import (
     ServingSpec,
     resolve_in_bundle,
 )
-from models.hashing import file_sha256
 from models.settings import THREADS_ENV, env_number
 
 logger = logging.getLogger(__name__)

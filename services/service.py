@@ -410,7 +410,7 @@ def _wait_ms_env() -> float:
 def _alias_target(name: str, alias: str, bundle_dir: Path, version: str) -> tuple[Path, str]:
     """The alias's version in the registry now (checksums verified), or the start-up folder when the registry
     cannot say (the alias poller catches up once it can)."""
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     log = logging.getLogger("dapt.service")
     try:
@@ -427,7 +427,7 @@ def _alias_target(name: str, alias: str, bundle_dir: Path, version: str) -> tupl
 
 
 def _bundle_name_and_version(bundle_dir: Path) -> tuple[str, str]:
-    from models.bundle import ServingSpec
+    from models.registry.bundle import ServingSpec
 
     spec = ServingSpec.read(bundle_dir)
     return spec.name, str(spec.extra.get("version", "unversioned"))

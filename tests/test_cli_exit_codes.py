@@ -167,7 +167,7 @@ def test_artifact_keys_are_valid_for_model_names_with_underscores():
 def test_export_refuses_a_registered_version_or_a_foreign_folder_and_replaces_an_earlier_export(
     refused_run, tmp_path
 ):
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     home, recipe = refused_run["home"], str(refused_run["recipe"])
     assert refused_run["result"].returncode == 3, refused_run["result"].stderr[-3000:]
@@ -205,7 +205,7 @@ def test_export_refuses_a_registered_version_or_a_foreign_folder_and_replaces_an
 
 
 def test_a_copied_version_folder_outside_the_store_is_refused_too(tmp_path):
-    from models.export import ExportError, check_export_target
+    from models.export.onnx import ExportError, check_export_target
 
     copied = tmp_path / "copy-of-v3"
     copied.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import Registry
+from models.registry.store import Registry
 from tests.models.test_registry import make_bundle, make_evidence
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,8 +19,9 @@ def prefect_harness():
 
 
 def test_flow_registers_promotes_and_serves_over_http(tmp_path, sample_dir, tiny_base_model, prefect_harness):
-    from dapt.cli import UserError, run_recipe
-    from models.registry import Registry
+    from dapt.cli.app import run_recipe
+    from dapt.cli.common import UserError
+    from models.registry.store import Registry
     from services.launcher import free_port, start_server, stop_server, wait_ready
 
     recipe = write_tiny_recipe(tmp_path / "run", sample_dir, tiny_base_model)

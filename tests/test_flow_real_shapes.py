@@ -35,8 +35,8 @@ def _one_type(conll: Path, keep: str) -> None:
 def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
     tmp_path, sample_dir, tiny_base_model, prefect_harness
 ):
-    from dapt.cli import run_recipe
-    from models.registry import Registry
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
     from services.predictor import OnnxPredictor
 
     # its own model name: other tests register "tinyner" with four types, whose label profile would drift
@@ -76,9 +76,9 @@ def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
 def test_int8_failing_parity_is_dropped_reported_and_does_not_block_promotion(
     tmp_path, sample_dir, tiny_base_model, prefect_harness, monkeypatch
 ):
-    import models.export as export
-    from dapt.cli import run_recipe
-    from models.registry import Registry
+    import models.export.onnx as export
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
     from services.predictor import OnnxPredictor
 
     real = export._parity_failures

@@ -23,8 +23,8 @@ def prefect_harness():
 def test_ner_flow_serves_entities_with_character_offsets(
     tmp_path, sample_dir, tiny_base_model, prefect_harness
 ):
-    from dapt.cli import run_recipe
-    from models.registry import Registry
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
     from services.launcher import free_port, start_server, stop_server, wait_ready
 
     summary = run_recipe(write_tiny_ner_recipe(tmp_path / "ner", sample_dir, tiny_base_model))
@@ -68,8 +68,8 @@ def test_ner_flow_serves_entities_with_character_offsets(
 def test_adaptation_strategies_reach_a_served_prediction(
     tmp_path, sample_dir, tiny_base_model, prefect_harness, name, adapt
 ):
-    from dapt.cli import run_recipe
-    from models.registry import Registry
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
     from services.predictor import OnnxPredictor
 
     recipe = write_tiny_recipe(tmp_path / name, sample_dir, tiny_base_model, name=f"tiny-{name}", adapt=adapt)
@@ -84,7 +84,7 @@ def test_flow_fine_tunes_the_base_when_adaptation_does_not_help_and_says_so(
 ):
     from flows.retrain import retrain
     from models.recipe import load_recipe
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     path = write_tiny_recipe(
         tmp_path / "r", sample_dir, tiny_base_model, name="gainflow", adapt={"min_gain": 2.0}

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import typer
 
-from dapt.cli_common import UserError, console, err, read_recipe
-from dapt.cli_stages import register as register_stage_commands
-from dapt.cli_ui import register as register_ui_command
+from dapt.cli.common import UserError, console, err, read_recipe
+from dapt.cli.stages import register as register_stage_commands
+from dapt.cli.ui import register as register_ui_command
+from dapt.cli.versions import models_app
 from dapt.exit_codes import ExitCode
 from models.settings import configure_environment
 from services.launcher import (
@@ -147,7 +148,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/
 
 
 def _production_profile(name: str) -> dict | None:
-    from models.registry import Registry, RegistryError
+    from models.registry.store import Registry, RegistryError
 
     try:
         version = Registry().get_version(name, alias="production")
@@ -157,7 +158,7 @@ def _production_profile(name: str) -> dict | None:
 
 
 def _resolve_served_version(name: str | None, alias: str, version: int | None):
-    from models.registry import Registry, RegistryError
+    from models.registry.store import Registry, RegistryError
 
     registry = Registry()
     try:
@@ -297,17 +298,7 @@ def schedule(
         raise UserError(str(exc)) from None
 
 
-def _mount_models() -> None:
-    try:
-        from dapt.cli_models import models_app
-    except ImportError:  # the registry commands are optional until dapt/cli_models.py exists
-        return
-    app.add_typer(models_app, name="models", help="List, inspect, promote and roll back registered versions.")
-
-
-_mount_models()
-
-
+app.add_typer(models_app, name="models", help="List, inspect, promote and roll back registered versions.")
 register_stage_commands(app)
 register_ui_command(app)
 
@@ -373,8 +364,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # `python -m dapt.cli` runs this file as __main__; run the importable module's main instead, so the
-    # UserError that command modules import from dapt.cli is the one caught there.
-    from dapt import cli as _importable
-
-    _importable.main()
+    main()

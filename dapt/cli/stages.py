@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from dapt.cli_common import UserError, console, err, read_recipe, run_folder
+from dapt.cli.common import UserError, console, err, read_recipe, run_folder
 
 FLOAT_FORMAT = "{:.4f}"
 
@@ -44,16 +44,16 @@ def _print_numbers(title: str, numbers: dict) -> None:
 
 def _stage_errors() -> tuple[type[BaseException], ...]:
     """The stages' own exceptions: each says what is wrong and how to fix it, so one line is enough."""
-    from models.adapt import AdaptError
-    from models.augment import AugmentationError
     from models.data import DataError
-    from models.evaluate import EvaluationError
-    from models.export import ExportError
-    from models.finetune import FinetuneError
-    from models.head_warmup import HeadWarmupError
-    from models.scratch import ScratchConfigError
-    from models.search import SearchError
+    from models.evaluation.evaluate import EvaluationError
+    from models.export.onnx import ExportError
     from models.stages import StageInputError
+    from models.training.adapt import AdaptError
+    from models.training.augment import AugmentationError
+    from models.training.finetune import FinetuneError
+    from models.training.head_warmup import HeadWarmupError
+    from models.training.scratch import ScratchConfigError
+    from models.training.search import SearchError
 
     return (
         StageInputError,
@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
 
         Example: dapt export recipes/demo.yaml --model .dapt/stages/finetune --out .dapt/stages/bundle
         """
-        from models.export import check_export_target
+        from models.export.onnx import check_export_target
         from models.stages import export_stage
 
         parsed = read_recipe(recipe)

@@ -1,13 +1,13 @@
 """`dapt ui`: the registry as a web page (services/ui), on loopback by default.
 
-Registered by dapt/cli.py with ``register_ui_command(app)``. Read-only unless DAPT_ADMIN_TOKEN is set.
+Registered by dapt/cli/app.py with ``register_ui_command(app)``. Read-only unless DAPT_ADMIN_TOKEN is set.
 """
 
 from __future__ import annotations
 
 import typer
 
-from dapt.cli_common import UserError, console
+from dapt.cli.common import UserError, console
 from models.settings import admin_token
 
 

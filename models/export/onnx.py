@@ -1,6 +1,6 @@
 """Export a fine-tuned checkpoint to the serving bundle: Optimum ONNX (fp32), int8 and fp16 variants, parity.
 
-The bundle layout is described in :mod:`models.bundle`. What happens, in order::
+The bundle layout is described in :mod:`models.registry.bundle`. What happens, in order::
 
     model_dir ─► optimum main_export (plain ONNX) ─► O2 graph optimisation ─► onnx/fp32
                                                   ─► dynamic int8 (ORTQuantizer) ─► onnx/int8
@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from models.bundle import (
+from models.recipe import ExportConfig
+from models.registry.bundle import (
     MANIFEST,
     ONNX_DIR,
     PYTORCH_DIR,
@@ -40,7 +41,6 @@ from models.bundle import (
     TOKENIZER_DIR,
     ServingSpec,
 )
-from models.recipe import ExportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ FP16_NOT_CHECKED = "not checked on this device"
 PARITY_CHUNK = 32  # rows per PyTorch forward pass for the reference logits: memory stays bounded
 # Every finished export writes both; a folder holding them is an earlier export that may be replaced.
 EXPORT_MARKERS = (SERVING_SPEC, f"{REPORTS_DIR}/{PARITY_REPORT}")
-# Written only by the registry into a version folder (models/registry.py); such a folder is never an --out.
+# Written only by the registry into a version folder (models/registry/store.py); such a folder is never an --out.
 REGISTRY_EVIDENCE = "evidence.json"
 
 

@@ -19,7 +19,7 @@ DEFAULT_INTENDED_USE = (
     "Domain-specific text {task} for the data the recipe describes. Not evaluated outside that domain or "
     "language; check the data fingerprint and metrics before reusing it elsewhere."
 )
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 PIPELINE_TAGS = {"classification": "text-classification", "ner": "token-classification"}
 # The base encoders we ship, by the folder or package they are loaded from -> their Hub id.
 KNOWN_BASES = {

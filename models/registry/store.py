@@ -6,7 +6,7 @@ What it stores
   first use): ``versions`` (one row per version: status, metrics and evidence as JSON, manifest digest),
   ``aliases`` (name, alias -> version) and ``alias_events`` (the append-only audit log of every alias move,
   with its reason, gate decision, actor and time; refused promotions are logged too).
-* Artifact store: ``<artifact_root>/<name>/<version>/`` holds a copy of the serving bundle (models/bundle.py)
+* Artifact store: ``<artifact_root>/<name>/<version>/`` holds a copy of the serving bundle (models/registry/bundle.py)
   plus ``manifest.json`` (sha256 + size of every file), ``evidence.json`` and a generated model card ``README.md``.
 
 Guarantees
@@ -47,7 +47,7 @@ which is fine because visibility is decided by the row's ``ready`` status, not b
 
 Usage::
 
-    from models.registry import Registry
+    from models.registry.store import Registry
     registry = Registry()                                   # models.settings URLs
     mv = registry.register("finsent", bundle_dir, evidence)  # -> ModelVersion(version=1, ...)
     registry.promote("finsent", mv.version)                 # -> GateDecision; moves `production` if passed
@@ -100,17 +100,17 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from models.bundle import (
+from models.hashing import CHUNK as _CHUNK
+from models.hashing import file_sha256
+from models.registry.bundle import (
     MANIFEST,
     SERVING_SPEC,
     BundlePathError,
     ServingSpec,
     check_bundle_path,
 )
-from models.gate import GateDecision, decide
-from models.hashing import CHUNK as _CHUNK
-from models.hashing import file_sha256
-from models.modelcard import render_model_card
+from models.registry.gate import GateDecision, decide
+from models.registry.modelcard import render_model_card
 
 if TYPE_CHECKING:
     from models.recipe import GateConfig
@@ -456,7 +456,7 @@ def _scan_bundle(bundle: Path) -> list[str]:
         raise BundleError(f"bundle folder {bundle} does not exist; pass the export stage's bundle directory")
     if not (bundle / SERVING_SPEC).is_file():
         raise BundleError(
-            f"{bundle} is not a serving bundle: {SERVING_SPEC} is missing (see models/bundle.py for the layout)"
+            f"{bundle} is not a serving bundle: {SERVING_SPEC} is missing (see models/registry/bundle.py for the layout)"
         )
     found, links = _walk(bundle)
     if links:
@@ -472,7 +472,7 @@ def _scan_bundle(bundle: Path) -> list[str]:
         variants = _serving_variants(bundle / SERVING_SPEC)
         ServingSpec.read(bundle)
     except (BundlePathError, TypeError) as error:
-        raise BundleError(f"{bundle}: {error}; fix {SERVING_SPEC} (see models/bundle.py)") from error
+        raise BundleError(f"{bundle}: {error}; fix {SERVING_SPEC} (see models/registry/bundle.py)") from error
     missing = [f"{variant} -> {rel}" for variant, rel in sorted(variants.items()) if rel not in files]
     if missing:
         raise BundleError(

@@ -3,10 +3,10 @@
 ``adapt_encoder`` trains with the Hugging Face ``Trainer`` (accelerate underneath) and the library's MLM
 collator (15% masking, 80/10/10; whole-word masking optional), dynamic padding and length-grouped batches.
 A held-out share of the domain text is scored every evaluation interval; early stopping keeps the best
-checkpoint. Forgetting is measured before and after on general text with fixed masks (models/forgetting.py).
+checkpoint. Forgetting is measured before and after on general text with fixed masks (models/training/forgetting.py).
 
 A base that ships no MLM head (all-MiniLM-L6-v2) gets a random one; it is first trained alone, encoder frozen, on
-domain + general text (``adapt.head_warmup_steps``, models/head_warmup.py), and only then is "before" measured,
+domain + general text (``adapt.head_warmup_steps``, models/training/head_warmup.py), and only then is "before" measured,
 so the forgetting delta compares two real heads and adaptation starts from useful gradients. ``scratch`` has no
 pretrained model to forget: it reports general loss after only, and ``forgetting_delta`` is None.
 
@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.forgetting import MEASURE_LIMIT, masked_lm_loss, pseudo_perplexity, split_general
-from models.head_warmup import (
+from models.training.forgetting import MEASURE_LIMIT, masked_lm_loss, pseudo_perplexity, split_general
+from models.training.head_warmup import (
     HeadWarmupError,
     HeadWarmupResult,
     head_parameter_names,
@@ -887,7 +887,7 @@ def _curves(
     strategy: str,
     head_warmup: HeadWarmupResult | None = None,
 ) -> Path:
-    from models.plots import plot_curves
+    from models.evaluation.plots import plot_curves
 
     series: dict[str, list[tuple[float, float]]] = {}
     if head_warmup is not None:  # drawn before step 0: it happens before adaptation and before "before"
@@ -940,7 +940,7 @@ def _load_start(recipe: Recipe, out_dir: Path, corpus: list[str], task: list[str
 
     adapt = recipe.adapt
     if adapt.strategy == "scratch":
-        from models.scratch import ScratchConfigError, load_or_train_tokenizer, scratch_bert_config
+        from models.training.scratch import ScratchConfigError, load_or_train_tokenizer, scratch_bert_config
 
         tokenizer = load_or_train_tokenizer(
             corpus + task,

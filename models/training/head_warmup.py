@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.forgetting import mlm_head
+from models.training.forgetting import mlm_head
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

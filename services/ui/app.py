@@ -1,6 +1,6 @@
 """The registry UI as a Starlette app: models, versions, evidence, diffs, audit log, validation and run reports.
 
-Every page is rendered on the server from the same registry the CLI uses (``models.registry.Registry``);
+Every page is rendered on the server from the same registry the CLI uses (``models.registry.store.Registry``);
 nothing is fetched from outside the machine (one local stylesheet, images served from the version folder,
 a Content-Security-Policy that allows only this origin). Files are served only when the manifest lists them
 and their sha256 still matches (the manifest itself is checked against the database first).
@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from models import settings
 from models.htmlpage import STYLE, markdown_to_html, split_front_matter
-from models.registry import (
+from models.registry.store import (
     MODEL_CARD,
     ChecksumError,
     ModelNotFound,
@@ -136,7 +136,7 @@ def table_columns(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 def adaptation_gain(evidence: dict[str, Any]) -> dict[str, Any] | None:
     """What adaptation did: the domain MLM loss before/after, and its measured gain on the task (the base vs
-    the adapted encoder, models/adaptation_gain.py) with which encoder was kept, when measured."""
+    the adapted encoder, models/evaluation/adaptation_gain.py) with which encoder was kept, when measured."""
     forgetting = evidence.get("forgetting") or {}
     before, after = forgetting.get("domain_loss_before"), forgetting.get("domain_loss_after")
     task = evidence.get("adaptation_gain") or None

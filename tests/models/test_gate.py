@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from models.gate import GateDecision, decide
 from models.recipe import GateConfig
+from models.registry.gate import GateDecision, decide
 
 GOOD = {
     "metrics": {"macro_f1": 0.82, "accuracy": 0.85, "eval_loss": 0.4},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from models.modelcard import SYNTHETIC_NOTE, render_model_card, uses_sample_data
+from models.registry.modelcard import SYNTHETIC_NOTE, render_model_card, uses_sample_data
 from tests.models.test_registry import make_evidence
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.registry import (
+from models.registry.store import (
     ArchivedVersion,
     BundleError,
     ChecksumError,
@@ -287,7 +287,7 @@ def test_bundle_whose_serving_spec_points_outside_or_nowhere_is_refused(
 def _tamper_registered(registry: Registry, version, change) -> None:
     """Edit a registered folder the way a registry without these checks could have stored it: files changed,
     manifest and its digest in the database updated to match."""
-    from models.registry import _sha256
+    from models.registry.store import _sha256
 
     root = version.path
     for path in [root, *root.rglob("*")]:
@@ -353,8 +353,8 @@ def test_a_bundle_without_a_manifest_is_refused(make_registry, bundle):
 
 
 def test_serving_side_checks_go_through_the_same_rules(tmp_path):
-    """The service reads bundles through models.bundle (no registry needed): the same path rules apply."""
-    from models.bundle import BundlePathError, ServingSpec
+    """The service reads bundles through models.registry.bundle (no registry needed): the same path rules apply."""
+    from models.registry.bundle import BundlePathError, ServingSpec
     from services.predictor import ChecksumError as ServingChecksumError
     from services.predictor import verify_manifest
 

@@ -15,7 +15,7 @@ MINIMAL_EVIDENCE = {"metrics": {"macro_f1": 0.5}, "parity": {}, "validation": {"
 def tmp_registry(root: Path):
     """A registry of its own (database + artifacts under ``root``); a served process sees the same one through
     DAPT_REGISTRY_URL / DAPT_ARTIFACT_ROOT (see :func:`registry_env`)."""
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     return Registry(f"sqlite:///{root / 'registry.db'}", root / "artifacts")
 

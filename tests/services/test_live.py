@@ -324,7 +324,7 @@ def test_serving_process_never_imports_torch_or_transformers(classifier_bundle):
         service = DaptService()
         assert len(asyncio.run(service.classify(texts=["hello there"])).predictions) == 1
         OnnxPredictor(os.environ["DAPT_BUNDLE_DIR"]).classify(["again"])
-        import models.registry  # what a reload imports
+        import models.registry.store  # what a reload imports
         service.slot.stop()
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum"))
         print(json.dumps({{"heavy": heavy, "bentoml": "bentoml" in sys.modules}}))
@@ -380,12 +380,12 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
         p.relative_to(dockerfile.parents[2] / "src").as_posix()
         for p in (dockerfile.parents[2] / "src").rglob("*.py")
     }
-    assert "services/service.py" in sources and "models/bundle.py" in sources
-    assert "models/export.py" not in sources  # no training code in the image
+    assert "services/service.py" in sources and "models/registry/bundle.py" in sources
+    assert "models/export/onnx.py" not in sources  # no training code in the image
     assert {
         "services/guard.py",
         "services/reloader.py",
-        "models/registry.py",
+        "models/registry/store.py",
         "models/settings.py",
     } <= sources
     # The generated Dockerfile creates a `bentoml` user and switches to it before the entrypoint: not root.
