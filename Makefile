@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 export DAPT_HOME ?= $(CURDIR)/.dapt
 
-.PHONY: demo test setup lint bench clean lock
+.PHONY: demo test setup lint check bench clean lock
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# What CI runs before the tests: lint, formatting and types must all be clean (mypy's files: pyproject.toml).
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/validate.py

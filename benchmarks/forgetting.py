@@ -6,10 +6,10 @@ much replay and layer freezing give back, against an uncurbed baseline in the sa
     .venv/bin/python benchmarks/forgetting.py --demo                   # also time the demo recipe's adaptation
     .venv/bin/python benchmarks/forgetting.py --quick                  # tiny model, 3 steps (smoke test)
 
-Every configuration runs ``models.adapt.adapt_encoder`` (strategy dapt) on ``data/sample/corpus.txt`` with
+Every configuration runs ``models.training.adapt.adapt_encoder`` (strategy dapt) on ``data/sample/corpus.txt`` with
 ``data/sample/general.txt`` as general text, from the same seed, so all are measured on the same held-out domain
 documents and the same general sentences with the same fixed masks, through the same warmed-up MLM head (the
-base ships none: see models/head_warmup.py). The head is warmed up once and copied to the other configurations
+base ships none: see models/training/head_warmup.py). The head is warmed up once and copied to the other configurations
 (its fingerprint covers only what shapes it, not the curbs). Configurations:
 
 - ``baseline``: no curb (replay_fraction 0, freeze_layers 0)
@@ -124,7 +124,7 @@ def _phases(marks: dict[str, float], wall: float) -> dict[str, float | None]:
 
 
 def run_configuration(name, base, adapt, corpus, general, out: Path, seed: int, warm_head: Path | None):
-    from models.adapt import HEAD_WARMUP_DIR, adapt_encoder
+    from models.training.adapt import HEAD_WARMUP_DIR, adapt_encoder
 
     out.mkdir(parents=True, exist_ok=True)
     if warm_head is not None and warm_head.is_dir() and not (out / HEAD_WARMUP_DIR).exists():
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from dapt.settings import dapt_home
+    from models.settings import dapt_home
 
     if args.threads:
         torch.set_num_threads(args.threads)

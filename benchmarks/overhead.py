@@ -26,13 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "demo.yaml")
-    parser.add_argument("--home", type=Path, default=None, help="DAPT_HOME for the run (default: a new temp dir)")
+    parser.add_argument(
+        "--home", type=Path, default=None, help="DAPT_HOME for the run (default: a new temp dir)"
+    )
     args = parser.parse_args(argv)
 
     home = args.home or Path(tempfile.mkdtemp(prefix="dapt-overhead-"))
     os.environ["DAPT_HOME"] = str(home)
     sys.path.insert(0, str(REPO))
-    from dapt.settings import configure_environment
+    from models.settings import configure_environment
 
     configure_environment()
     from models.recipe import load_recipe
@@ -52,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
     stages = {}
     for run in task_runs:
         name = run.name.rsplit("-", 1)[0]

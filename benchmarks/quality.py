@@ -165,7 +165,7 @@ def run_pipeline(recipe_path: Path, home: Path, log_path: Path) -> dict[str, Any
     Stage times come from the moment each Prefect task run's "Finished in state" line arrives: a stage's
     time is the gap since the previous stage finished (the first since the flow run started).
     """
-    from dapt.settings import stack_environment
+    from models.settings import stack_environment
 
     env = os.environ | stack_environment(home)  # overrides any DAPT/Prefect/BentoML home of the caller
     dapt = Path(sys.executable).with_name("dapt")
@@ -233,10 +233,10 @@ def onnx_scores(bundle: Path, texts: list[str], gold: list[str]) -> dict[str, di
 
 def read_results(recipe_path: Path, home: Path) -> dict[str, Any]:
     """Metrics of the version the run registered (evidence) and of its ONNX variants on the same split."""
-    from models.bundle import ServingSpec
     from models.data import load_task_data
     from models.recipe import load_recipe
-    from models.registry import Registry
+    from models.registry.bundle import ServingSpec
+    from models.registry.store import Registry
 
     registry = Registry(url=f"sqlite:///{home / 'registry.db'}", artifact_root=home / "artifacts")
     version = registry.get_version(MODEL_NAME)
@@ -324,7 +324,7 @@ def judge(results: dict[str, Any], wall_seconds: float) -> dict[str, dict[str, A
 
 def torch_threads(home: Path) -> int | None:
     """Threads torch uses in a child with the same environment as the run (defaults to the core count)."""
-    from dapt.settings import stack_environment
+    from models.settings import stack_environment
 
     probe = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
@@ -386,13 +386,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS} rows, tiny BERT, a few steps")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a new temp folder)")
-    parser.add_argument("--synthetic", action="store_true", help="the generated FPB-style set instead of real data")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="the generated FPB-style set instead of real data"
+    )
     real = parser.add_argument_group("real data (default mode)")
     real.add_argument("--data-dir", type=Path, default=None, help="folder of the real sets ($DAPT_REAL_DATA)")
     real.add_argument("--task", choices=["sentiment", "ner", "both"], default="both")
     real.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
     real.add_argument("--train-rows", type=int, default=5000, help="tweets train rows (stratified sample)")
-    real.add_argument("--corpus", choices=sorted(CORPORA), default="headlines", help="sentiment's domain corpus")
+    real.add_argument(
+        "--corpus", choices=sorted(CORPORA), default="headlines", help="sentiment's domain corpus"
+    )
     real.add_argument("--ner-types", default="Disease", help="BC5CDR entity types kept (comma-separated)")
     args = parser.parse_args(argv)
     if not (args.synthetic or args.quick):

@@ -185,7 +185,7 @@ def apply_overrides(recipe: dict, overrides: dict[str, Any]) -> dict:
 def dapt_run(name: str, recipe: dict, out: Path) -> dict[str, Any]:
     """``dapt run`` in a private DAPT_HOME; what the registered version's evidence says."""
     from benchmarks.quality import run_pipeline, write_recipe
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -272,8 +272,10 @@ def plain_run(task: str, prepared: dict, out: Path, base: Path) -> dict[str, Any
         from seqeval.metrics import classification_report, f1_score
         from seqeval.scheme import IOB2
 
+        from models.data import ner_tag_set
+
         types = prepared["recipe"]["data"]["labels"]
-        tags = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+        tags = ner_tag_set(types)
         predicted, seconds = plain_baseline.ner(
             base, prepared["train"], [w for w, _ in prepared["test"]], tags, out / "plain"
         )

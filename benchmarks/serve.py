@@ -64,7 +64,7 @@ TARGET_COLD_START_S = 10.0
 
 
 def bench_dir() -> Path:
-    from dapt.settings import dapt_home
+    from models.settings import dapt_home
 
     return dapt_home() / "bench"
 
@@ -132,7 +132,7 @@ def _fine_tune(checkpoint_out: Path, quick: bool, threads: int, epochs: int) -> 
 def build_bundle(quick: bool, threads: int, epochs: int = 2) -> Path:
     """A cached bundle under DAPT_HOME/bench/: MiniLM fine-tuned briefly on the sample sentiment data and
     exported with int8 + parity on the held-out rows (quick: a tiny random BERT, fp32 + int8)."""
-    from models.export import export_bundle
+    from models.export.onnx import export_bundle
     from models.recipe import ExportConfig
 
     recipe = f"{quick}-{MAX_LENGTH}-{epochs}-v2".encode()
@@ -177,7 +177,7 @@ def resolve_bundle(args: argparse.Namespace) -> tuple[Path, str, str]:
         spec = json.loads((args.bundle / "serving.json").read_text(encoding="utf-8"))
         return args.bundle.resolve(), spec["name"], "bundle"
     if args.registry_name:
-        from models.registry import Registry, RegistryError
+        from models.registry.store import Registry, RegistryError
 
         try:
             registry = Registry()
@@ -194,7 +194,7 @@ def resolve_bundle(args: argparse.Namespace) -> tuple[Path, str, str]:
 
 
 def start_ours(bundle: Path, name: str, version: str, port: int, log: Path) -> subprocess.Popen:
-    from dapt.cli import start_server
+    from services.launcher import start_server
 
     return start_server(bundle, name, version, "127.0.0.1", port, log=log)  # type: ignore[arg-type]
 
@@ -231,7 +231,7 @@ def start_and_wait(label: str, start, texts: list[str], args: argparse.Namespace
     """Start a server, time process start to /readyz 200 (the cold start), check one answer, warm it up."""
     import httpx
 
-    from dapt.cli import UserError, free_port, stop_server, wait_ready
+    from services.launcher import ServerError, free_port, stop_server, wait_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -241,7 +241,7 @@ def start_and_wait(label: str, start, texts: list[str], args: argparse.Namespace
     try:
         try:
             wait_ready(url, server.process, timeout_s=args.ready_timeout)
-        except UserError as exc:
+        except ServerError as exc:
             raise BenchmarkError(f"{label} did not start: {exc}\n--- {log} ---\n{log_tail(log)}") from None
         server.cold_start_s = time.perf_counter() - started
         say(f"{label}: ready after {server.cold_start_s:.1f} s")
@@ -439,7 +439,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from dapt.settings import configure_environment
+    from models.settings import configure_environment
 
     configure_environment()
     started = time.perf_counter()
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ["DAPT_ORT_THREADS"] = str(args.threads)
         logs = out_dir / "logs"
-        from dapt.cli import stop_server
+        from services.launcher import stop_server
 
         running: list[RunningServer] = []
         try:

@@ -6,7 +6,7 @@
 
 Configurations (both through the Hugging Face Trainer and the library MLM collator):
 - ``baseline``: TrainingArguments defaults (fp32, random batches) with every sequence padded to max_length.
-- ``ours``: what models/adapt.py does: dynamic padding, group_by_length, and on CUDA bf16 (fp16 where bf16 is
+- ``ours``: what models/training/adapt.py does: dynamic padding, group_by_length, and on CUDA bf16 (fp16 where bf16 is
   unsupported) with padding to a multiple of 8.
 - ``dynamic_fp32`` (CUDA only): dynamic padding + group_by_length in fp32, to separate the two effects.
 

@@ -93,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
-    from dapt.settings import stack_environment
+    from models.settings import stack_environment
 
     started = time.perf_counter()
     import great_expectations  # noqa: F401  -- import cost reported apart: paid once per process

@@ -4,7 +4,7 @@
     bento_tag, dockerfile = build_bento(tag)   # runs `bentoml build` from the repo root
 
 Only the files the service reads go into the BentoML model (not pytorch/). BentoML is imported inside the
-functions; the store lives under BENTOML_HOME (default DAPT_HOME/bentoml, see dapt.settings).
+functions; the store lives under BENTOML_HOME (default DAPT_HOME/bentoml, see models.settings).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dapt.settings import stack_environment
-from models.bundle import MANIFEST, ONNX_DIR, REPORTS_DIR, SERVING_SPEC, TOKENIZER_DIR, ServingSpec
+from models.hashing import update_with_file
+from models.registry.bundle import MANIFEST, ONNX_DIR, REPORTS_DIR, SERVING_SPEC, TOKENIZER_DIR, ServingSpec
+from models.settings import stack_environment
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,7 @@ def _digest(bundle_dir: Path, files: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.relative_to(bundle_dir).as_posix().encode())
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        update_with_file(digest, path)
     return digest.hexdigest()
 
 

@@ -173,9 +173,11 @@ class TokenCounter:
 
     def _measure(self, chunks: list[str]) -> None:
         """Cache (subword pieces, words, OOV words) per whitespace chunk; later calls reuse them."""
-        unk_id = self.tokenizer.token_to_id("[UNK]")
+        tokenizer = self.tokenizer
+        assert tokenizer is not None  # only called with a tokenizer
+        unk_id = tokenizer.token_to_id("[UNK]")
         for chunk, encoding in zip(
-            chunks, self.tokenizer.encode_batch(chunks, add_special_tokens=False), strict=True
+            chunks, tokenizer.encode_batch(chunks, add_special_tokens=False), strict=True
         ):
             per_word: dict[int | None, int] = {}
             for word_id, token_id in zip(encoding.word_ids, encoding.ids, strict=True):
@@ -259,7 +261,9 @@ def _leaks(normalised: pd.Series, split: pd.Series, non_empty: pd.Series) -> pd.
 
 
 def bio_tag_set(entity_types: list[str]) -> list[str]:
-    return ["O"] + [f"{prefix}-{kind}" for kind in entity_types for prefix in ("B", "I")]
+    from models.data import ner_tag_set
+
+    return ner_tag_set(list(entity_types))
 
 
 def bio_error(tags: list[str]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from expectations.derived import TokenCounter
@@ -42,25 +42,24 @@ def profile_data(
 
     counter = counter or TokenCounter(tokenizer_file)
     series = pd.Series(list(texts), dtype=object).fillna("").astype(str)
-    if lengths is None:
-        lengths = counter.count(series).tokens
-    lengths = np.asarray(lengths, dtype=float)
+    counted = counter.count(series).tokens if lengths is None else lengths
+    lengths_array = np.asarray(counted, dtype=float)
     oov_rate = None
     if counter.tokenizer is not None:
         step = max(1, len(series) // OOV_SAMPLE_ROWS)
         sample = counter.count(series.iloc[::step])
         oov_rate = float(sample.oov_words.sum() / sample.words.sum()) if sample.words.sum() else 0.0
     edges = [*LENGTH_BIN_EDGES, np.inf]
-    histogram = np.histogram(lengths, bins=edges)[0] if len(lengths) else np.zeros(len(edges) - 1)
-    shares = histogram / max(len(lengths), 1)
+    histogram = np.histogram(lengths_array, bins=edges)[0] if len(lengths_array) else np.zeros(len(edges) - 1)
+    shares = histogram / max(len(lengths_array), 1)
     profile = {
         "version": PROFILE_VERSION,
         "rows": len(series),
         "length_unit": counter.unit,
         "length": {
-            "mean": float(lengths.mean()) if len(lengths) else 0.0,
+            "mean": float(lengths_array.mean()) if len(lengths_array) else 0.0,
             "quantiles": {
-                f"p{round(q * 100):02d}": float(np.quantile(lengths, q)) if len(lengths) else 0.0
+                f"p{round(q * 100):02d}": float(np.quantile(lengths_array, q)) if len(lengths_array) else 0.0
                 for q in QUANTILES
             },
             "histogram": {"edges": list(LENGTH_BIN_EDGES), "shares": [round(float(s), 6) for s in shares]},
@@ -81,7 +80,7 @@ def _sections(profile: dict) -> dict[str, dict]:
     return {name: p for name, p in profile.items() if isinstance(p, dict) and "length" in p}
 
 
-def _tvd(p: dict[str, float], q: dict[str, float]) -> float:
+def _tvd(p: dict[Any, float], q: dict[Any, float]) -> float:
     keys = set(p) | set(q)
     return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys)
 
@@ -119,7 +118,7 @@ def compare_profiles(current: dict, reference: dict, warn: float, fail: float) -
     if missing:
         notes.append(f"sections only in the reference: {missing}")
     components = {k: round(min(max(v, 0.0), 1.0), 6) for k, v in components.items()}
-    worst = max(components, key=components.get) if components else None
+    worst = max(components, key=lambda k: components[k]) if components else None
     distance = components[worst] if worst else 0.0
     worst = worst if distance > 0 else None
     # A zero distance is never drift, even with a zero threshold.

@@ -163,7 +163,7 @@ def render_validation_html(report: dict, title: str = "Data validation") -> str:
         examples = "<br>".join(escape(_example_text(e)) for e in (check.get("examples") or [])[:5])
         parts.append(
             f'<tr class="check {escape(status)}-row"><td>{cell(check.get("suite"))}</td><td>{cell(check.get("name"))}</td>'
-            f'<td><code>{cell(check.get("expectation"))}</code></td><td>{cell(check.get("severity"))}</td>'
+            f"<td><code>{cell(check.get('expectation'))}</code></td><td>{cell(check.get('severity'))}</td>"
             f'<td><span class="pill {escape(status)}">{escape(status)}</span></td>'
             f'<td class="num">{cell(check.get("failing_count"))} / {cell(check.get("total"))}</td>'
             f"<td>{examples}</td><td>{cell(check.get('reason'))}</td></tr>"
@@ -171,7 +171,7 @@ def render_validation_html(report: dict, title: str = "Data validation") -> str:
     parts.append("</tbody></table>")
     drift = report.get("drift")
     if isinstance(drift, dict):
-        parts.append("<h2>Drift against the production version's data</h2><table class=\"kv\" id=\"drift\">")
+        parts.append('<h2>Drift against the production version\'s data</h2><table class="kv" id="drift">')
         parts += [f"<tr><th>{escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in drift.items()]
         parts.append("</table>")
     profile = report.get("profile")

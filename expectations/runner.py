@@ -234,7 +234,8 @@ def validate_recipe_data(
         )
 
     if data.general is not None:
-        general = _read("general text", "general", lambda: read_corpus(data.general), checks)
+        general_path = data.general
+        general = _read("general text", "general", lambda: read_corpus(general_path), checks)
         if general is not None:
             runs.append(
                 (corpus_suite(cfg, name="general", light=True), {"rows": corpus_frame(general, None, True)})
@@ -254,7 +255,8 @@ def validate_recipe_data(
     train = _read("labelled data (train)", task, lambda: read_labelled(data.train), checks)
     evaluation = None
     if data.eval is not None:
-        evaluation = _read("labelled data (eval)", task, lambda: read_labelled(data.eval), checks)
+        eval_path = data.eval
+        evaluation = _read("labelled data (eval)", task, lambda: read_labelled(eval_path), checks)
     eval_ok = data.eval is None or evaluation is not None
     if train is not None and eval_ok:
         logger.info(

@@ -132,7 +132,9 @@ def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = Fals
             "length_chars",
             "rows",
             gxe.ExpectColumnValuesToBeBetween(
-                column="stripped_chars", max_value=cfg.max_chars, mostly=_within_rate(cfg.max_length_outlier_rate)
+                column="stripped_chars",
+                max_value=cfg.max_chars,
+                mostly=_within_rate(cfg.max_length_outlier_rate),
             ),
             "documents over max_chars are usually concatenated dumps",
             show="text",
@@ -141,7 +143,9 @@ def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = Fals
             "length_tokens",
             "rows",
             gxe.ExpectColumnValuesToBeBetween(
-                column="token_count", max_value=cfg.max_tokens, mostly=_within_rate(cfg.max_length_outlier_rate)
+                column="token_count",
+                max_value=cfg.max_tokens,
+                mostly=_within_rate(cfg.max_length_outlier_rate),
             ),
             "text past max_tokens subword tokens is truncated away by the encoder and never trained on",
         ),
@@ -194,7 +198,9 @@ def _length_checks(cfg: ValidationConfig, frame: str) -> list[Check]:
             "length_tokens",
             frame,
             gxe.ExpectColumnValuesToBeBetween(
-                column="token_count", max_value=cfg.max_tokens, mostly=_within_rate(cfg.max_length_outlier_rate)
+                column="token_count",
+                max_value=cfg.max_tokens,
+                mostly=_within_rate(cfg.max_length_outlier_rate),
             ),
             "tokens past max_tokens are truncated, so the evidence for the label may be cut off",
         ),
@@ -320,7 +326,9 @@ def ner_suite(cfg: ValidationConfig, entity_types: list[str], with_eval: bool) -
             "length_tokens",
             "sentences",
             gxe.ExpectColumnValuesToBeBetween(
-                column="token_count", max_value=cfg.max_tokens, mostly=_within_rate(cfg.max_length_outlier_rate)
+                column="token_count",
+                max_value=cfg.max_tokens,
+                mostly=_within_rate(cfg.max_length_outlier_rate),
             ),
             "subword tokens past max_tokens are truncated, so their entities are never tagged",
         ),

@@ -12,8 +12,9 @@ import os
 
 from flows.retrain import retrain
 from models.recipe import Recipe
+from models.settings import SCHEDULE_CONCURRENCY_ENV, env_text
 
-CONCURRENCY_ENV = "DAPT_SCHEDULE_CONCURRENCY"
+CONCURRENCY_ENV = SCHEDULE_CONCURRENCY_ENV
 DEFAULT_CONCURRENCY = 1  # two retrains of one model at once race for the same caches and alias
 
 
@@ -24,7 +25,7 @@ class ScheduleError(RuntimeError):
 def schedule_concurrency(value: int | str | None = None) -> int | None:
     """How many runs of the scheduled deployment may run at once: ``value``, else $DAPT_SCHEDULE_CONCURRENCY,
     else 1. ``0`` means no limit (returned as None). Later runs wait for a slot (Prefect's ENQUEUE strategy)."""
-    raw = os.environ.get(CONCURRENCY_ENV, "") if value is None else value
+    raw = env_text(CONCURRENCY_ENV) if value is None else value
     if raw == "" or raw is None:
         return DEFAULT_CONCURRENCY
     try:
@@ -62,7 +63,9 @@ def validate_cron(cron: str) -> str:
     try:
         CronSchedule(cron=cron)
     except ValidationError:
-        raise ScheduleError(f"{cron!r} is not a valid cron expression (e.g. '0 3 * * *' for 03:00 every day)") from None
+        raise ScheduleError(
+            f"{cron!r} is not a valid cron expression (e.g. '0 3 * * *' for 03:00 every day)"
+        ) from None
     return cron
 
 

@@ -20,9 +20,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.states import Failed
 
-from dapt.settings import dapt_home, runs_dir
 from expectations.report import write_validation_html
 from models.recipe import Recipe
+from models.settings import dapt_home, runs_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def export_onnx(recipe: Recipe, model_dir: str, out_dir: Path) -> dict:
 
 @task(name="register-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def register_version(name: str, bundle_dir: str, evidence: dict, idempotency_key: str) -> dict:
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     # The key is the same for every retry of this task in this run: a retry after an error that came once the
     # version was already committed returns that version instead of registering a duplicate.
@@ -132,7 +132,7 @@ def registration_key(flow_run_id: Any, run_dir: Path) -> str:
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_version(recipe: Recipe, version: int) -> dict:
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     decision = Registry().promote(recipe.name, version, alias=recipe.gate.alias, gate=recipe.gate)
     get_run_logger().info(decision.summary())
@@ -140,7 +140,7 @@ def promote_version(recipe: Recipe, version: int) -> dict:
 
 
 def production_evidence(recipe: Recipe) -> dict | None:
-    from models.registry import Registry, RegistryError
+    from models.registry.store import Registry, RegistryError
 
     try:
         current = Registry().get_version(recipe.name, alias=recipe.gate.alias)
@@ -235,7 +235,9 @@ def _report_markdown(recipe: Recipe, summary: dict) -> str:
             lines.append(f"| {key} | {value:.4f} |")
     gain = summary.get("adaptation_gain")
     lines += ["", "## Adaptation gain", ""]
-    lines.append(gain["summary"] if gain else "not measured (adapt.strategy none, or adapt.keep_only_if_helps off)")
+    lines.append(
+        gain["summary"] if gain else "not measured (adapt.strategy none, or adapt.keep_only_if_helps off)"
+    )
     lines += ["", "## Forgetting (MLM loss on general text)", "", "| | value |", "|---|---|"]
     for key, value in forgetting.items():
         if isinstance(value, float | int):
@@ -277,7 +279,9 @@ def write_run_report(run_dir: Path, markdown: str, pictures: list[Path], title: 
     md_path = run_dir / "report.md"
     md_path.write_text(markdown + ("\n\n## Plots\n" + links if pictures else "") + "\n", encoding="utf-8")
     html_path = run_dir / "report.html"
-    html_path.write_text(standalone_page(title, markdown_to_html(markdown + _inline_pictures(pictures))), encoding="utf-8")
+    html_path.write_text(
+        standalone_page(title, markdown_to_html(markdown + _inline_pictures(pictures))), encoding="utf-8"
+    )
     return md_path, html_path
 
 
@@ -294,9 +298,14 @@ def retrain(recipe: Recipe) -> dict:
     incumbent = production_evidence(recipe)
 
     validation = validate_data(recipe, run_dir / "validation", (incumbent or {}).get("profile"))
-    write_validation_html(validation["dict"], run_dir / "validation" / "report.html", f"Data validation — {recipe.name}")
+    write_validation_html(
+        validation["dict"], run_dir / "validation" / "report.html", f"Data validation — {recipe.name}"
+    )
     if not validation["dict"]["success"]:
-        return Failed(message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"])
+        # A failed state carrying the report (the CLI prints it from the state's data), not a summary dict.
+        return Failed(
+            message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"]
+        )  # type: ignore[return-value]
 
     key = adaptation_key(recipe, fingerprint)
     # A cached result whose encoder folder was deleted must not be reused: refresh it.
@@ -305,7 +314,9 @@ def retrain(recipe: Recipe) -> dict:
     adapted = adapt_state.result()
     adapt_cache_hit = adapt_state.name == "Cached"
     if adapt_cache_hit:
-        logger.info("adaptation cache hit (key %s): same data and settings, reusing %s", key, adapted["encoder_dir"])
+        logger.info(
+            "adaptation cache hit (key %s): same data and settings, reusing %s", key, adapted["encoder_dir"]
+        )
     gain = measure_gain(recipe, adapted["encoder_dir"], run_dir / "adaptation_gain")
     base_kept = gain is not None and gain["kept"] == "base"
     encoder_dir = str(recipe.resolved_base_model()) if base_kept else adapted["encoder_dir"]
@@ -318,9 +329,11 @@ def retrain(recipe: Recipe) -> dict:
     (Path(exported["bundle_dir"]) / "reports" / "validation.json").write_text(
         json.dumps(validation["dict"], indent=2), encoding="utf-8"
     )
-    flow_run = get_run_context().flow_run
+    flow_run = get_run_context().flow_run  # type: ignore[union-attr]  # a flow's context
     scalar_metrics = {
-        k: v for k, v in evaluation["metrics"].items() if isinstance(v, float | int) and not isinstance(v, bool)
+        k: v
+        for k, v in evaluation["metrics"].items()
+        if isinstance(v, float | int) and not isinstance(v, bool)
     }
     evidence = {
         "metrics": scalar_metrics,

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.hashing import file_sha256
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -182,7 +184,11 @@ def read_ner(path: Path, tokens_column: str = "tokens", tags_column: str = "tags
     out = df[[tokens_column, tags_column]].copy()
     out.columns = ["tokens", "tags"]
     for column in ("tokens", "tags"):
-        bad = [i for i, v in enumerate(out[column]) if not isinstance(v, (list, tuple)) and not hasattr(v, "tolist")]
+        bad = [
+            i
+            for i, v in enumerate(out[column])
+            if not isinstance(v, (list, tuple)) and not hasattr(v, "tolist")
+        ]
         if bad:
             raise DataError(f"{path}: column {column!r} must hold lists of strings (rows {bad[:5]} do not)")
         out[column] = out[column].map(lambda v: [str(x) for x in (v.tolist() if hasattr(v, "tolist") else v)])
@@ -242,12 +248,12 @@ def task_texts(recipe: Recipe, task_data: TaskData) -> list[str]:
     return list(task_data.train["text"])
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def ner_tag_set(entity_types: list[str]) -> list[str]:
+    """The BIO tags in logit order: ``O`` then ``B-T``, ``I-T`` for each entity type, in recipe order."""
+    tags = ["O"]
+    for entity_type in entity_types:
+        tags += [f"B-{entity_type}", f"I-{entity_type}"]
+    return tags
 
 
 def data_fingerprint(recipe: Recipe) -> dict:

@@ -88,7 +88,7 @@ def split_front_matter(text: str) -> tuple[str, str]:
 def standalone_page(title: str, body_html: str) -> str:
     """A complete HTML document with the stylesheet inlined: opens from disk with no network."""
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
         f"<body><main>{body_html}</main></body></html>\n"

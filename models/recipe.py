@@ -23,13 +23,18 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the data lives and how to read it. Relative paths resolve against the recipe's folder."""
 
-    corpus: Path = Field(description="Unlabelled domain corpus: .txt (one document per line), .csv, .jsonl or .parquet.")
+    corpus: Path = Field(
+        description="Unlabelled domain corpus: .txt (one document per line), .csv, .jsonl or .parquet."
+    )
     corpus_text_column: str = "text"
     general: Path | None = Field(
-        default=None, description="General-English reference text used to measure forgetting (.txt, one per line)."
+        default=None,
+        description="General-English reference text used to measure forgetting (.txt, one per line).",
     )
     train: Path = Field(description="Labelled data: CSV/JSONL/Parquet (classification) or CoNLL/JSONL (NER).")
-    eval: Path | None = Field(default=None, description="Evaluation split; a stratified split of `train` when absent.")
+    eval: Path | None = Field(
+        default=None, description="Evaluation split; a stratified split of `train` when absent."
+    )
     text_column: str = "text"
     label_column: str = "label"
     tokens_column: str = "tokens"
@@ -112,16 +117,22 @@ class AdaptConfig(_Section):
     max_length: int = Field(default=64, ge=8, le=512)
     mlm_probability: float = Field(default=0.15, gt=0, lt=1)
     whole_word_mask: bool = False
-    heldout_fraction: float = Field(default=0.1, ge=0.0, lt=0.5, description="Domain text held out for MLM loss.")
+    heldout_fraction: float = Field(
+        default=0.1, ge=0.0, lt=0.5, description="Domain text held out for MLM loss."
+    )
     # Replay curbs forgetting best of the curbs measured (MiniLM, 40 steps: +0.76 nats without, +0.13 at 0.2;
     # benchmarks/forgetting.py); it needs data.general and is skipped without it.
     replay_fraction: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Share of general text mixed in to curb forgetting."
     )
-    freeze_layers: int = Field(default=0, ge=0, description="Lower encoder layers (and embeddings) kept frozen.")
+    freeze_layers: int = Field(
+        default=0, ge=0, description="Lower encoder layers (and embeddings) kept frozen."
+    )
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
-    extend_vocab: int = Field(default=0, ge=0, description="Add up to N frequent domain words to the vocabulary.")
+    extend_vocab: int = Field(
+        default=0, ge=0, description="Add up to N frequent domain words to the vocabulary."
+    )
     # A base without a pretrained MLM head (all-MiniLM-L6-v2 ships none) gets a random one: its loss (~10.7 nats)
     # says nothing about forgetting and its gradients damage the encoder. So the new head is trained alone first
     # (encoder and tied decoder frozen) on domain + general text, then "before" is measured. Ignored for scratch.
@@ -133,7 +144,9 @@ class AdaptConfig(_Section):
         description="Steps training only a newly initialised MLM/NSP head before measuring and adapting; "
         "0 skips (forgetting is then not reported).",
     )
-    head_warmup_learning_rate: float = Field(default=2e-3, gt=0, description="Learning rate of the head warm-up.")
+    head_warmup_learning_rate: float = Field(
+        default=2e-3, gt=0, description="Learning rate of the head warm-up."
+    )
     # Naive continued pretraining often hurts the task; these make the adapted encoder earn its place.
     keep_only_if_helps: bool = Field(
         default=True,
@@ -144,7 +157,9 @@ class AdaptConfig(_Section):
         default="probe",
         description="How the gain is measured: a linear probe on frozen features (seconds) or two fine-tunes.",
     )
-    min_gain: float = Field(default=0.0, description="Smallest gain (macro-F1 / entity F1) that keeps adaptation.")
+    min_gain: float = Field(
+        default=0.0, description="Smallest gain (macro-F1 / entity F1) that keeps adaptation."
+    )
     gain_noise_margin: float = Field(
         default=1.0,
         ge=0.0,
@@ -173,7 +188,9 @@ class FinetuneConfig(_Section):
     max_steps: int = -1
     learning_rate: float = Field(default=1e-4, gt=0, description="Encoder learning rate.")
     head_learning_rate: float = Field(default=1e-3, gt=0)
-    layer_lr_decay: float = Field(default=0.9, gt=0, le=1.0, description="Per-layer LR multiplier, top to bottom.")
+    layer_lr_decay: float = Field(
+        default=0.9, gt=0, le=1.0, description="Per-layer LR multiplier, top to bottom."
+    )
     unfreeze_schedule: list[int] = Field(
         default_factory=list,
         description="Gradual unfreezing: epochs after which one more encoder layer (from the top) is trainable; "
@@ -196,7 +213,10 @@ class FinetuneConfig(_Section):
         "epoch is kept. 0 trains every epoch and keeps the last (the eval set is then only watched).",
     )
     augment_fraction: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="Max share of synthetic rows from MLM contextual augmentation."
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Max share of synthetic rows from MLM contextual augmentation.",
     )
     time_budget_minutes: float | None = Field(
         default=7.0,
@@ -216,7 +236,7 @@ class ExportConfig(_Section):
     fp32 always serves. The int8 defaults are the option that held on real data (benchmarks/int8.py).
     """
 
-    variants: list[Literal["fp32", "int8", "fp16"]] = Field(default_factory=lambda: ["fp32", "int8"])
+    variants: list[Literal["fp32", "int8", "fp16"]] = Field(default_factory=lambda: ["fp32", "int8"])  # type: ignore[arg-type]
     opset: int | None = None
     parity_atol: float = Field(default=1e-3, gt=0, description="Max |logit difference| allowed for fp32.")
     min_label_agreement: float = Field(
@@ -240,7 +260,7 @@ class ExportConfig(_Section):
     int8_per_channel: bool = Field(default=True, description="One weight scale per output channel.")
     int8_reduce_range: bool = Field(default=False, description="7-bit weights (for CPUs without VNNI).")
     int8_operators: list[Literal["MatMul", "Gather", "Attention"]] = Field(
-        default_factory=lambda: ["MatMul"],
+        default_factory=lambda: ["MatMul"],  # type: ignore[arg-type]
         min_length=1,
         description="Operator types to quantize; Gather would quantize the embedding tables too.",
     )
@@ -250,9 +270,7 @@ class ExportConfig(_Section):
         "products (QK^T, softmax x V) stay fp32.",
     )
     int8_fp32_head: bool = Field(default=True, description="Keep the classifier and pooler in fp32.")
-    int8_fp32_last_layers: int = Field(
-        default=0, ge=0, description="Keep the top N encoder layers in fp32."
-    )
+    int8_fp32_last_layers: int = Field(default=0, ge=0, description="Keep the top N encoder layers in fp32.")
 
     @field_validator("parity_batch_sizes")
     @classmethod
@@ -295,7 +313,8 @@ class Recipe(_Section):
     )
     seed: int = 42
     license: str | None = Field(
-        default=None, description="Licence of the trained model for its card's metadata (SPDX id, e.g. apache-2.0)."
+        default=None,
+        description="Licence of the trained model for its card's metadata (SPDX id, e.g. apache-2.0).",
     )
     data: DataConfig
     validation: ValidationConfig = ValidationConfig()
@@ -402,5 +421,7 @@ def check_data_paths(recipe: Recipe) -> list[str]:
         if value is not None and not Path(value).exists():
             problems.append(f"data.{key}: file not found: {value}")
     if recipe.base_model is not None and not (recipe.base_model / "config.json").is_file():
-        problems.append(f"base_model: {recipe.base_model} is not a Hugging Face model directory (no config.json)")
+        problems.append(
+            f"base_model: {recipe.base_model} is not a Hugging Face model directory (no config.json)"
+        )
     return problems

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from models.adapt import AdaptResult
-    from models.adaptation_gain import AdaptationGain
-    from models.evaluate import EvalResult
-    from models.export import ExportResult
-    from models.finetune import FinetuneResult
+    from models.evaluation.adaptation_gain import AdaptationGain
+    from models.evaluation.evaluate import EvalResult
+    from models.export.onnx import ExportResult
     from models.recipe import Recipe
+    from models.training.adapt import AdaptResult
+    from models.training.finetune import FinetuneResult
 
 Progress = Callable[[str], None]
 
@@ -27,8 +27,8 @@ class StageInputError(ValueError):
 
 def adapt_stage(recipe: Recipe, out_dir: Path, progress: Progress | None = None) -> AdaptResult:
     """Domain/task-adaptive pretraining of the recipe's base encoder; the encoder lands in ``out_dir/encoder``."""
-    from models.adapt import adapt_encoder
     from models.data import clean_corpus, load_task_data, read_corpus, task_texts
+    from models.training.adapt import adapt_encoder
 
     # The same cleaning validation counted: empty and too-short lines and repeats are not trained on.
     corpus, cleaning = clean_corpus(
@@ -47,12 +47,16 @@ def adaptation_gain_stage(
 ) -> AdaptationGain | None:
     """Whether the adapted encoder beats the base on the task (None when there is nothing to compare:
     strategy ``none`` or ``adapt.keep_only_if_helps`` off)."""
-    from models.adaptation_gain import measure_adaptation_gain
     from models.data import load_task_data
+    from models.evaluation.adaptation_gain import measure_adaptation_gain
 
     base = Path(recipe.resolved_base_model())
     adapted = model_folder(adapted_dir, "encoder")
-    if not recipe.adapt.keep_only_if_helps or recipe.adapt.strategy == "none" or adapted.resolve() == base.resolve():
+    if (
+        not recipe.adapt.keep_only_if_helps
+        or recipe.adapt.strategy == "none"
+        or adapted.resolve() == base.resolve()
+    ):
         return None
     return measure_adaptation_gain(
         recipe, base, adapted, load_task_data(recipe).train, out_dir, progress=progress
@@ -64,7 +68,7 @@ def finetune_stage(
 ) -> FinetuneResult:
     """Fine-tune ``encoder_dir`` (an adapted encoder, or the base model) on the recipe's labelled data."""
     from models.data import load_task_data
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     data = load_task_data(recipe)
     return finetune(
@@ -75,7 +79,7 @@ def finetune_stage(
 def evaluate_stage(recipe: Recipe, model_dir: Path, out_dir: Path) -> EvalResult:
     """Task metrics, per-class and per-slice, calibration and plots of a fine-tuned model on the eval split."""
     from models.data import load_task_data
-    from models.evaluate import evaluate_model
+    from models.evaluation.evaluate import evaluate_model
 
     data = load_task_data(recipe)
     return evaluate_model(recipe, model_folder(model_dir, "model"), data.eval, out_dir)
@@ -85,16 +89,16 @@ def export_stage(
     recipe: Recipe, model_dir: Path, out_dir: Path, progress: Progress | None = None
 ) -> ExportResult:
     """ONNX variants of a fine-tuned model, each checked for parity on the eval split, as a serving bundle."""
-    from models.data import load_task_data, ner_text
-    from models.export import check_export_target, export_bundle
-    from models.finetune import model_max_length
+    from models.data import load_task_data, ner_tag_set, ner_text
+    from models.export.onnx import check_export_target, export_bundle
+    from models.training.finetune import model_max_length
 
     check_export_target(out_dir)  # before any work: the export replaces folders inside out_dir
     data = load_task_data(recipe)
     if recipe.task == "ner":
         texts = [ner_text(tokens) for tokens in data.eval["tokens"]]
         labels = None
-        tags = ["O"] + [f"{prefix}-{label}" for label in recipe.data.labels for prefix in ("B", "I")]
+        tags = ner_tag_set(list(recipe.data.labels))
     else:
         texts, labels, tags = list(data.eval["text"]), list(data.eval["label"]), list(recipe.data.labels)
     return export_bundle(

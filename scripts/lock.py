@@ -29,10 +29,13 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
-BENTO_REQUIREMENTS = {"gpu": REPO / "docker" / "requirements.gpu.txt", "cpu": REPO / "docker" / "requirements.cpu.txt"}
+BENTO_REQUIREMENTS = {
+    "gpu": REPO / "docker" / "requirements.gpu.txt",
+    "cpu": REPO / "docker" / "requirements.cpu.txt",
+}
 PROJECT = "dapt"
 EXTRAS = ("test", "dev")
-# What the serving process imports (services/, models/registry.py); bentoml is what BentoML adds itself.
+# What the serving process imports (services/, models/registry/store.py); bentoml is what BentoML adds itself.
 SERVING_ROOTS = ("bentoml", "tokenizers", "numpy", "pydantic", "sqlalchemy", "psycopg[binary]")
 # The last onnxruntime-gpu release built for CUDA 12 + cuDNN 9 (checked on the wheels: libcublas.so.12 up to
 # 1.26, .so.13 from 1.27); BentoML has no CUDA 13 base image.
@@ -74,7 +77,9 @@ def closure(roots: list[Requirement], installed: dict[str, metadata.Distribution
         name = canonicalize_name(requirement.name)
         dist = installed.get(name)
         if dist is None:
-            raise SystemExit(f"{requirement} is required but not installed: run `make lock`, which installs first")
+            raise SystemExit(
+                f"{requirement} is required but not installed: run `make lock`, which installs first"
+            )
         pinned[name] = dist.version
         for extra in ("", *sorted(requirement.extras)):
             if (name, extra) in seen:
@@ -116,10 +121,16 @@ def main() -> None:
         note = (
             f"# The {image.upper()} image (bentofile{'.cpu' if image == 'cpu' else ''}.yaml): the serving packages "
             "at requirements.lock's versions"
-            + (f"; onnxruntime-gpu {GPU_ONNXRUNTIME} for CUDA 12.\n" if image == "gpu" else "; the CPU onnxruntime.\n")
+            + (
+                f"; onnxruntime-gpu {GPU_ONNXRUNTIME} for CUDA 12.\n"
+                if image == "gpu"
+                else "; the CPU onnxruntime.\n"
+            )
         )
         path.write_text(_header() + note + _lines(image_pins), encoding="utf-8")
-    print(f"wrote {LOCK.name} ({len(pins)} pins) and {', '.join(p.name for p in BENTO_REQUIREMENTS.values())}")
+    print(
+        f"wrote {LOCK.name} ({len(pins)} pins) and {', '.join(p.name for p in BENTO_REQUIREMENTS.values())}"
+    )
 
 
 def read_pins(path: Path) -> dict[str, str]:

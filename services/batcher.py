@@ -96,6 +96,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         items = [_Item(model, payload, self._length(payload), loop.create_future()) for payload in payloads]
         self._pending.extend(items)
+        assert self._arrived is not None  # _bind() created it
         self._arrived.set()
         return list(await asyncio.gather(*(item.future for item in items)))
 
@@ -121,18 +122,20 @@ class MicroBatcher:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        arrived = self._arrived
+        assert arrived is not None  # _bind() created it before starting this worker
         while True:
             self._pending = [item for item in self._pending if not item.future.done()]  # cancelled requests
             if not self._pending:
-                self._arrived.clear()
-                await self._arrived.wait()
+                arrived.clear()
+                await arrived.wait()
                 continue
             if len(self._pending) < self.max_batch_size and self.max_wait_s > 0:
                 remaining = self._pending[0].arrived + self.max_wait_s - time.monotonic()
                 if remaining > 0:
-                    self._arrived.clear()
+                    arrived.clear()
                     try:
-                        await asyncio.wait_for(self._arrived.wait(), remaining)
+                        await asyncio.wait_for(arrived.wait(), remaining)
                     except asyncio.TimeoutError:
                         pass
                     continue

@@ -20,13 +20,11 @@ this class. The h11 protocol is the one uvicorn uses here anyway (httptools is n
 from __future__ import annotations
 
 import logging
-import os
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-HEADER_TIMEOUT_ENV = "DAPT_HEADER_TIMEOUT_S"
-KEEP_ALIVE_ENV = "DAPT_KEEP_ALIVE_S"
-MAX_CONNECTIONS_ENV = "DAPT_MAX_CONNECTIONS"
+from models.settings import HEADER_TIMEOUT_ENV, KEEP_ALIVE_ENV, MAX_CONNECTIONS_ENV, env_number
+
 _REFUSAL_BODY = b'{"error": "too many open connections; retry in 1 s"}'
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
@@ -41,16 +39,9 @@ class Limits(NamedTuple):
 
 
 def _positive(name: str, default: float, kind: type = float) -> Any:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        number = kind(value)
-    except ValueError:
-        raise RuntimeError(f"{name} must be a positive {kind.__name__}, got {value!r}") from None
-    if not number > 0:
-        raise RuntimeError(f"{name} must be positive, got {value!r}")
-    return number
+    return env_number(
+        name, default, kind=kind, valid=lambda n: n > 0, requirement=f"a positive {kind.__name__}"
+    )
 
 
 @lru_cache(maxsize=1)
@@ -68,7 +59,9 @@ def install() -> None:
         import uvicorn.config
         from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: F401 - the class we extend
     except ImportError as exc:  # another uvicorn layout: serve as it is, and say so
-        logging.getLogger("dapt").warning("connection limits not installed (%s); check services/connections.py", exc)
+        logging.getLogger("dapt").warning(
+            "connection limits not installed (%s); check services/connections.py", exc
+        )
         return
     limits()  # a bad setting fails the start, not the first connection
     for name in ("auto", "h11"):
@@ -94,7 +87,7 @@ def _guarded_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             settings = limits()
-            self.timeout_keep_alive = settings.keep_alive_s
+            self.timeout_keep_alive = settings.keep_alive_s  # type: ignore[assignment]  # uvicorn takes seconds
             self._header_timeout_s = settings.header_timeout_s
             self._max_connections = settings.max_connections
             self._header_timer: Any = None

@@ -16,29 +16,27 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import os
 from typing import Any
 
-MAX_BODY_ENV = "DAPT_MAX_BODY_BYTES"
-ADMIN_TOKEN_ENV = "DAPT_ADMIN_TOKEN"
+from models.settings import ADMIN_TOKEN_ENV, MAX_BODY_ENV, admin_token, env_number
+
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 PUBLIC_TEXT_ROUTES = ("/classify", "/entities")
 
 
 def max_body_bytes() -> int:
-    value = os.environ.get(MAX_BODY_ENV)
-    if not value:
-        return DEFAULT_MAX_BODY_BYTES
-    try:
-        number = int(value)
-    except ValueError:
-        raise RuntimeError(f"{MAX_BODY_ENV} must be a whole number of bytes, got {value!r}") from None
-    if number < 1024:
-        raise RuntimeError(f"{MAX_BODY_ENV} must be at least 1024 bytes, got {number}")
-    return number
+    return env_number(
+        MAX_BODY_ENV,
+        DEFAULT_MAX_BODY_BYTES,
+        kind=int,
+        valid=lambda n: n >= 1024,
+        requirement="a whole number of bytes, at least 1024",
+    )
 
 
-async def send_json(send: Any, status: int, document: Any, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(
+    send: Any, status: int, document: Any, headers: list[tuple[bytes, bytes]] | tuple[()] = ()
+) -> None:
     body = json.dumps(document).encode("utf-8")
     await send(
         {
@@ -127,7 +125,9 @@ def check_texts_payload(body: bytes) -> tuple[int, dict[str, Any]] | None:
             "field": "body",
         }
     if "texts" not in document:
-        near = [key for key in document if isinstance(key, str) and key.lower() in ("text", "inputs", "input")]
+        near = [
+            key for key in document if isinstance(key, str) and key.lower() in ("text", "inputs", "input")
+        ]
         hint = f" (got {near[0]!r}: did you mean 'texts'?)" if near else ""
         return 422, {
             "error": f'texts is required: send {{"texts": ["..."]}}, a list of strings{hint}',
@@ -237,7 +237,7 @@ class RequestGuard:
     @staticmethod
     async def _authorized(scope: dict, send: Any, what: str) -> bool:
         """True for a request with the admin bearer token; otherwise answers 403/401 and returns False."""
-        token = os.environ.get(ADMIN_TOKEN_ENV, "")
+        token = admin_token()
         if not token:
             await send_json(
                 send,

@@ -4,12 +4,11 @@
     predictor.classify(["great product"])           # [{"label", "score", "scores": {label: p}}]
     predictor.entities(["Aspirin eases headache"])  # [[{"text", "label", "start", "end", "score"}]]
 
-Only onnxruntime, tokenizers, numpy and the standard library are imported (plus models.bundle, stdlib-only).
+Only onnxruntime, tokenizers, numpy and the standard library are imported (plus models.registry.bundle, stdlib-only).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import (
+from models.hashing import file_sha256
+from models.registry.bundle import (
     MANIFEST,
     SERVING_SPEC,
     TOKENIZER_DIR,
@@ -26,12 +26,12 @@ from models.bundle import (
     ServingSpec,
     resolve_in_bundle,
 )
+from models.settings import THREADS_ENV, env_number
 
 logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-THREADS_ENV = "DAPT_ORT_THREADS"
 _ORT_QUIET = 4  # fatal only: onnxruntime-gpu on a CPU host logs a library error for every CUDA attempt
 # Checked before a bundle serves (start-up and every reload): plain, long, odd Unicode and near-empty text.
 PROBE_TEXTS = (
@@ -52,14 +52,6 @@ class ChecksumError(BundleError):
 
 class WrongTaskError(ValueError):
     """The model was asked for a task it was not trained for (classification vs NER)."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _manifest_entries(manifest: Any) -> dict[str, str]:
@@ -109,7 +101,7 @@ def verify_manifest(bundle_dir: Path, only: list[str] | None = None) -> int:
             raise ChecksumError(str(exc)) from None
         if not path.is_file():
             raise ChecksumError(f"{relative} is listed in {MANIFEST} but missing from {bundle_dir}")
-        actual = sha256_of(path)
+        actual = file_sha256(path)
         if expected and actual != expected:
             raise ChecksumError(
                 f"{relative} in {bundle_dir} does not match {MANIFEST} (sha256 {actual[:12]}… != "
@@ -134,14 +126,15 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def _thread_count() -> int:
-    value = os.environ.get(THREADS_ENV)
-    if value:
-        try:
-            threads = int(value)
-        except ValueError:
-            raise BundleError(f"{THREADS_ENV} must be a whole number of threads, got {value!r}") from None
-        if threads < 1:
-            raise BundleError(f"{THREADS_ENV} must be at least 1, got {threads}")
+    threads = env_number(
+        THREADS_ENV,
+        0,
+        kind=int,
+        valid=lambda n: n >= 1,
+        requirement="a whole number of threads, at least 1",
+        error=BundleError,
+    )
+    if threads:
         return threads
     try:
         return len(os.sched_getaffinity(0))

@@ -18,7 +18,7 @@ A reload to a given version (``POST /admin/reload {"version": N}``) pins it: the
 the alias until a reload without a version (``POST /admin/reload`` with no body) unpins and goes back to the
 alias's version. A pin lasts as long as the process: a restarted worker starts from the alias again.
 
-Imports ONNX Runtime/tokenizers through services.predictor and, when a reload runs, models.registry
+Imports ONNX Runtime/tokenizers through services.predictor and, when a reload runs, models.registry.store
 (standard library + SQLAlchemy); never torch or training code.
 """
 
@@ -124,7 +124,7 @@ class ModelSlot:
 
     def _registry(self):
         if self._registry_instance is None:
-            from models.registry import Registry
+            from models.registry.store import Registry
 
             self._registry_instance = Registry()
         return self._registry_instance
@@ -164,7 +164,7 @@ class ModelSlot:
         return self.alias is not None and self.poll_s > 0 and self.pinned_version is None
 
     def _reload_locked(self, version: int | None, reason: str) -> dict[str, Any]:
-        from models.registry import RegistryError, VersionNotFound
+        from models.registry.store import RegistryError, VersionNotFound
 
         started = time.perf_counter()
         old = self._served

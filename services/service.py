@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,6 +49,23 @@ from typing import Annotated, Any
 import bentoml
 from pydantic import BaseModel, Field
 
+from models.settings import (
+    ALIAS_ENV,
+    BATCH_WAIT_MS_ENV,
+    BENTO_MODEL_ENV,
+    BUNDLE_ENV,
+    MAX_BATCH_SIZE_ENV,
+    MAX_BATCH_TOKENS_ENV,
+    MAX_CHARS_ENV,
+    MAX_QUEUE_TEXTS_ENV,
+    MAX_TEXTS_ENV,
+    MODEL_NAME_ENV,
+    MODEL_VERSION_ENV,
+    RELOAD_POLL_ENV,
+    admin_token,
+    env_number,
+    env_text,
+)
 from services.batcher import MicroBatcher, QueueFull
 from services.connections import install as install_connection_guard
 from services.guard import RequestGuard, max_body_bytes, surrogate_error, unpaired_surrogate
@@ -58,22 +74,12 @@ from services.metrics import service_metrics
 from services.reloader import ModelSlot, ServedModel, load_model
 from services.timeouts import install as install_prompt_timeouts
 
-BUNDLE_ENV = "DAPT_BUNDLE_DIR"
-BENTO_MODEL_ENV = "DAPT_BENTO_MODEL"
-MAX_TEXTS_ENV = "DAPT_MAX_TEXTS"
-MAX_CHARS_ENV = "DAPT_MAX_CHARS"
-ALIAS_ENV = "DAPT_MODEL_ALIAS"
-RELOAD_POLL_ENV = "DAPT_RELOAD_POLL_S"
 DEFAULT_RELOAD_POLL_S = 10.0
 # A text with only these (besides whitespace) has nothing to classify: control, format (zero-width, direction
 # marks, BOM) and separator characters.
 INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
 DEFAULT_MAX_TEXTS = 64
 DEFAULT_MAX_CHARS = 10_000
-MAX_BATCH_SIZE_ENV = "DAPT_MAX_BATCH_SIZE"
-MAX_BATCH_TOKENS_ENV = "DAPT_MAX_BATCH_TOKENS"
-BATCH_WAIT_MS_ENV = "DAPT_BATCH_WAIT_MS"
-MAX_QUEUE_TEXTS_ENV = "DAPT_MAX_QUEUE_TEXTS"
 DEFAULT_MAX_BATCH_SIZE = 32  # texts per ONNX Runtime call
 DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per call: 32 texts of 128 tokens, or fewer longer ones
 DEFAULT_BATCH_WAIT_MS = 2.0
@@ -92,7 +98,7 @@ SAMPLE_TEXTS = ["Aspirin relieved the patient's headache within an hour."]
 def _bento_model_tag() -> str | None:
     """The BentoML model to declare: env DAPT_BENTO_MODEL (at `bentoml build`), else the bento's own
     `--arg bento_model=...` (stored in bento.yaml, restored when the built bento is served)."""
-    tag = os.environ.get(BENTO_MODEL_ENV)
+    tag = env_text(BENTO_MODEL_ENV)
     if tag:
         return tag
     return getattr(bentoml.use_arguments(), "bento_model", None) or None
@@ -142,29 +148,13 @@ class EntitiesResponse(BaseModel):
 
 
 def _int_env(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise RuntimeError(f"{name} must be a positive whole number, got {value!r}") from None
-    if number < 1:
-        raise RuntimeError(f"{name} must be a positive whole number, got {number}")
-    return number
+    return env_number(name, default, kind=int, valid=lambda n: n >= 1, requirement="a positive whole number")
 
 
 def _float_env(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise RuntimeError(f"{name} must be a number of seconds (0 disables), got {value!r}") from None
-    if number < 0 or number != number:
-        raise RuntimeError(f"{name} must be a number of seconds >= 0 (0 disables), got {value!r}")
-    return number
+    return env_number(
+        name, default, kind=float, valid=lambda n: n >= 0, requirement="a number of seconds >= 0 (0 disables)"
+    )
 
 
 def _blank(text: str) -> bool:
@@ -181,7 +171,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None, **d
 
 def resolve_bundle_dir(bento_model: Any = None) -> tuple[Path, dict[str, str]]:
     """The bundle folder to serve and the labels that name it (from the BentoML model, when used)."""
-    configured = os.environ.get(BUNDLE_ENV)
+    configured = env_text(BUNDLE_ENV)
     if configured:
         path = Path(configured).expanduser()
         if not path.is_dir():
@@ -218,9 +208,9 @@ class DaptService:
         self.max_body_bytes = max_body_bytes()
         bundle_dir, labels = resolve_bundle_dir(getattr(self, "bento_model", None))
         spec_name, spec_version = _bundle_name_and_version(bundle_dir)
-        name = os.environ.get("DAPT_MODEL_NAME") or labels.get("name") or spec_name
-        version = os.environ.get("DAPT_MODEL_VERSION") or labels.get("version") or spec_version
-        alias = os.environ.get(ALIAS_ENV) or None
+        name = env_text(MODEL_NAME_ENV) or labels.get("name") or spec_name
+        version = env_text(MODEL_VERSION_ENV) or labels.get("version") or spec_version
+        alias = env_text(ALIAS_ENV) or None
         if alias:
             # A worker restarted by the process manager gets the environment of the first start: the alias's
             # version now is the one to serve, not the folder named then.
@@ -366,7 +356,9 @@ class DaptService:
     @bentoml.api(route="/entities")
     async def entities(
         self,
-        texts: Annotated[list[str], Field(description="Texts to extract entities from", examples=[SAMPLE_TEXTS])],
+        texts: Annotated[
+            list[str], Field(description="Texts to extract entities from", examples=[SAMPLE_TEXTS])
+        ],
     ) -> EntitiesResponse:
         """Entity spans per text, with character offsets into that text."""
         invalid = self._invalid(texts, "ner")
@@ -399,7 +391,7 @@ class DaptService:
             "max_body_bytes": self.max_body_bytes,
             "batching": self.batcher.settings(),
             **self.slot.status(operator=operator),
-            "admin_reload_enabled": bool(os.environ.get("DAPT_ADMIN_TOKEN")),
+            "admin_reload_enabled": bool(admin_token()),
             "metrics": describe_metrics(),
         }
         if operator:
@@ -418,7 +410,7 @@ def _wait_ms_env() -> float:
 def _alias_target(name: str, alias: str, bundle_dir: Path, version: str) -> tuple[Path, str]:
     """The alias's version in the registry now (checksums verified), or the start-up folder when the registry
     cannot say (the alias poller catches up once it can)."""
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     log = logging.getLogger("dapt.service")
     try:
@@ -435,11 +427,11 @@ def _alias_target(name: str, alias: str, bundle_dir: Path, version: str) -> tupl
 
 
 def _bundle_name_and_version(bundle_dir: Path) -> tuple[str, str]:
-    from models.bundle import ServingSpec
+    from models.registry.bundle import ServingSpec
 
     spec = ServingSpec.read(bundle_dir)
     return spec.name, str(spec.extra.get("version", "unversioned"))
 
 
 # Limits before parsing, uniform JSON errors, GET /metadata and POST /admin/reload (services/guard.py).
-DaptService.add_asgi_middleware(RequestGuard)
+DaptService.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]  # added by @bentoml.service

@@ -28,9 +28,11 @@ def install() -> None:
 
         upstream = traffic.TimeoutMiddleware
     except (ImportError, AttributeError) as exc:  # another BentoML layout: serve as it is, and say so
-        logging.getLogger("dapt").warning("BentoML timeout fix not installed (%s); check services/timeouts.py", exc)
+        logging.getLogger("dapt").warning(
+            "BentoML timeout fix not installed (%s); check services/timeouts.py", exc
+        )
         return
-    traffic.TimeoutMiddleware = _prompt_class(upstream)
+    traffic.TimeoutMiddleware = _prompt_class(upstream)  # type: ignore[misc,assignment]
 
 
 def _prompt_class(upstream: type) -> type:

@@ -15,7 +15,7 @@ SAMPLE = REPO / "data" / "sample"
 @pytest.fixture(scope="session", autouse=True)
 def isolated_home(tmp_path_factory) -> Path:
     """Every test session gets its own DAPT_HOME (registry, BentoML store, Prefect home)."""
-    from dapt.settings import stack_environment
+    from models.settings import stack_environment
 
     home = tmp_path_factory.mktemp("dapt_home")
     for key, value in stack_environment(home).items():

@@ -23,7 +23,7 @@ DAPT = Path(sys.executable).parent / "dapt"  # the console script pip installed 
 
 
 def dapt(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    from dapt.settings import stack_environment
+    from models.settings import stack_environment
 
     env = os.environ | stack_environment(home) | {"COLUMNS": "200", "DAPT_TORCH_THREADS": "1"}
     # This checkout's code, whichever checkout the console script was installed from.
@@ -142,7 +142,9 @@ def test_unknown_versions_exit_1_and_a_refused_promotion_exits_3(refused_run):
     refused = dapt("models", "promote", MODEL, "1", "--min-value", "0.99", home=home)
     assert refused.returncode == ExitCode.GATE_REFUSED, refused.stdout + refused.stderr
     assert "--force" in refused.stderr
-    forced = dapt("models", "promote", MODEL, "1", "--min-value", "0.99", "--force", "test override", home=home)
+    forced = dapt(
+        "models", "promote", MODEL, "1", "--min-value", "0.99", "--force", "test override", home=home
+    )
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "now points at v1" in forced.stdout
 
@@ -165,7 +167,7 @@ def test_artifact_keys_are_valid_for_model_names_with_underscores():
 def test_export_refuses_a_registered_version_or_a_foreign_folder_and_replaces_an_earlier_export(
     refused_run, tmp_path
 ):
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     home, recipe = refused_run["home"], str(refused_run["recipe"])
     assert refused_run["result"].returncode == 3, refused_run["result"].stderr[-3000:]
@@ -203,7 +205,7 @@ def test_export_refuses_a_registered_version_or_a_foreign_folder_and_replaces_an
 
 
 def test_a_copied_version_folder_outside_the_store_is_refused_too(tmp_path):
-    from models.export import ExportError, check_export_target
+    from models.export.onnx import ExportError, check_export_target
 
     copied = tmp_path / "copy-of-v3"
     copied.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import Registry
+from models.registry.store import Registry
 from tests.models.test_registry import make_bundle, make_evidence
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,10 @@ def test_list_show_diff_audit_print_parseable_json(populated):
     assert diff["evidence"]["lineage.run_id"] == {"v1": "run-1", "v2": "run-2"}
 
     audit = json.loads(dapt(populated, "audit", "finsent", "--json").stdout)
-    assert [(m["kind"], m["from_version"], m["to_version"]) for m in audit] == [("promote", None, 1), ("force", 1, 2)]
+    assert [(m["kind"], m["from_version"], m["to_version"]) for m in audit] == [
+        ("promote", None, 1),
+        ("force", 1, 2),
+    ]
     assert audit[1]["reason"] == LONG_REASON.strip() and audit[1]["decision"]["passed"] is False
 
 

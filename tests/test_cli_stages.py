@@ -18,12 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 def dapt(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"DAPT_HOME": str(home), "COLUMNS": "200", "DAPT_TORCH_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "dapt.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "dapt.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
 @pytest.mark.timeout(900)
-def test_stages_run_one_at_a_time_and_chain_through_their_output_folders(tmp_path, sample_dir, tiny_base_model):
+def test_stages_run_one_at_a_time_and_chain_through_their_output_folders(
+    tmp_path, sample_dir, tiny_base_model
+):
     recipe = str(write_tiny_recipe(tmp_path / "recipe", sample_dir, tiny_base_model))
     home = tmp_path / "home"
     stages = tmp_path / "stages"
@@ -36,7 +43,9 @@ def test_stages_run_one_at_a_time_and_chain_through_their_output_folders(tmp_pat
     gain = json.loads((stages / "adapt" / "adaptation_gain.json").read_text())
     assert gain["kept"] in {"adapted", "base"} and gain["method"] == "probe"
 
-    tuned = dapt("finetune", recipe, "--encoder", str(stages / "adapt"), "--out", str(stages / "ft"), home=home)
+    tuned = dapt(
+        "finetune", recipe, "--encoder", str(stages / "adapt"), "--out", str(stages / "ft"), home=home
+    )
     assert tuned.returncode == 0, tuned.stderr
     assert (stages / "ft" / "model" / "config.json").is_file()
     assert (stages / "ft" / "learning_curves.png").is_file()
@@ -47,7 +56,9 @@ def test_stages_run_one_at_a_time_and_chain_through_their_output_folders(tmp_pat
     assert 0.0 <= metrics["macro_f1"] <= 1.0 and "per_class" in metrics
     assert "macro_f1" in scored.stdout
 
-    exported = dapt("export", recipe, "--model", str(stages / "ft"), "--out", str(stages / "bundle"), home=home)
+    exported = dapt(
+        "export", recipe, "--model", str(stages / "ft"), "--out", str(stages / "bundle"), home=home
+    )
     assert exported.returncode == 0, exported.stderr
     assert (stages / "bundle" / "serving.json").is_file()
     assert "fp32: parity passed" in exported.stdout
@@ -57,7 +68,9 @@ def test_stages_run_one_at_a_time_and_chain_through_their_output_folders(tmp_pat
     assert "finsent" not in listed.stdout and "tiny " not in listed.stdout
 
 
-def test_a_stage_pointed_at_a_folder_without_a_model_says_so_in_one_line(tmp_path, sample_dir, tiny_base_model):
+def test_a_stage_pointed_at_a_folder_without_a_model_says_so_in_one_line(
+    tmp_path, sample_dir, tiny_base_model
+):
     recipe = str(write_tiny_recipe(tmp_path / "recipe", sample_dir, tiny_base_model))
     empty = tmp_path / "not-a-model"
     empty.mkdir()

@@ -19,8 +19,10 @@ def prefect_harness():
 
 
 def test_flow_registers_promotes_and_serves_over_http(tmp_path, sample_dir, tiny_base_model, prefect_harness):
-    from dapt.cli import UserError, free_port, run_recipe, start_server, stop_server, wait_ready
-    from models.registry import Registry
+    from dapt.cli.app import run_recipe
+    from dapt.cli.common import UserError
+    from models.registry.store import Registry
+    from services.launcher import free_port, start_server, stop_server, wait_ready
 
     recipe = write_tiny_recipe(tmp_path / "run", sample_dir, tiny_base_model)
     first = run_recipe(recipe)
@@ -39,11 +41,16 @@ def test_flow_registers_promotes_and_serves_over_http(tmp_path, sample_dir, tiny
     server = start_server(bundle, "tiny", 1, "127.0.0.1", port)
     try:
         wait_ready(url, server, timeout_s=120)
-        response = httpx.post(f"{url}/classify", json={"texts": ["Profit rose 5 %.", "Sales fell."]}, timeout=30)
+        response = httpx.post(
+            f"{url}/classify", json={"texts": ["Profit rose 5 %.", "Sales fell."]}, timeout=30
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["model"]["version"] in (1, "1")
-        assert [p["label"] in {"negative", "neutral", "positive"} for p in body["predictions"]] == [True, True]
+        assert [p["label"] in {"negative", "neutral", "positive"} for p in body["predictions"]] == [
+            True,
+            True,
+        ]
         assert abs(sum(body["predictions"][0]["scores"].values()) - 1.0) < 1e-3
     finally:
         stop_server(server)
@@ -59,7 +66,9 @@ def test_flow_registers_promotes_and_serves_over_http(tmp_path, sample_dir, tiny
     # Bad data stops the run before training, and nothing new is registered.
     broken = write_tiny_recipe(tmp_path / "broken", sample_dir, tiny_base_model)
     train = broken.parent / "train.csv"
-    train.write_text(train.read_text(encoding="utf-8") + "Shares jumped 12 %.,bullish,newswire\n", encoding="utf-8")
+    train.write_text(
+        train.read_text(encoding="utf-8") + "Shares jumped 12 %.,bullish,newswire\n", encoding="utf-8"
+    )
     with pytest.raises(UserError, match="data validation failed"):
         run_recipe(broken)
     assert [v.version for v in registry.list_versions("tiny")] == [1, 2] or sorted(

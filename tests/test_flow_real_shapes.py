@@ -35,8 +35,8 @@ def _one_type(conll: Path, keep: str) -> None:
 def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
     tmp_path, sample_dir, tiny_base_model, prefect_harness
 ):
-    from dapt.cli import run_recipe
-    from models.registry import Registry
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
     from services.predictor import OnnxPredictor
 
     # its own model name: other tests register "tinyner" with four types, whose label profile would drift
@@ -55,8 +55,16 @@ def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
     stored = Registry().get_version("tinyner-org", alias="production")
     validation = stored.evidence["validation"]
     assert validation["success"] is True
-    assert validation["cleaning"]["corpus"] == {"rows": 65, "kept": 60, "empty": 0, "too_short": 3, "repeats": 2}
-    assert {c["name"]: c["status"] for c in validation["checks"] if c["suite"] == "corpus"}["too_short"] == "warn"
+    assert validation["cleaning"]["corpus"] == {
+        "rows": 65,
+        "kept": 60,
+        "empty": 0,
+        "too_short": 3,
+        "repeats": 2,
+    }
+    assert {c["name"]: c["status"] for c in validation["checks"] if c["suite"] == "corpus"}[
+        "too_short"
+    ] == "warn"
     bundle = Registry().load_path("tinyner-org", alias="production", verify=True)
     predictor = OnnxPredictor(bundle, providers=["CPUExecutionProvider"])
     assert predictor.spec.labels == ["O", "B-ORG", "I-ORG"]
@@ -68,9 +76,9 @@ def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
 def test_int8_failing_parity_is_dropped_reported_and_does_not_block_promotion(
     tmp_path, sample_dir, tiny_base_model, prefect_harness, monkeypatch
 ):
-    import models.export as export
-    from dapt.cli import run_recipe
-    from models.registry import Registry
+    import models.export.onnx as export
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
     from services.predictor import OnnxPredictor
 
     real = export._parity_failures
@@ -79,10 +87,14 @@ def test_int8_failing_parity_is_dropped_reported_and_does_not_block_promotion(
         return ["label agreement 0.9550 < 0.99"] if variant == "int8" else real(variant, worst, config)
 
     monkeypatch.setattr(export, "_parity_failures", int8_fails)
-    summary = run_recipe(write_tiny_recipe(tmp_path / "cls", sample_dir, tiny_base_model, name="tiny-int8drop"))
+    summary = run_recipe(
+        write_tiny_recipe(tmp_path / "cls", sample_dir, tiny_base_model, name="tiny-int8drop")
+    )
 
     assert summary["gate"]["passed"] is True, summary["gate"]
-    assert "variant 'int8' was dropped from serving (label agreement 0.9550 < 0.99" in summary["gate"]["summary"]
+    assert (
+        "variant 'int8' was dropped from serving (label agreement 0.9550 < 0.99" in summary["gate"]["summary"]
+    )
     assert summary["variants"]["served"] == ["fp32"]
     dropped = summary["variants"]["dropped"]["int8"]
     assert dropped["why"] == "label agreement 0.9550 < 0.99" and 0.0 <= dropped["label_agreement"] <= 1.0

@@ -20,9 +20,12 @@ def prefect_harness():
         yield
 
 
-def test_ner_flow_serves_entities_with_character_offsets(tmp_path, sample_dir, tiny_base_model, prefect_harness):
-    from dapt.cli import free_port, run_recipe, start_server, stop_server, wait_ready
-    from models.registry import Registry
+def test_ner_flow_serves_entities_with_character_offsets(
+    tmp_path, sample_dir, tiny_base_model, prefect_harness
+):
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
+    from services.launcher import free_port, start_server, stop_server, wait_ready
 
     summary = run_recipe(write_tiny_ner_recipe(tmp_path / "ner", sample_dir, tiny_base_model))
     assert "entity_f1" in summary["metrics"]  # entity-level F1 is reported
@@ -48,8 +51,16 @@ def test_ner_flow_serves_entities_with_character_offsets(tmp_path, sample_dir, t
 @pytest.mark.parametrize(
     ("name", "adapt"),
     [
-        ("scratch", {"strategy": "scratch", "scratch_vocab_size": 300, "scratch_hidden_size": 32,
-                     "scratch_layers": 1, "scratch_heads": 2}),
+        (
+            "scratch",
+            {
+                "strategy": "scratch",
+                "scratch_vocab_size": 300,
+                "scratch_hidden_size": 32,
+                "scratch_layers": 1,
+                "scratch_heads": 2,
+            },
+        ),
         ("nsp", {"strategy": "dapt", "objective": "mlm+nsp"}),
         ("tapt", {"strategy": "dapt+tapt"}),
     ],
@@ -57,8 +68,8 @@ def test_ner_flow_serves_entities_with_character_offsets(tmp_path, sample_dir, t
 def test_adaptation_strategies_reach_a_served_prediction(
     tmp_path, sample_dir, tiny_base_model, prefect_harness, name, adapt
 ):
-    from dapt.cli import run_recipe
-    from models.registry import Registry
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
     from services.predictor import OnnxPredictor
 
     recipe = write_tiny_recipe(tmp_path / name, sample_dir, tiny_base_model, name=f"tiny-{name}", adapt=adapt)
@@ -73,7 +84,7 @@ def test_flow_fine_tunes_the_base_when_adaptation_does_not_help_and_says_so(
 ):
     from flows.retrain import retrain
     from models.recipe import load_recipe
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     path = write_tiny_recipe(
         tmp_path / "r", sample_dir, tiny_base_model, name="gainflow", adapt={"min_gain": 2.0}

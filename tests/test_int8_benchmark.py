@@ -37,8 +37,9 @@ def test_without_the_real_data_it_names_the_flag_and_the_variable(tmp_path):
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_quick_mode_reports_agreement_drop_and_latency_per_option(tmp_path):
-    completed = _run("--quick", "--options", "before,default", "--out", str(tmp_path / "out"),
-                     home=tmp_path, timeout=580)
+    completed = _run(
+        "--quick", "--options", "before,default", "--out", str(tmp_path / "out"), home=tmp_path, timeout=580
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(completed.stdout)  # stdout is exactly one JSON document
     assert report["machine"]["load_average"] is not None

@@ -73,7 +73,9 @@ def test_typer_is_pinned_to_the_release_whose_bundled_click_main_handles():
 
 
 def test_the_postgres_driver_is_a_runtime_dependency():
-    runtime = {canonicalize_name(Requirement(line).name): Requirement(line) for line in PYPROJECT["dependencies"]}
+    runtime = {
+        canonicalize_name(Requirement(line).name): Requirement(line) for line in PYPROJECT["dependencies"]
+    }
     assert "binary" in runtime["psycopg"].extras
     assert not any(Requirement(line).name == "psycopg" for line in PYPROJECT["optional-dependencies"]["test"])
 
@@ -90,7 +92,9 @@ def test_both_bentofiles_install_the_locked_serving_packages_with_the_postgres_d
             assert pins.get(name) == LOCK[name], (bentofile, name, pins.get(name), LOCK[name])
         runtime = {k: v for k, v in pins.items() if k.startswith("onnxruntime")}
         others = {k: v for k, v in pins.items() if not k.startswith("onnxruntime")}
-        assert {k: v for k, v in others.items() if LOCK.get(k) != v} == {}, bentofile  # every pin from the lock
+        assert {k: v for k, v in others.items() if LOCK.get(k) != v} == {}, (
+            bentofile
+        )  # every pin from the lock
         if image == "gpu":  # the CUDA 12 + cuDNN 9 build, matching the base image
             assert list(runtime) == ["onnxruntime-gpu"]
             assert Version(runtime["onnxruntime-gpu"]) < Version("1.27"), runtime

@@ -258,7 +258,10 @@ def test_stratified_sample_keeps_the_class_mix(real):
 def test_ner_types_outside_the_kept_ones_become_o_and_conll_round_trips(real, tmp_path):
     tags = ["B-Chemical", "I-Chemical", "O", "B-Disease", "I-Disease"]
     assert real.keep_types(tags, ["Disease"]) == ["O", "O", "O", "B-Disease", "I-Disease"]
-    sentences = [(["Aspirin", "causes", "ulcers"], ["B-Chemical", "O", "B-Disease"]), (["Fine", "."], ["O", "O"])]
+    sentences = [
+        (["Aspirin", "causes", "ulcers"], ["B-Chemical", "O", "B-Disease"]),
+        (["Fine", "."], ["O", "O"]),
+    ]
     real.write_conll(tmp_path / "x.conll", sentences)
     assert real.read_conll(tmp_path / "x.conll") == sentences
 

@@ -62,7 +62,9 @@ def test_yaml_that_is_not_a_mapping_is_a_readable_error(tmp_path):
 
 
 def test_ner_may_declare_one_entity_type_but_a_classifier_needs_two_labels():
-    recipe = recipe_from_dict(_minimal(task="ner", data={"corpus": "c.txt", "train": "t.conll", "labels": ["Disease"]}))
+    recipe = recipe_from_dict(
+        _minimal(task="ner", data={"corpus": "c.txt", "train": "t.conll", "labels": ["Disease"]})
+    )
     assert recipe.data.labels == ["Disease"]
     with pytest.raises(RecipeError, match=r"classification needs at least 2 labels.*set task: ner"):
         recipe_from_dict(_minimal(data={"corpus": "c.txt", "train": "t.csv", "labels": ["positive"]}))
@@ -76,7 +78,9 @@ def test_the_renamed_duplicate_threshold_says_what_replaced_it():
 
 
 def test_int8_and_parity_settings_are_validated():
-    recipe = recipe_from_dict(_minimal(export={"parity_batch_sizes": [32, 1, 32], "int8_fp32_last_layers": 1}))
+    recipe = recipe_from_dict(
+        _minimal(export={"parity_batch_sizes": [32, 1, 32], "int8_fp32_last_layers": 1})
+    )
     assert recipe.export.parity_batch_sizes == [1, 32] and recipe.export.int8_fp32_last_layers == 1
     with pytest.raises(RecipeError, match=r"export\.parity_batch_sizes"):
         recipe_from_dict(_minimal(export={"parity_batch_sizes": [0]}))

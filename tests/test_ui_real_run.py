@@ -27,8 +27,8 @@ def prefect_harness():
 def test_a_real_run_writes_its_reports_and_the_ui_shows_its_evidence(
     tmp_path, sample_dir, tiny_base_model, prefect_harness
 ):
-    from dapt.cli import run_recipe
-    from models.registry import Registry
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
     from services.ui import create_app
 
     with warnings.catch_warnings():

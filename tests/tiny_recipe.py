@@ -37,7 +37,13 @@ def write_tiny_recipe(folder: Path, sample: Path, base_model: Path, **sections) 
             "eval_fraction": 0.25,
         },
         "validation": {"min_examples_per_class": 5},
-        "adapt": {"strategy": "dapt", "max_steps": 3, "batch_size": 8, "max_length": 32, "head_warmup_steps": 5},
+        "adapt": {
+            "strategy": "dapt",
+            "max_steps": 3,
+            "batch_size": 8,
+            "max_length": 32,
+            "head_warmup_steps": 5,
+        },
         "finetune": {"max_steps": 6, "batch_size": 8, "max_length": 32},
         "export": {"variants": ["fp32", "int8"], "min_label_agreement": 0.5},
         "gate": {"min_value": 0.0, "tolerance": 1.0},
@@ -57,7 +63,9 @@ def write_tiny_ner_recipe(folder: Path, sample: Path, base_model: Path, **sectio
     general = sample.joinpath("general.txt").read_text(encoding="utf-8").splitlines()[:30]
     folder.joinpath("general.txt").write_text("\n".join(general) + "\n", encoding="utf-8")
     sentences = sample.joinpath("ner.conll").read_text(encoding="utf-8").split("\n\n")[:60]
-    folder.joinpath("ner.conll").write_text("\n\n".join(s.strip() for s in sentences) + "\n", encoding="utf-8")
+    folder.joinpath("ner.conll").write_text(
+        "\n\n".join(s.strip() for s in sentences) + "\n", encoding="utf-8"
+    )
     recipe = {
         "name": "tinyner",
         "task": "ner",
@@ -69,7 +77,13 @@ def write_tiny_ner_recipe(folder: Path, sample: Path, base_model: Path, **sectio
             "labels": ["ORG", "MONEY", "PERCENT", "DATE"],
             "eval_fraction": 0.25,
         },
-        "adapt": {"strategy": "dapt", "max_steps": 2, "batch_size": 8, "max_length": 48, "head_warmup_steps": 5},
+        "adapt": {
+            "strategy": "dapt",
+            "max_steps": 2,
+            "batch_size": 8,
+            "max_length": 48,
+            "head_warmup_steps": 5,
+        },
         "finetune": {"max_steps": 6, "batch_size": 8, "max_length": 48},
         "export": {"variants": ["fp32", "int8"], "min_label_agreement": 0.5},
         "gate": {"metric": "entity_f1", "min_value": 0.0, "tolerance": 1.0},

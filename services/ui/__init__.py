@@ -1,6 +1,6 @@
 """`dapt ui`: a read-only, server-rendered web view of the registry (Starlette + Jinja2, no JavaScript).
 
-Serves only: imports models.registry and the HTML helpers, never training code.
+Serves only: imports models.registry.store and the HTML helpers, never training code.
 """
 
 from services.ui.app import create_app

@@ -1,6 +1,6 @@
 """The registry UI as a Starlette app: models, versions, evidence, diffs, audit log, validation and run reports.
 
-Every page is rendered on the server from the same registry the CLI uses (``models.registry.Registry``);
+Every page is rendered on the server from the same registry the CLI uses (``models.registry.store.Registry``);
 nothing is fetched from outside the machine (one local stylesheet, images served from the version folder,
 a Content-Security-Policy that allows only this origin). Files are served only when the manifest lists them
 and their sha256 still matches (the manifest itself is checked against the database first).
@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +29,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from models import settings
 from models.htmlpage import STYLE, markdown_to_html, split_front_matter
-from models.registry import (
+from models.registry.store import (
     MODEL_CARD,
     ChecksumError,
     ModelNotFound,
@@ -76,10 +76,12 @@ def fmt(value: Any) -> str:
 def fmt_time(value: datetime | str | None) -> str:
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            moment: datetime | None = datetime.fromisoformat(value)
         except ValueError:
             return value
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+    else:
+        moment = value
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
 
 
 def delta_class(metric: str, delta: float | None) -> str:
@@ -112,7 +114,11 @@ def evaluation_tables(evidence: dict[str, Any]) -> dict[str, dict[str, dict[str,
     """Per-class (or per entity type) and per-slice tables from the stored evaluation."""
     evaluation = evidence.get("evaluation") or {}
     tables = {}
-    for key, title in (("per_class", "per class"), ("per_type", "per entity type"), ("per_slice", "per slice")):
+    for key, title in (
+        ("per_class", "per class"),
+        ("per_type", "per entity type"),
+        ("per_slice", "per slice"),
+    ):
         table = evaluation.get(key)
         if isinstance(table, dict) and table:
             tables[title] = {str(k): v for k, v in table.items() if isinstance(v, dict)}
@@ -130,7 +136,7 @@ def table_columns(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 def adaptation_gain(evidence: dict[str, Any]) -> dict[str, Any] | None:
     """What adaptation did: the domain MLM loss before/after, and its measured gain on the task (the base vs
-    the adapted encoder, models/adaptation_gain.py) with which encoder was kept, when measured."""
+    the adapted encoder, models/evaluation/adaptation_gain.py) with which encoder was kept, when measured."""
     forgetting = evidence.get("forgetting") or {}
     before, after = forgetting.get("domain_loss_before"), forgetting.get("domain_loss_after")
     task = evidence.get("adaptation_gain") or None
@@ -140,7 +146,7 @@ def adaptation_gain(evidence: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "domain_loss_before": before if domain else None,
         "domain_loss_after": after if domain else None,
-        "gain": before - after if domain else None,
+        "gain": before - after if domain else None,  # type: ignore[operator]  # domain: both are numbers
         "task": task,
     }
 
@@ -192,9 +198,13 @@ def verified_file(mv: ModelVersion, rel: str) -> Path:
     try:
         data = path.read_bytes()
     except OSError:
-        raise HTTPException(409, f"{mv.name} v{mv.version}: {rel} is missing from the version folder") from None
+        raise HTTPException(
+            409, f"{mv.name} v{mv.version}: {rel} is missing from the version folder"
+        ) from None
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise HTTPException(409, f"{mv.name} v{mv.version}: {rel} changed since registration (sha256 differs)")
+        raise HTTPException(
+            409, f"{mv.name} v{mv.version}: {rel} changed since registration (sha256 differs)"
+        )
     return path
 
 
@@ -239,10 +249,10 @@ class SecurityHeaders:
 
 
 def create_app(registry: Registry | None = None, admin_token: str | None = None) -> Starlette:
-    """The UI over ``registry`` (default: the one dapt.settings points at). ``admin_token`` (default:
+    """The UI over ``registry`` (default: the one models.settings points at). ``admin_token`` (default:
     ``DAPT_ADMIN_TOKEN``) enables promote and rollback; without it the UI is read-only."""
     registry = registry or Registry()
-    token = admin_token if admin_token is not None else os.environ.get("DAPT_ADMIN_TOKEN", "")
+    token = admin_token if admin_token is not None else settings.admin_token()
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     env.filters.update(fmt=fmt, fmt_time=fmt_time, short=short, q=lambda v: quote(str(v), safe=""))
     env.globals.update(delta_class=delta_class, admin=bool(token))
@@ -360,7 +370,8 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
         for title in dict.fromkeys([*ta, *tb]):
             rows = dict.fromkeys([*(ta.get(title) or {}), *(tb.get(title) or {})])
             side_tables[title] = [
-                (row, (ta.get(title) or {}).get(row) or {}, (tb.get(title) or {}).get(row) or {}) for row in rows
+                (row, (ta.get(title) or {}).get(row) or {}, (tb.get(title) or {}).get(row) or {})
+                for row in rows
             ]
         evidence = {
             key: values
@@ -455,9 +466,7 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
         alias = check_name(form.get("alias") or "production", "alias")
         force = form.get("force_reason", "").strip() or None
         actor = f"ui:{request.client.host if request.client else 'unknown'}"
-        decision = await run_in_threadpool(
-            registry.promote, name, int(version), alias, None, force, actor
-        )
+        decision = await run_in_threadpool(registry.promote, name, int(version), alias, None, force, actor)
         if not decision.passed and force is None:
             raise HTTPException(409, f"gate refused {name} v{version} for '{alias}': {decision.summary()}")
         return done(name, f"{alias} -> v{version}: {decision.summary()}")

@@ -141,14 +141,14 @@ def test_cleanable_corpus_lines_are_dropped_and_counted_with_a_warning(make_reci
     corpus += ["R .", "1 .", corpus[0].upper(), "  " + corpus[1]]  # 2 fragments, 2 repeats (case, space)
     report = validate_recipe_data(make_recipe(corpus=corpus), tmp_path / "out")
     assert report.success, report.summary()  # cleanable problems never stop the run under their cap
-    empty, short, repeats = (report.check(n, "corpus") for n in ("text_not_empty", "too_short", "duplicate_rate"))
+    empty, short, repeats = (
+        report.check(n, "corpus") for n in ("text_not_empty", "too_short", "duplicate_rate")
+    )
     assert (empty.status, empty.failing_count, empty.examples[0]["row"]) == ("warn", 1, 4)
     assert (short.status, short.failing_count) == ("warn", 2)
     assert [e["value"] for e in short.examples] == ["R .", "1 ."]
     assert (repeats.status, repeats.failing_count, repeats.examples[0]["row"]) == ("warn", 2, 43)
-    assert report.cleaning == {
-        "corpus": {"rows": 44, "kept": 39, "empty": 1, "too_short": 2, "repeats": 2}
-    }
+    assert report.cleaning == {"corpus": {"rows": 44, "kept": 39, "empty": 1, "too_short": 2, "repeats": 2}}
     assert "corpus cleaned: 5 of 44 lines dropped (1 empty, 2 too short, 2 repeats)" in report.summary()
     assert report.profile["corpus"]["rows"] == 39  # the profile describes what adaptation trains on
     saved = json.loads((tmp_path / "out" / "validation.json").read_text())

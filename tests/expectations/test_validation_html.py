@@ -70,7 +70,9 @@ def test_dapt_validate_writes_the_offline_report_and_prints_its_path(tmp_path, s
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    match = re.search(r"Validation report \(opens offline\): (\S+report\.html)", result.stdout.replace("\n", ""))
+    match = re.search(
+        r"Validation report \(opens offline\): (\S+report\.html)", result.stdout.replace("\n", "")
+    )
     assert match, result.stdout
     html = Path(match.group(1)).read_text(encoding="utf-8")
     assert "PASSED" in html and "data_readable" in html

@@ -35,7 +35,7 @@ def test_retried_register_task_returns_the_version_it_already_committed(
     from prefect.context import get_run_context
 
     from flows.retrain import register_version, registration_key
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     monkeypatch.setenv("DAPT_REGISTRY_URL", f"sqlite:///{tmp_path / 'registry.db'}")
     monkeypatch.setenv("DAPT_ARTIFACT_ROOT", str(tmp_path / "artifacts"))

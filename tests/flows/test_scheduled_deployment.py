@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dapt.cli import stop_server as _stop
+from services.launcher import stop_server as _stop
 from tests.tiny_recipe import write_tiny_recipe
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture()
 def prefect_server(tmp_path):
-    from dapt.cli import free_port
+    from services.launcher import free_port
 
     port = free_port()
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-server"), "PREFECT_API_URL": ""}
@@ -50,7 +50,9 @@ def prefect_server(tmp_path):
     log.close()
 
 
-def test_cron_deployment_runs_the_flow_and_publishes_artifacts(tmp_path, sample_dir, tiny_base_model, prefect_server):
+def test_cron_deployment_runs_the_flow_and_publishes_artifacts(
+    tmp_path, sample_dir, tiny_base_model, prefect_server
+):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -127,7 +129,11 @@ def test_concurrency_limit_is_a_setting(tmp_path, sample_dir, tiny_base_model, p
     }
     bad = subprocess.run(
         [sys.executable, "-m", "dapt.cli", "schedule", str(recipe), "--cron", "0 3 * * *"],
-        cwd=REPO, env=env | {"DAPT_SCHEDULE_CONCURRENCY": "many"}, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env | {"DAPT_SCHEDULE_CONCURRENCY": "many"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert "DAPT_SCHEDULE_CONCURRENCY='many' is not a valid limit" in bad.stdout + bad.stderr
 

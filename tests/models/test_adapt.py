@@ -58,7 +58,7 @@ def make_recipe(base: Path, **adapt):
 
 
 def run_adapt(base: Path, out: Path, corpus=CORPUS, general=GENERAL, task=TASK, lines=None, **adapt):
-    from models.adapt import adapt_encoder
+    from models.training.adapt import adapt_encoder
 
     return adapt_encoder(
         make_recipe(base, **adapt),
@@ -180,7 +180,7 @@ def test_scratch_trains_own_tokenizer_and_a_loadable_model(tiny_base_model, tmp_
 
 
 def test_scratch_rejects_heads_that_do_not_divide_hidden(tiny_base_model, tmp_path):
-    from models.adapt import AdaptError
+    from models.training.adapt import AdaptError
 
     with pytest.raises(AdaptError, match="scratch_heads"):
         run_adapt(
@@ -196,7 +196,7 @@ def test_scratch_rejects_heads_that_do_not_divide_hidden(tiny_base_model, tmp_pa
 def test_mlm_nsp_trains_pretraining_heads(tiny_base_model, tmp_path):
     from safetensors import safe_open
 
-    from models.adapt import build_nsp_pairs
+    from models.training.adapt import build_nsp_pairs
 
     pairs = build_nsp_pairs(CORPUS, seed=1)
     assert {label for _, _, label in pairs} == {0, 1}
@@ -229,14 +229,14 @@ def test_freeze_layers_keeps_embeddings_and_lower_layers_identical(tiny_base_mod
 
 
 def test_freeze_layers_beyond_depth_is_a_clear_error(tiny_base_model, tmp_path):
-    from models.adapt import AdaptError
+    from models.training.adapt import AdaptError
 
     with pytest.raises(AdaptError, match="freeze_layers is 5 but the model has only 2 layers"):
         run_adapt(tiny_base_model, tmp_path / "deep", freeze_layers=5)
 
 
 def test_replay_mixes_general_text_and_measures_on_other_sentences(tiny_base_model, tmp_path):
-    from models.forgetting import split_general
+    from models.training.forgetting import split_general
 
     measured, pool = split_general(GENERAL, replay_fraction=0.25, seed=42)
     assert measured and pool and not set(measured) & set(pool)
@@ -247,7 +247,7 @@ def test_replay_mixes_general_text_and_measures_on_other_sentences(tiny_base_mod
 
 
 def test_general_text_trained_on_is_never_measured_and_the_split_ignores_the_replay_share():
-    from models.forgetting import split_general
+    from models.training.forgetting import split_general
 
     assert split_general(GENERAL, 0.0, seed=42) == ([t.strip() for t in GENERAL], [])  # nothing trained on
     warmup_only = split_general(GENERAL, 0.0, seed=42, trained_on=True)
@@ -273,7 +273,7 @@ def test_masked_lm_loss_uses_the_same_masks_every_call(tiny_base_model):
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from models.forgetting import masked_lm_loss
+    from models.training.forgetting import masked_lm_loss
 
     torch.manual_seed(0)
     model = AutoModelForMaskedLM.from_pretrained(tiny_base_model)
@@ -285,7 +285,7 @@ def test_masked_lm_loss_uses_the_same_masks_every_call(tiny_base_model):
 
 
 def test_empty_corpus_is_a_clear_error(tiny_base_model, tmp_path):
-    from models.adapt import AdaptError
+    from models.training.adapt import AdaptError
 
     with pytest.raises(AdaptError, match="corpus is empty"):
         run_adapt(tiny_base_model, tmp_path / "empty", corpus=["", "  "])
@@ -296,7 +296,7 @@ import json, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from models.adapt import adapt_encoder
+from models.training.adapt import adapt_encoder
 from models.recipe import recipe_from_dict
 recipe = recipe_from_dict(json.loads(sys.argv[1]))
 marker, stop_at = Path(sys.argv[3]), sys.argv[4]
@@ -311,7 +311,7 @@ adapt_encoder(recipe, Path(sys.argv[2]), corpus=json.loads(sys.argv[5]), general
 
 
 def test_resumes_from_checkpoint_after_the_process_is_killed(tiny_base_model, tmp_path):
-    from models.adapt import adapt_encoder
+    from models.training.adapt import adapt_encoder
 
     recipe = make_recipe(tiny_base_model, max_steps=5)
     out, marker = tmp_path / "run", tmp_path / "killed_here"
@@ -378,7 +378,7 @@ def _tiny_mlm(base: Path):
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from models.head_warmup import head_parameter_names
+    from models.training.head_warmup import head_parameter_names
 
     torch.manual_seed(0)
     model, info = AutoModelForMaskedLM.from_pretrained(base, output_loading_info=True)
@@ -393,7 +393,7 @@ def _features(tokenizer, texts):
 def test_head_warmup_trains_only_the_new_head_and_leaves_the_encoder_byte_identical(tiny_base_model):
     from transformers import DataCollatorForLanguageModeling
 
-    from models.head_warmup import warm_up_head
+    from models.training.head_warmup import warm_up_head
 
     model, tokenizer, names = _tiny_mlm(tiny_base_model)
     # the transform and the output bias are new; the decoder weight is the (pretrained) word-embedding matrix
@@ -440,7 +440,7 @@ def test_head_warmup_trains_only_the_new_head_and_leaves_the_encoder_byte_identi
 def test_head_warmup_runs_before_measuring_and_is_recorded(tiny_base_model, tmp_path):
     from safetensors.torch import load_file
 
-    from models.forgetting import masked_lm_loss, split_general
+    from models.training.forgetting import masked_lm_loss, split_general
 
     lines: list[str] = []
     result = run_adapt(tiny_base_model, tmp_path / "warm", lines=lines, max_steps=3, head_warmup_steps=40)
@@ -495,7 +495,7 @@ def test_new_head_without_warmup_reports_no_forgetting(tiny_base_model, tmp_path
 
 
 def test_nsp_sentence_split_keeps_abbreviations_and_initials_inside_sentences():
-    from models.adapt import split_sentences
+    from models.training.adapt import split_sentences
 
     document = (
         "Sales in the U.S. rose 5%. Mr. Smith of Acme Corp. said so on Jan. 5. Profit fell! "
@@ -531,14 +531,21 @@ def test_resume_skips_checkpoints_cut_short_while_saving(tiny_base_model, tmp_pa
     must use the newest complete one instead of failing on that folder for good."""
     import shutil
 
-    from models.adapt import adapt_encoder
+    from models.training.adapt import adapt_encoder
 
     recipe = make_recipe(tiny_base_model, max_steps=5, head_warmup_steps=0)
     out = tmp_path / "run"
     first: list[str] = []
     with pytest.raises(_Stop):
-        adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[],
-                      progress=_stop_after_checkpoint(2, first), checkpoint_every=1)
+        adapt_encoder(
+            recipe,
+            out,
+            corpus=CORPUS,
+            general=[],
+            task_texts=[],
+            progress=_stop_after_checkpoint(2, first),
+            checkpoint_every=1,
+        )
     checkpoints = out / "checkpoints" / "dapt"
     assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()
     # checkpoint-3: weights written, killed before the state; checkpoint-4: killed inside the state file
@@ -549,8 +556,9 @@ def test_resume_skips_checkpoints_cut_short_while_saving(tiny_base_model, tmp_pa
     (checkpoints / "checkpoint-4" / "trainer_state.json").write_text(state[: len(state) // 2])
 
     lines: list[str] = []
-    result = adapt_encoder(recipe, out, corpus=CORPUS, general=[], task_texts=[],
-                           progress=lines.append, checkpoint_every=1)
+    result = adapt_encoder(
+        recipe, out, corpus=CORPUS, general=[], task_texts=[], progress=lines.append, checkpoint_every=1
+    )
     assert any("checkpoint-4 is incomplete" in line for line in lines)
     assert any("checkpoint-3 is incomplete" in line for line in lines)
     assert any("resumed from checkpoint-2" in line for line in lines)
@@ -566,7 +574,7 @@ def test_kill_while_the_encoder_is_rewritten_after_done_keeps_a_loadable_encoder
     import safetensors.torch
     from safetensors.torch import load_file, save_file
 
-    from models.adapt import adapt_encoder
+    from models.training.adapt import adapt_encoder
 
     recipe = make_recipe(tiny_base_model, max_steps=3, head_warmup_steps=0)
     out = tmp_path / "run"
@@ -596,7 +604,7 @@ def test_kill_while_the_encoder_is_rewritten_after_done_keeps_a_loadable_encoder
 
 
 def test_a_damaged_finished_encoder_is_trained_again_not_reused(tiny_base_model, tmp_path):
-    from models.adapt import adapt_encoder
+    from models.training.adapt import adapt_encoder
 
     recipe = make_recipe(tiny_base_model, max_steps=3, head_warmup_steps=0)
     out = tmp_path / "run"
@@ -615,7 +623,7 @@ def test_two_runs_on_one_cache_entry_take_turns(tiny_base_model, tmp_path):
     """Same settings, same DAPT_HOME/adapt/<key>: the second run waits for the first, then reuses its result."""
     import threading
 
-    from models.adapt import adapt_encoder
+    from models.training.adapt import adapt_encoder
 
     recipe = make_recipe(tiny_base_model, max_steps=3, head_warmup_steps=0)
     out = tmp_path / "adapt" / "samekey"

@@ -25,7 +25,7 @@ def _one_thread():
 
 
 def test_auto_max_length_covers_99_percent_rounded_up_to_a_multiple_of_8_within_limits():
-    from models.finetune import choose_max_length
+    from models.training.finetune import choose_max_length
 
     lengths = [10] * 990 + [100] * 10  # 99% are 10 tokens: the long tail is cut, the bulk is not
     assert choose_max_length(lengths, 512) == 16  # 10 -> 16 (the floor)
@@ -37,8 +37,8 @@ def test_auto_max_length_covers_99_percent_rounded_up_to_a_multiple_of_8_within_
 def test_auto_max_length_is_measured_on_train_recorded_with_the_model_and_used_by_evaluate(
     tiny_base_model, tmp_path
 ):
-    from models.evaluate import evaluate_model
-    from models.finetune import finetune, model_max_length
+    from models.evaluation.evaluate import evaluate_model
+    from models.training.finetune import finetune, model_max_length
 
     recipe = make_recipe(tiny_base_model, max_length="auto", max_steps=2)
     frame = classification_frame(70)  # 210 rows
@@ -54,7 +54,7 @@ def test_auto_max_length_is_measured_on_train_recorded_with_the_model_and_used_b
 
 
 def test_model_without_a_recorded_length_is_a_clear_error_under_auto(tiny_base_model, tmp_path):
-    from models.finetune import FinetuneError, model_max_length
+    from models.training.finetune import FinetuneError, model_max_length
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -68,7 +68,7 @@ def test_model_without_a_recorded_length_is_a_clear_error_under_auto(tiny_base_m
 def test_auto_max_length_for_ner_counts_word_pieces_of_the_sentences(tiny_base_model):
     from transformers import AutoTokenizer
 
-    from models.finetune import token_lengths
+    from models.training.finetune import token_lengths
 
     recipe = make_recipe(tiny_base_model, task="ner", max_length="auto")
     lengths = token_lengths(recipe, AutoTokenizer.from_pretrained(tiny_base_model), ner_frame(3))
@@ -145,7 +145,7 @@ def adapted_encoder(tiny_base_model, tmp_path_factory) -> Path:
 def test_probe_scores_both_encoders_on_a_split_of_train_and_keeps_by_min_gain(
     task, tiny_base_model, adapted_encoder, tmp_path
 ):
-    from models.adaptation_gain import measure_adaptation_gain
+    from models.evaluation.adaptation_gain import measure_adaptation_gain
 
     frame = classification_frame(10) if task == "classification" else ner_frame(20)
     lenient = measure_adaptation_gain(
@@ -164,7 +164,7 @@ def test_probe_scores_both_encoders_on_a_split_of_train_and_keeps_by_min_gain(
 
 
 def test_finetune_gain_check_trains_from_both_encoders(tiny_base_model, adapted_encoder, tmp_path):
-    from models.adaptation_gain import measure_adaptation_gain
+    from models.evaluation.adaptation_gain import measure_adaptation_gain
 
     result = measure_adaptation_gain(
         _gain_recipe(tiny_base_model, gain_check="finetune"),
@@ -192,8 +192,8 @@ def test_gain_stage_is_skipped_when_there_is_nothing_to_compare(tiny_base_model,
 
 
 def test_gate_can_require_a_minimum_adaptation_gain():
-    from models.gate import decide
     from models.recipe import GateConfig
+    from models.registry.gate import decide
     from tests.models.test_gate import evidence
 
     gate = GateConfig(min_adaptation_gain=0.01)
@@ -211,7 +211,11 @@ def test_gate_can_require_a_minimum_adaptation_gain():
 
 
 def test_head_warmup_encodes_more_sequences_for_short_texts():
-    from models.head_warmup import HEAD_WARMUP_MAX_SEQUENCES, HEAD_WARMUP_SEQUENCE_CAP, _sequence_count
+    from models.training.head_warmup import (
+        HEAD_WARMUP_MAX_SEQUENCES,
+        HEAD_WARMUP_SEQUENCE_CAP,
+        _sequence_count,
+    )
 
     assert _sequence_count([{"input_ids": [0] * 60}] * 10) == HEAD_WARMUP_MAX_SEQUENCES  # demo-like windows
     short = _sequence_count([{"input_ids": [0] * 20}] * 10)  # tweets and headlines
@@ -221,7 +225,7 @@ def test_head_warmup_encodes_more_sequences_for_short_texts():
 def test_head_warmup_scores_held_out_targets_and_keeps_its_best_head(tiny_base_model):
     from transformers import DataCollatorForLanguageModeling
 
-    from models.head_warmup import warm_up_head
+    from models.training.head_warmup import warm_up_head
     from tests.models.test_adapt import GENERAL, _features, _tiny_mlm
 
     model, tokenizer, names = _tiny_mlm(tiny_base_model)
@@ -244,7 +248,7 @@ def test_head_warmup_scores_held_out_targets_and_keeps_its_best_head(tiny_base_m
 
 
 def test_paired_bootstrap_stderr_is_zero_for_identical_predictions_and_near_the_binomial_value_otherwise():
-    from models.adaptation_gain import paired_bootstrap_stderr
+    from models.evaluation.adaptation_gain import paired_bootstrap_stderr
 
     def accuracy(gold, predicted):
         return sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
@@ -260,7 +264,7 @@ def test_paired_bootstrap_stderr_is_zero_for_identical_predictions_and_near_the_
 
 
 def test_a_probe_gain_must_clear_min_gain_by_the_noise_margin(tiny_base_model, adapted_encoder, tmp_path):
-    from models.adaptation_gain import measure_adaptation_gain
+    from models.evaluation.adaptation_gain import measure_adaptation_gain
 
     frame = classification_frame(10)
     measured = measure_adaptation_gain(

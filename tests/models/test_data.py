@@ -69,7 +69,9 @@ def test_adaptation_trains_on_the_cleaned_corpus(tmp_path, tiny_base_model):
     path = write_tiny_recipe(tmp_path / "r", sample, tiny_base_model, adapt={"max_steps": 1})
     corpus = (tmp_path / "r" / "corpus.txt").read_text(encoding="utf-8").splitlines()
     assert clean_corpus(corpus, 10)[1].kept == len(corpus)  # the sample slice itself is clean
-    (tmp_path / "r" / "corpus.txt").write_text("\n".join(corpus + ["R .", "", corpus[0]]) + "\n", encoding="utf-8")
+    (tmp_path / "r" / "corpus.txt").write_text(
+        "\n".join(corpus + ["R .", "", corpus[0]]) + "\n", encoding="utf-8"
+    )
     recipe = load_recipe(path)
     messages: list[str] = []
     adapt_stage(recipe, tmp_path / "adapt", progress=messages.append)

@@ -60,7 +60,7 @@ def sentiment_frame() -> pd.DataFrame:
 
 
 def test_expected_calibration_error_on_a_hand_made_case():
-    from models.evaluate import expected_calibration_error
+    from models.evaluation.evaluate import expected_calibration_error
 
     # bin (0.8, 0.9]: confidence 0.9, accuracy 0.5; bin (0.5, 0.6]: confidence 0.6, accuracy 1.0
     ece, bins = expected_calibration_error([0.9, 0.9, 0.6, 0.6], [1, 0, 1, 1])
@@ -71,7 +71,7 @@ def test_expected_calibration_error_on_a_hand_made_case():
 
 
 def test_ner_entity_metrics_follow_seqeval_strict_iob2():
-    from models.evaluate import ner_entity_metrics
+    from models.evaluation.evaluate import ner_entity_metrics
 
     true = [["B-ORG", "I-ORG", "O", "B-MONEY", "I-MONEY"], ["B-ORG", "O", "O"]]
     # sentence 1: ORG right, MONEY cut short (wrong span); sentence 2: ORG right, a spurious MONEY
@@ -89,7 +89,7 @@ def test_ner_entity_metrics_follow_seqeval_strict_iob2():
 
 
 def test_strict_mode_rejects_an_entity_starting_with_i():
-    from models.evaluate import ner_entity_metrics
+    from models.evaluation.evaluate import ner_entity_metrics
 
     metrics = ner_entity_metrics([["B-ORG", "I-ORG"]], [["I-ORG", "I-ORG"]])
 
@@ -97,7 +97,7 @@ def test_strict_mode_rejects_an_entity_starting_with_i():
 
 
 def test_classification_evaluation_reports_classes_slices_calibration_and_plots(tiny_base_model, tmp_path):
-    from models.evaluate import evaluate_model
+    from models.evaluation.evaluate import evaluate_model
 
     model_dir = save_task_model(tiny_base_model, tmp_path / "model", CLASSES)
     frame = sentiment_frame()
@@ -121,7 +121,7 @@ def test_batched_inference_matches_one_by_one(tiny_base_model, tmp_path):
     """Sorting by length and padding per batch must not change any row's logits."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from models.evaluate import predict_classification
+    from models.evaluation.evaluate import predict_classification
 
     model_dir = save_task_model(tiny_base_model, tmp_path / "model", CLASSES)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -136,7 +136,7 @@ def test_batched_inference_matches_one_by_one(tiny_base_model, tmp_path):
 
 
 def test_evaluation_rejects_labels_the_model_does_not_know(tiny_base_model, tmp_path):
-    from models.evaluate import EvaluationError, evaluate_model
+    from models.evaluation.evaluate import EvaluationError, evaluate_model
 
     model_dir = save_task_model(tiny_base_model, tmp_path / "model", CLASSES)
     frame = sentiment_frame()
@@ -147,7 +147,7 @@ def test_evaluation_rejects_labels_the_model_does_not_know(tiny_base_model, tmp_
 
 
 def test_ner_evaluation_reports_entity_scores_and_token_accuracy(tiny_base_model, tmp_path):
-    from models.evaluate import evaluate_model
+    from models.evaluation.evaluate import evaluate_model
 
     model_dir = save_task_model(tiny_base_model, tmp_path / "model", TAGS, token_level=True)
     frame = pd.DataFrame(
@@ -177,7 +177,7 @@ def test_ner_evaluation_reports_entity_scores_and_token_accuracy(tiny_base_model
 
 
 def test_multi_label_evaluation(tiny_base_model, tmp_path):
-    from models.evaluate import evaluate_model
+    from models.evaluation.evaluate import evaluate_model
 
     model_dir = save_task_model(
         tiny_base_model, tmp_path / "model", CLASSES, problem_type="multi_label_classification"
@@ -193,7 +193,7 @@ def test_multi_label_evaluation(tiny_base_model, tmp_path):
 
 
 def test_compare_with_production_gives_signed_deltas():
-    from models.evaluate import compare_with_production
+    from models.evaluation.evaluate import compare_with_production
 
     candidate = {"accuracy": 0.9, "macro_f1": 0.85, "ece": 0.05, "per_class": {}}
     production = {"accuracy": 0.88, "macro_f1": 0.86, "ece": 0.08}
@@ -210,7 +210,7 @@ def test_compare_with_production_gives_signed_deltas():
 
 
 def test_report_holds_the_tables_and_relative_plot_links(tiny_base_model, tmp_path):
-    from models.evaluate import compare_with_production, evaluate_model, write_report
+    from models.evaluation.evaluate import compare_with_production, evaluate_model, write_report
 
     model_dir = save_task_model(tiny_base_model, tmp_path / "model", CLASSES)
     result = evaluate_model(make_recipe(), model_dir, sentiment_frame(), tmp_path / "eval")

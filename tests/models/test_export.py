@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle import ServingSpec
-from models.export import ExportError, ExportResult, _preferred_cpu_variant, export_bundle
+from models.export.onnx import ExportError, ExportResult, _preferred_cpu_variant, export_bundle
 from models.recipe import ExportConfig
+from models.registry.bundle import ServingSpec
 
 LABELS = ["billing", "outage", "praise"]
 TAGS = ["O", "B-DRUG", "I-DRUG", "B-DISEASE", "I-DISEASE"]
@@ -50,7 +50,9 @@ def exported(classifier_dir, tmp_path_factory) -> ExportResult:
         task="classification",
         labels=LABELS,
         max_length=32,
-        config=ExportConfig(variants=["fp32", "int8", "fp16"], min_label_agreement=0.5, max_accuracy_drop=1.0),
+        config=ExportConfig(
+            variants=["fp32", "int8", "fp16"], min_label_agreement=0.5, max_accuracy_drop=1.0
+        ),
         parity_texts=TEXTS,
         parity_labels=["billing", "outage", "praise", "praise"],
         progress=messages.append,
@@ -101,7 +103,7 @@ def test_parity_runs_the_serving_predictor_at_each_batch_size_and_keeps_the_wors
 
 
 def test_int8_options_choose_which_nodes_stay_fp32(classifier_dir, tmp_path):
-    from models.export import _optimum_export, int8_exclusions
+    from models.export.onnx import _optimum_export, int8_exclusions
 
     plain = _optimum_export(classifier_dir, tmp_path / "plain", "classification", None) / "model.onnx"
     everything = ExportConfig(int8_weights_only=False, int8_fp32_head=False, int8_operators=["MatMul"])
@@ -116,7 +118,7 @@ def test_int8_options_choose_which_nodes_stay_fp32(classifier_dir, tmp_path):
 def test_a_variant_that_fails_parity_is_dropped_from_serving_with_its_numbers(
     classifier_dir, tmp_path, monkeypatch
 ):
-    import models.export as export
+    import models.export.onnx as export
 
     real = export._parity_failures
 
@@ -129,7 +131,9 @@ def test_a_variant_that_fails_parity_is_dropped_from_serving_with_its_numbers(
     assert set(result.variants) == {"fp32"} and result.preferred_cpu_variant == "fp32"
     assert not (tmp_path / "out" / "onnx" / "int8").exists()  # nothing left for the service to load
     spec = ServingSpec.read(tmp_path / "out")
-    assert spec.variants == {"fp32": "onnx/fp32/model.onnx"} and spec.extra["dropped_variants"] == result.dropped
+    assert (
+        spec.variants == {"fp32": "onnx/fp32/model.onnx"} and spec.extra["dropped_variants"] == result.dropped
+    )
     report = json.loads((tmp_path / "out" / "reports" / "parity.json").read_text())
     assert report["dropped"] == result.dropped and report["served"] == ["fp32"]
     assert report["variants"]["int8"]["passed"] is False and "label_agreement" in report["variants"]["int8"]
@@ -150,7 +154,7 @@ def test_the_serving_predictor_never_picks_a_variant_the_bundle_does_not_serve(e
 
 
 def test_parity_failures_name_each_broken_budget():
-    from models.export import _parity_failures
+    from models.export.onnx import _parity_failures
 
     config = ExportConfig(min_label_agreement=0.99, max_accuracy_drop=0.005, parity_atol=1e-3)
     ok = {"max_abs_diff": 0.05, "label_agreement": 0.995, "macro_f1_drop_vs_pytorch": 0.003}

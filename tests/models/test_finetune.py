@@ -94,7 +94,7 @@ def save_masked_lm(base: Path, target: Path) -> Path:
 def test_classification_finetune_writes_loadable_model_with_recipe_label_order(tiny_base_model, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     frame = classification_frame()
     lines: list[str] = []
@@ -120,7 +120,7 @@ def test_classification_finetune_writes_loadable_model_with_recipe_label_order(t
 def test_ner_finetune_uses_o_then_bio_tags_per_entity_type(tiny_base_model, tmp_path):
     from transformers import AutoModelForTokenClassification
 
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     frame = ner_frame()
     result = finetune(
@@ -134,7 +134,7 @@ def test_ner_finetune_uses_o_then_bio_tags_per_entity_type(tiny_base_model, tmp_
 def test_ner_alignment_labels_only_the_first_word_piece(tiny_base_model):
     from transformers import AutoTokenizer
 
-    from models.finetune import IGNORE_INDEX, align_ner_labels
+    from models.training.finetune import IGNORE_INDEX, align_ner_labels
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
     words, tags = ["Ruskola", "profit", "rose"], ["B-ORG", "O", "O"]
@@ -151,7 +151,7 @@ def test_ner_alignment_labels_only_the_first_word_piece(tiny_base_model):
 
 
 def test_masked_lm_encoder_weights_are_loaded_and_pooler_comes_from_base(tiny_base_model, tmp_path):
-    from models.finetune import load_task_model
+    from models.training.finetune import load_task_model
 
     adapted = save_masked_lm(tiny_base_model, tmp_path / "adapted")
 
@@ -168,7 +168,7 @@ def test_encoder_dir_without_encoder_weights_is_rejected(tiny_base_model, tmp_pa
 
     from safetensors.torch import save_file
 
-    from models.finetune import FinetuneError, finetune
+    from models.training.finetune import FinetuneError, finetune
 
     empty = tmp_path / "empty"
     shutil.copytree(tiny_base_model, empty)
@@ -183,7 +183,7 @@ def test_encoder_dir_without_encoder_weights_is_rejected(tiny_base_model, tmp_pa
 
 
 def test_unknown_labels_are_named_in_the_error(tiny_base_model, tmp_path):
-    from models.finetune import FinetuneError, finetune
+    from models.training.finetune import FinetuneError, finetune
 
     frame = classification_frame(2)
     frame.loc[0, "label"] = "bullish"
@@ -192,7 +192,7 @@ def test_unknown_labels_are_named_in_the_error(tiny_base_model, tmp_path):
 
 
 def test_head_and_encoder_learning_rates_differ_with_layer_decay(tiny_base_model):
-    from models.finetune import load_task_model, optimizer_param_groups
+    from models.training.finetune import load_task_model, optimizer_param_groups
 
     recipe = make_recipe(tiny_base_model, learning_rate=1e-4, head_learning_rate=2e-3, layer_lr_decay=0.5)
     model, _ = load_task_model(recipe, tiny_base_model)
@@ -212,7 +212,7 @@ def test_head_and_encoder_learning_rates_differ_with_layer_decay(tiny_base_model
 def test_unfreezing_callback_unfreezes_one_more_block_per_scheduled_epoch(tiny_base_model):
     from transformers import TrainerControl, TrainerState
 
-    from models.finetune import gradual_unfreezing_callback, load_task_model
+    from models.training.finetune import gradual_unfreezing_callback, load_task_model
 
     model, _ = load_task_model(make_recipe(tiny_base_model), tiny_base_model)
     callback = gradual_unfreezing_callback([1, 2])
@@ -237,7 +237,7 @@ def test_gradual_unfreezing_in_training_keeps_frozen_blocks_at_encoder_weights(t
     """Schedule [1] over 2 epochs: the top layer trains from the start, layer 0 after epoch 1, embeddings never."""
     from safetensors.torch import load_file
 
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     adapted = save_masked_lm(tiny_base_model, tmp_path / "adapted")
     frame = classification_frame(4)  # 12 rows, batch 8: 2 steps per epoch
@@ -260,7 +260,12 @@ def test_class_weights_are_inverse_frequency_and_used_in_the_loss(tiny_base_mode
     import torch.nn.functional as F
     from transformers import TrainingArguments
 
-    from models.finetune import _trainer_class, class_weight_vector, load_task_model, optimizer_param_groups
+    from models.training.finetune import (
+        _trainer_class,
+        class_weight_vector,
+        load_task_model,
+        optimizer_param_groups,
+    )
 
     recipe = make_recipe(tiny_base_model, class_weights=True)
     encoded = [{"labels": 0}] * 2 + [{"labels": 1}] * 6 + [{"labels": 2}] * 4
@@ -288,7 +293,7 @@ def test_class_weights_are_inverse_frequency_and_used_in_the_loss(tiny_base_mode
 
 
 def test_early_stopping_selects_on_a_split_of_train_not_on_eval(tiny_base_model, tmp_path):
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     frame = classification_frame(10)  # 30 rows: 27 fit, 3 validation
     recipe = make_recipe(tiny_base_model, epochs=3, early_stopping_patience=1)
@@ -304,7 +309,7 @@ def test_early_stopping_selects_on_a_split_of_train_not_on_eval(tiny_base_model,
 def test_multi_label_finetune_sets_problem_type(tiny_base_model, tmp_path):
     from transformers import AutoConfig
 
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     frame = classification_frame(2)
     frame.loc[0, "label"] = "negative|neutral"
@@ -316,7 +321,7 @@ def test_multi_label_finetune_sets_problem_type(tiny_base_model, tmp_path):
 
 
 def test_augmentation_adds_capped_synthetic_rows_that_keep_their_labels(tiny_base_model, tmp_path):
-    from models.augment import augment_training_set
+    from models.training.augment import augment_training_set
 
     adapted = save_masked_lm(tiny_base_model, tmp_path / "adapted")
     frame = classification_frame()  # 24 rows
@@ -335,7 +340,7 @@ def test_augmentation_adds_capped_synthetic_rows_that_keep_their_labels(tiny_bas
 
 
 def test_ner_augmentation_replaces_only_words_outside_entities(tiny_base_model, tmp_path):
-    from models.augment import augment_training_set
+    from models.training.augment import augment_training_set
 
     frame = ner_frame(8)
     result = augment_training_set(
@@ -349,7 +354,7 @@ def test_ner_augmentation_replaces_only_words_outside_entities(tiny_base_model, 
 
 
 def test_finetune_with_augmentation_reports_it(tiny_base_model, tmp_path):
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     frame = classification_frame()
     result = finetune(
@@ -365,7 +370,7 @@ def test_finetune_with_augmentation_reports_it(tiny_base_model, tmp_path):
 
 
 def test_search_runs_the_trial_budget_and_uses_the_best_params(tiny_base_model, tmp_path):
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     frame = classification_frame()
     recipe = make_recipe(tiny_base_model, search_trials=2, max_steps=2)
@@ -381,7 +386,7 @@ def test_search_runs_the_trial_budget_and_uses_the_best_params(tiny_base_model, 
 
 
 def test_measure_augmentation_effect_trains_both_variants(tiny_base_model, tmp_path):
-    from models.finetune import measure_augmentation_effect
+    from models.training.finetune import measure_augmentation_effect
 
     frame = classification_frame()
     recipe = make_recipe(tiny_base_model, augment_fraction=0.25, max_steps=2)
@@ -396,7 +401,7 @@ def test_measure_augmentation_effect_trains_both_variants(tiny_base_model, tmp_p
 def test_time_budget_that_fits_less_than_all_epochs_plans_fewer_steps_but_at_least_one_epoch(
     tiny_base_model, tmp_path
 ):
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     frame = classification_frame(10)  # 30 rows: 27 fit (4 steps of 8), 3 validation
     recipe = make_recipe(tiny_base_model, epochs=3, early_stopping_patience=1, time_budget_minutes=1e-6)
@@ -413,7 +418,7 @@ def test_time_budget_that_fits_less_than_all_epochs_plans_fewer_steps_but_at_lea
 
 
 def test_time_budget_that_fits_every_epoch_changes_nothing(tiny_base_model, tmp_path):
-    from models.finetune import finetune
+    from models.training.finetune import finetune
 
     frame = classification_frame(10)
     recipe = make_recipe(tiny_base_model, epochs=2, early_stopping_patience=0, time_budget_minutes=60)

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from models.gate import GateDecision, decide
 from models.recipe import GateConfig
+from models.registry.gate import GateDecision, decide
 
 GOOD = {
     "metrics": {"macro_f1": 0.82, "accuracy": 0.85, "eval_loss": 0.4},
@@ -101,8 +101,12 @@ def test_failed_int8_that_was_dropped_from_serving_is_reported_but_does_not_bloc
     decision = decide(candidate, None, GateConfig(require_parity=True))
     assert decision.passed, decision.failures
     (dropped,) = [r for r in decision.reasons if "dropped from serving" in r]
-    assert "'int8'" in dropped and "0.9550" in dropped and "0.30 points" in dropped and "serves fp32" in dropped
-    assert decision.dropped == [dropped] and dropped in decision.summary()  # the run's one-line verdict says so
+    assert (
+        "'int8'" in dropped and "0.9550" in dropped and "0.30 points" in dropped and "serves fp32" in dropped
+    )
+    assert (
+        decision.dropped == [dropped] and dropped in decision.summary()
+    )  # the run's one-line verdict says so
     # evidence written before the export recorded what serves: a failed int8 never served either
     del candidate["serving"]
     assert decide(candidate, None, GateConfig(require_parity=True)).passed

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from models.modelcard import SYNTHETIC_NOTE, render_model_card, uses_sample_data
+from models.registry.modelcard import SYNTHETIC_NOTE, render_model_card, uses_sample_data
 from tests.models.test_registry import make_evidence
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -57,7 +57,10 @@ def test_card_body_has_per_class_per_slice_tables_and_embedded_plots():
 
 def test_card_says_when_the_synthetic_sample_data_was_used(tmp_path):
     digest = hashlib.sha256((SAMPLE / "sentiment.csv").read_bytes()).hexdigest()
-    copied = {"sha256": "aa" * 32, "files": {"train": {"path": str(tmp_path / "train.csv"), "sha256": digest}}}
+    copied = {
+        "sha256": "aa" * 32,
+        "files": {"train": {"path": str(tmp_path / "train.csv"), "sha256": digest}},
+    }
     by_path = {"sha256": "bb" * 32, "files": {"corpus": {"path": "data/sample/corpus.txt", "sha256": "x"}}}
     for fingerprint in (copied, by_path):
         ev = evidence(data_fingerprint=fingerprint)

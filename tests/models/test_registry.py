@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from models.bundle import ServingSpec
 from models.recipe import MODEL_NAME_PATTERN, GateConfig
-from models.registry import (
+from models.registry.bundle import ServingSpec
+from models.registry.store import (
     NAME_PATTERN,
     ArchivedVersion,
     BundleError,
@@ -34,7 +34,7 @@ from models.registry import (
 
 # ------------------------------------------------------------------------------------------- helpers
 def make_bundle(root: Path, weights_bytes: int = 4096, extra_files: int = 0) -> Path:
-    """A minimal serving bundle (the layout of models/bundle.py) with fake ONNX bytes."""
+    """A minimal serving bundle (the layout of models/registry/bundle.py) with fake ONNX bytes."""
     bundle = root / "bundle"
     (bundle / "tokenizer").mkdir(parents=True, exist_ok=True)
     (bundle / "onnx" / "fp32").mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,9 @@ def test_register_list_get_writes_manifest_evidence_and_card(registry, bundle):
     assert (first.version, second.version) == (1, 2)
     # One folder per row (version + token), so no other registration can ever write or delete it.
     assert first.path.parent == registry.artifact_root / "finsent" and first.status == "ready"
-    assert re.fullmatch(r"1-[0-9a-f]{12}", first.path.name) and re.fullmatch(r"2-[0-9a-f]{12}", second.path.name)
+    assert re.fullmatch(r"1-[0-9a-f]{12}", first.path.name) and re.fullmatch(
+        r"2-[0-9a-f]{12}", second.path.name
+    )
     manifest = json.loads((first.path / "manifest.json").read_text())
     assert {
         "serving.json",
@@ -443,7 +445,7 @@ def test_diff_shows_metric_deltas_and_changed_evidence(registry, bundle):
 
 
 def test_registry_import_stays_light():
-    code = "import sys, models.registry; print(sorted(m for m in ('pydantic', 'yaml', 'torch') if m in sys.modules))"
+    code = "import sys, models.registry.store; print(sorted(m for m in ('pydantic', 'yaml', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -453,7 +455,7 @@ def test_registry_import_stays_light():
 def cli(registry, monkeypatch):
     from typer.testing import CliRunner
 
-    from dapt.cli_models import models_app
+    from dapt.cli.versions import models_app
 
     monkeypatch.setenv("DAPT_REGISTRY_URL", registry.url)
     monkeypatch.setenv("DAPT_ARTIFACT_ROOT", str(registry.artifact_root))

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.registry import (
+from models.registry.store import (
     ArchivedVersion,
     BundleError,
     ChecksumError,
@@ -39,7 +39,9 @@ def make_registry(request, tmp_path):
 
         host, port = request.getfixturevalue("postgres_server")
         database = f"reg_{os.urandom(6).hex()}"
-        with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            host=host, port=port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{database}"')
         url = f"postgresql+psycopg://postgres@{host}:{port}/{database}"
     made: list[Registry] = []
@@ -73,7 +75,9 @@ def _folders(registry: Registry) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ failed registrations, retries
-def test_error_after_the_ready_commit_keeps_the_version_and_a_retry_with_the_key_returns_it(make_registry, bundle):
+def test_error_after_the_ready_commit_keeps_the_version_and_a_retry_with_the_key_returns_it(
+    make_registry, bundle
+):
     """Seen: a commit that raised after succeeding left a ready row with no files, and the retry duplicated."""
     flaky = make_registry(hook=_raise_at("marked-ready", ConnectionResetError("answer to COMMIT lost")))
     version = flaky.register("finsent", bundle, make_evidence(), idempotency_key="run-1")
@@ -118,7 +122,9 @@ def test_concurrent_calls_with_one_key_register_once(make_registry, bundle):
 
     def run(label: str, registry: Registry) -> None:
         try:
-            results[label] = registry.register("finsent", bundle, make_evidence(), idempotency_key="k").version
+            results[label] = registry.register(
+                "finsent", bundle, make_evidence(), idempotency_key="k"
+            ).version
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -193,7 +199,9 @@ def test_heartbeat_keeps_a_slow_registration_alive_past_its_lease(make_registry,
 
     slow_registry, other = make_registry(lease_s=lease, hook=slow), make_registry(lease_s=lease)
     result: list = []
-    worker = threading.Thread(target=lambda: result.append(slow_registry.register("finsent", bundle, make_evidence())))
+    worker = threading.Thread(
+        target=lambda: result.append(slow_registry.register("finsent", bundle, make_evidence()))
+    )
     worker.start()
     assert reached.wait(timeout=60)
     time.sleep(1.5 * lease)
@@ -263,7 +271,9 @@ def _write_spec(bundle: Path, variants: dict) -> None:
     "variant",
     ["../../outside/model.onnx", "/etc/passwd", "onnx/../../outside/model.onnx", "onnx/fp32/missing.onnx"],
 )
-def test_bundle_whose_serving_spec_points_outside_or_nowhere_is_refused(make_registry, bundle, tmp_path, variant):
+def test_bundle_whose_serving_spec_points_outside_or_nowhere_is_refused(
+    make_registry, bundle, tmp_path, variant
+):
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "model.onnx").write_bytes(b"not covered by any manifest")
@@ -277,7 +287,7 @@ def test_bundle_whose_serving_spec_points_outside_or_nowhere_is_refused(make_reg
 def _tamper_registered(registry: Registry, version, change) -> None:
     """Edit a registered folder the way a registry without these checks could have stored it: files changed,
     manifest and its digest in the database updated to match."""
-    from models.registry import _sha256
+    from models.registry.store import _sha256
 
     root = version.path
     for path in [root, *root.rglob("*")]:
@@ -343,8 +353,8 @@ def test_a_bundle_without_a_manifest_is_refused(make_registry, bundle):
 
 
 def test_serving_side_checks_go_through_the_same_rules(tmp_path):
-    """The service reads bundles through models.bundle (no registry needed): the same path rules apply."""
-    from models.bundle import BundlePathError, ServingSpec
+    """The service reads bundles through models.registry.bundle (no registry needed): the same path rules apply."""
+    from models.registry.bundle import BundlePathError, ServingSpec
     from services.predictor import ChecksumError as ServingChecksumError
     from services.predictor import verify_manifest
 

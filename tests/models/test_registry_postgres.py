@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle import ServingSpec
 from models.recipe import GateConfig
-from models.registry import Registry
+from models.registry.bundle import ServingSpec
+from models.registry.store import Registry
 
 pytestmark = pytest.mark.integration
 

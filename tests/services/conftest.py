@@ -38,7 +38,7 @@ def make_checkpoint(base: Path, out: Path, task: str, labels: list[str], favour:
 
 
 def export_tiny(checkpoint: Path, out: Path, task: str, labels: list[str]) -> Path:
-    from models.export import export_bundle
+    from models.export.onnx import export_bundle
     from models.recipe import ExportConfig
 
     export_bundle(

@@ -15,7 +15,7 @@ MINIMAL_EVIDENCE = {"metrics": {"macro_f1": 0.5}, "parity": {}, "validation": {"
 def tmp_registry(root: Path):
     """A registry of its own (database + artifacts under ``root``); a served process sees the same one through
     DAPT_REGISTRY_URL / DAPT_ARTIFACT_ROOT (see :func:`registry_env`)."""
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     return Registry(f"sqlite:///{root / 'registry.db'}", root / "artifacts")
 
@@ -39,11 +39,11 @@ def corrupt(path: Path) -> None:
 def live_server(
     bundle_dir: Path, *, name: str = "tiny", version: int = 1, alias: str | None = None, **env: str
 ):
-    """`bentoml serve` on a free loopback port (dapt.cli's start_server), ready, stopped with SIGTERM at exit.
+    """`bentoml serve` on a free loopback port (services.launcher's start_server), ready, stopped with SIGTERM at exit.
 
     Yields (url, process). Extra keyword arguments become environment variables of the server.
     """
-    from dapt.cli import free_port, start_server, stop_server, wait_ready
+    from services.launcher import free_port, start_server, stop_server, wait_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -324,7 +324,7 @@ def test_serving_process_never_imports_torch_or_transformers(classifier_bundle):
         service = DaptService()
         assert len(asyncio.run(service.classify(texts=["hello there"])).predictions) == 1
         OnnxPredictor(os.environ["DAPT_BUNDLE_DIR"]).classify(["again"])
-        import models.registry  # what a reload imports
+        import models.registry.store  # what a reload imports
         service.slot.stop()
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum"))
         print(json.dumps({{"heavy": heavy, "bentoml": "bentoml" in sys.modules}}))
@@ -359,8 +359,12 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
     gpu_lines = dockerfile.read_text().splitlines()
     froms = [line.split()[1] for line in gpu_lines if line.startswith("FROM ")]
     assert froms and froms[0].startswith("nvidia/cuda:12.8.1-cudnn-runtime")
-    uv_copied = next(i for i, line in enumerate(gpu_lines) if line.startswith("COPY --from=ghcr.io/astral-sh/uv:"))
-    uv_needed = next(i for i, line in enumerate(gpu_lines) if line.startswith("RUN") and "pip install uv" in line)
+    uv_copied = next(
+        i for i, line in enumerate(gpu_lines) if line.startswith("COPY --from=ghcr.io/astral-sh/uv:")
+    )
+    uv_needed = next(
+        i for i, line in enumerate(gpu_lines) if line.startswith("RUN") and "pip install uv" in line
+    )
     assert uv_copied < uv_needed  # the CUDA base's Python has no pip: uv must be there before BentoML asks
     gpu_requirements = (dockerfile.parents[1] / "python" / "requirements.txt").read_text()
     gpu_runtime = [line for line in gpu_requirements.splitlines() if line.startswith("onnxruntime")]
@@ -376,9 +380,14 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
         p.relative_to(dockerfile.parents[2] / "src").as_posix()
         for p in (dockerfile.parents[2] / "src").rglob("*.py")
     }
-    assert "services/service.py" in sources and "models/bundle.py" in sources
-    assert "models/export.py" not in sources  # no training code in the image
-    assert {"services/guard.py", "services/reloader.py", "models/registry.py", "dapt/settings.py"} <= sources
+    assert "services/service.py" in sources and "models/registry/bundle.py" in sources
+    assert "models/export/onnx.py" not in sources  # no training code in the image
+    assert {
+        "services/guard.py",
+        "services/reloader.py",
+        "models/registry/store.py",
+        "models/settings.py",
+    } <= sources
     # The generated Dockerfile creates a `bentoml` user and switches to it before the entrypoint: not root.
     docker_lines = [line.strip() for line in dockerfile.read_text().splitlines()]
     users = [line.split()[1] for line in docker_lines if line.startswith("USER ")]
@@ -390,7 +399,9 @@ def test_bento_build_packs_the_model_and_writes_a_dockerfile(classifier_bundle, 
 
     cpu_tag, cpu_dockerfile = build_bento(tag, cpu=True)  # bentofile.cpu.yaml
     assert cpu_tag != bento_tag
-    cpu_froms = [line.split()[1] for line in cpu_dockerfile.read_text().splitlines() if line.startswith("FROM ")]
+    cpu_froms = [
+        line.split()[1] for line in cpu_dockerfile.read_text().splitlines() if line.startswith("FROM ")
+    ]
     assert cpu_froms and cpu_froms[0].startswith("python:3.11-slim")
     cpu_requirements = (cpu_dockerfile.parents[1] / "python" / "requirements.txt").read_text()
     assert "\nonnxruntime==" in cpu_requirements and "onnxruntime-gpu" not in cpu_requirements

@@ -73,7 +73,9 @@ def test_concurrent_texts_of_mixed_lengths_get_their_own_answers(bounded):
 
 def _batch_calls(metrics: str) -> float:
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("dapt_batch_size_count")
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("dapt_batch_size_count")
     )
 
 
@@ -172,7 +174,10 @@ def test_idle_and_half_open_connections_are_closed_and_readiness_stays_responsiv
             assert closed_after < header_timeout + 5
             assert len(over_cap) >= 5
             assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-            assert httpx.post(f"{url}/classify", json={"texts": ["still serving"]}, timeout=30).status_code == 200
+            assert (
+                httpx.post(f"{url}/classify", json={"texts": ["still serving"]}, timeout=30).status_code
+                == 200
+            )
         finally:
             for sock in held + locals().get("extra", []):
                 sock.close()
@@ -203,7 +208,7 @@ def test_sigterm_to_the_installed_dapt_serve_stops_the_server_and_frees_the_port
     registry = tmp_registry(tmp_path)
     registry.register("tiny", classifier_bundle, MINIMAL_EVIDENCE)
     registry.set_alias("tiny", "production", 1, reason="test")
-    from dapt.cli import free_port
+    from services.launcher import free_port
 
     port = free_port()
     dapt = Path(sys.executable).parent / "dapt"
@@ -214,7 +219,9 @@ def test_sigterm_to_the_installed_dapt_serve_stops_the_server_and_frees_the_port
         "DAPT_ORT_THREADS": "1",
     }
     command = [str(dapt), "serve", "--name", "tiny", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
@@ -230,7 +237,9 @@ def test_sigterm_to_the_installed_dapt_serve_stops_the_server_and_frees_the_port
         code = process.wait(timeout=60)
         seconds = time.monotonic() - signalled
         still_open = _port_open(port)
-        print(f"\n[sigterm] dapt serve exited {code} {seconds:.1f} s after SIGTERM; port open after: {still_open}")
+        print(
+            f"\n[sigterm] dapt serve exited {code} {seconds:.1f} s after SIGTERM; port open after: {still_open}"
+        )
         assert code == 0, process.stdout.read().decode()[-2000:]
         assert not still_open, "the BentoML server kept serving after `dapt serve` was stopped"
     finally:
@@ -271,7 +280,9 @@ def test_a_restarted_worker_serves_the_alias_version_of_now(tmp_path, classifier
         version = None
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 and _worker_pids(process.pid) != [worker]:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 and _worker_pids(process.pid) != [
+                    worker
+                ]:
                     version = httpx.get(f"{url}/metadata", timeout=5).json()["version"]
                     break
             except httpx.HTTPError:
@@ -301,7 +312,9 @@ def test_an_admin_reload_to_a_version_is_pinned_until_a_reload_without_one(
         assert pinned.json()["pinned_version"] == "1" and pinned.json()["following_alias"] is False
         time.sleep(3.0)  # ten polls of an alias that points at v2
         metadata = httpx.get(f"{url}/metadata", timeout=5).json()
-        print(f"\n[swap] pinned to v1 with the alias on v2: after 3 s of polling v{metadata['version']} serves")
+        print(
+            f"\n[swap] pinned to v1 with the alias on v2: after 3 s of polling v{metadata['version']} serves"
+        )
         assert metadata["version"] == "1" and metadata["pinned_version"] == "1"
         assert metadata["following_alias"] is False
         unpinned = httpx.post(f"{url}/admin/reload", headers=auth, timeout=60)

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.predictor import BundleError, ChecksumError, OnnxPredictor, WrongTaskError, sha256_of
+from models.hashing import file_sha256 as sha256_of
+from services.predictor import BundleError, ChecksumError, OnnxPredictor, WrongTaskError
 
 CLASS_LABELS = ["negative", "neutral", "positive"]  # as exported in conftest.py
 NER_TAGS = ["O", "B-DRUG", "I-DRUG", "B-DISEASE", "I-DISEASE"]

@@ -58,7 +58,11 @@ def test_corrupted_artifact_is_refused_and_the_old_version_keeps_serving(registr
         and "v1 keeps serving" in error["error"]
     )
     public = slot.status()["last_reload_error"]  # what /metadata shows: the kind of failure, no path
-    assert public["version"] == "v2" and "verification" in public["error"] and "v1 keeps serving" in public["error"]
+    assert (
+        public["version"] == "v2"
+        and "verification" in public["error"]
+        and "v1 keeps serving" in public["error"]
+    )
     assert "model.onnx" not in public["error"] and "/" not in public["error"].replace("/probe", "")
     assert slot.poll_once() is None and slot.status()["last_reload_error"]["at"] == error["at"]  # not retried
     with pytest.raises(ReloadFailed) as by_hand:  # an admin reload retries at once, and fails the same way

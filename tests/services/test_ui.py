@@ -211,7 +211,7 @@ def test_admin_promote_and_rollback_need_the_token_and_the_csrf_cookie(tmp_path)
     client = TestClient(create_app(registry, admin_token="s3cret"))
     page = client.get("/models/finsent")
     csrf = page.cookies[CSRF_COOKIE]
-    assert f'name="csrf" value="{csrf}"' in page.text and 's3cret' not in page.text
+    assert f'name="csrf" value="{csrf}"' in page.text and "s3cret" not in page.text
 
     def post(action: str, **fields: str) -> httpx.Response:
         return client.post(f"/models/finsent/{action}", data=fields, follow_redirects=False)

@@ -112,7 +112,9 @@ class Browser:
         self.call("Page.navigate", url=url)
         self.wait_event("Page.loadEventFired")
         return [
-            e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e.get("method") == "Network.requestWillBeSent"
         ]
 
     def evaluate(self, expression: str):
@@ -229,4 +231,6 @@ def test_validation_report_file_opens_offline_from_disk_and_shows_its_checks(bro
     rows = browser.evaluate("[...document.querySelectorAll('#checks tbody tr')].map(r => r.innerText)")
     assert len(rows) == 3 and any("mojibake" in row and "warn" in row for row in rows)
     # the inlined stylesheet applied: a status pill has its colour without any network
-    assert browser.evaluate("getComputedStyle(document.querySelector('.pill.warn')).color") == "rgb(138, 90, 0)"
+    assert (
+        browser.evaluate("getComputedStyle(document.querySelector('.pill.warn')).color") == "rgb(138, 90, 0)"
+    )

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from dapt.cli_stages import register as register_stage_commands
-from dapt.cli_ui import register as register_ui_command
+from dapt.cli.common import UserError, console, err, read_recipe
+from dapt.cli.stages import register as register_stage_commands
+from dapt.cli.ui import register as register_ui_command
+from dapt.cli.versions import models_app
 from dapt.exit_codes import ExitCode
-from dapt.settings import configure_environment
-
-REPO = Path(__file__).resolve().parents[1]
-console = Console()
-err = Console(stderr=True)
+from models.settings import configure_environment
+from services.launcher import (
+    ServerError,
+    free_port,
+    serve_until_stopped,
+    start_server,
+    stop_server,
+    wait_ready,
+)
 
 app = typer.Typer(
     help="dapt: raw domain text → validated → adapted → fine-tuned → judged → exported → registered → served.",
@@ -29,38 +30,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bento_app = typer.Typer(help="Package a registered version as a Bento (BentoML store + Dockerfile).", no_args_is_help=True)
+bento_app = typer.Typer(
+    help="Package a registered version as a Bento (BentoML store + Dockerfile).", no_args_is_help=True
+)
 app.add_typer(bento_app, name="bento")
-
-
-class UserError(Exception):
-    """A problem the user can act on, printed as one red line (no traceback).
-
-    The exit code says which kind: ``ExitCode.USAGE`` (2, the default) for a wrong command or input,
-    ``ExitCode.FAILURE`` (1) when the command ran and failed, ``ExitCode.GATE_REFUSED`` (3).
-    """
-
-    def __init__(self, message: str, exit_code: int = ExitCode.USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = int(exit_code)
 
 
 @app.callback()
 def _setup() -> None:
     configure_environment()
-
-
-def _recipe(path: Path):
-    from models.recipe import RecipeError, check_data_paths, load_recipe
-
-    try:
-        recipe = load_recipe(path)
-    except RecipeError as exc:
-        raise UserError(str(exc)) from None
-    problems = check_data_paths(recipe)
-    if problems:
-        raise UserError(f"{path}: " + "; ".join(problems))
-    return recipe
 
 
 def _print_run_summary(summary: dict) -> None:
@@ -76,7 +54,13 @@ def _print_run_summary(summary: dict) -> None:
             old = before.get(key)
             table.add_row(key, f"{value:.4f}", "-" if not isinstance(old, float | int) else f"{old:.4f}")
     forgetting = summary.get("forgetting") or {}
-    for key in ("domain_loss_before", "domain_loss_after", "general_loss_before", "general_loss_after", "delta"):
+    for key in (
+        "domain_loss_before",
+        "domain_loss_after",
+        "general_loss_before",
+        "general_loss_after",
+        "delta",
+    ):
         value = forgetting.get(key)
         if isinstance(value, float | int):
             table.add_row(f"mlm {key}", f"{value:.4f}", "")
@@ -91,7 +75,7 @@ def _print_run_summary(summary: dict) -> None:
 
 def run_recipe(recipe_path: Path) -> dict:
     """Run the retrain flow; return its summary or raise UserError with a readable report."""
-    recipe = _recipe(recipe_path)
+    recipe = read_recipe(recipe_path)
     from flows.retrain import retrain
 
     state = retrain(recipe, return_state=True)
@@ -149,20 +133,22 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/
 
     Example: dapt validate recipes/demo.yaml
     """
-    parsed = _recipe(recipe)
-    from dapt.settings import runs_dir
+    parsed = read_recipe(recipe)
     from expectations.runner import validate_recipe_data
+    from models.settings import runs_dir
 
     out = runs_dir() / f"validate-{time.strftime('%Y%m%dT%H%M%S')}-{parsed.name}"
     report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
     report.render(console)
-    console.print(f"Validation report (opens offline): {report.write_html(out / 'report.html', f'Data validation — {parsed.name}')}")
+    console.print(
+        f"Validation report (opens offline): {report.write_html(out / 'report.html', f'Data validation — {parsed.name}')}"
+    )
     if not report.success:
         raise typer.Exit(ExitCode.FAILURE)
 
 
 def _production_profile(name: str) -> dict | None:
-    from models.registry import Registry, RegistryError
+    from models.registry.store import Registry, RegistryError
 
     try:
         version = Registry().get_version(name, alias="production")
@@ -172,7 +158,7 @@ def _production_profile(name: str) -> dict | None:
 
 
 def _resolve_served_version(name: str | None, alias: str, version: int | None):
-    from models.registry import Registry, RegistryError
+    from models.registry.store import Registry, RegistryError
 
     registry = Registry()
     try:
@@ -183,74 +169,15 @@ def _resolve_served_version(name: str | None, alias: str, version: int | None):
             if len(names) > 1:
                 raise UserError(f"several models are registered ({', '.join(names)}): choose one with --name")
             name = names[0]
-        chosen = registry.get_version(name, version=version) if version else registry.get_version(name, alias=alias)
+        chosen = (
+            registry.get_version(name, version=version)
+            if version
+            else registry.get_version(name, alias=alias)
+        )
         path = registry.load_path(name, version=chosen.version, verify=True)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
     return chosen, path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def start_server(
-    bundle_dir: Path,
-    name: str,
-    version: int,
-    host: str,
-    port: int,
-    alias: str | None = None,
-    log: Path | None = None,
-) -> subprocess.Popen:
-    """`bentoml serve` on a verified bundle; with an alias the service can follow it when it moves.
-
-    The server writes to this process's stdout/stderr, or with ``log`` appends both to that file.
-    """
-    env = os.environ | {
-        "DAPT_BUNDLE_DIR": str(bundle_dir),
-        "DAPT_MODEL_NAME": name,
-        "DAPT_MODEL_VERSION": str(version),
-    }
-    if alias:
-        env["DAPT_MODEL_ALIAS"] = alias
-    command = [sys.executable, "-m", "bentoml", "serve", "services.service:DaptService", "--host", host]
-    command += ["--port", str(port)]
-    if log is None:
-        return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            command, cwd=REPO, env=env, start_new_session=True, stdout=handle, stderr=subprocess.STDOUT
-        )
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise UserError(f"the server exited with code {process.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise UserError(f"the server at {url} was not ready after {timeout_s:.0f} s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @app.command()
@@ -271,38 +198,6 @@ def serve(
     code = serve_until_stopped(process)
     if code:
         raise typer.Exit(code)
-
-
-def serve_until_stopped(process: subprocess.Popen) -> int:
-    """Wait for the server; SIGTERM, SIGINT or SIGHUP to this command stop it gracefully (it runs in its own
-    process group, so a signal to this process alone would otherwise leave it serving). Returns its exit
-    status as a shell reports it (128 + signal number when a signal killed it)."""
-    stopping: list[int] = []
-
-    def forward(signum: int, _frame) -> None:
-        stopping.append(signum)
-        raise _Stop
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
-        try:
-            process.wait()
-        except _Stop:
-            pass
-        # Further signals while it drains must not cut the drain short: the server is already stopping.
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        if stopping:
-            stop_server(process)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    code = process.returncode
-    return 128 - code if code < 0 else code
-
-
-class _Stop(BaseException):
-    """Raised by the signal handler to end the wait (BaseException: no `except Exception` swallows it)."""
 
 
 @app.command()
@@ -326,11 +221,16 @@ def demo(
     console.print(f"starting the service for {chosen.name} v{chosen.version} on {url} ...")
     process = start_server(path, chosen.name, chosen.version, "127.0.0.1", port)
     try:
-        wait_ready(url, process)
+        try:
+            wait_ready(url, process)
+        except ServerError as exc:
+            raise UserError(str(exc)) from None
         task = (chosen.evidence or {}).get("recipe", {}).get("task", "classification")
         texts = text or (
-            ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn a year earlier.",
-             "The company warned that net sales will fall sharply in 2009."]
+            [
+                "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn a year earlier.",
+                "The company warned that net sales will fall sharply in 2009.",
+            ]
             if task == "classification"
             else ["Nokia posted net sales of EUR 1.2 bn in the third quarter of 2008."]
         )
@@ -353,7 +253,9 @@ def bento_build(
     alias: str = typer.Option("production", help="Alias whose version is packaged."),
     version: int = typer.Option(None, help="Package this version instead of the alias."),
     cpu: bool = typer.Option(
-        False, "--cpu", help="CPU image (python:3.11-slim, onnxruntime) instead of the GPU one (CUDA 12.8 base)."
+        False,
+        "--cpu",
+        help="CPU image (python:3.11-slim, onnxruntime) instead of the GPU one (CUDA 12.8 base).",
     ),
 ) -> None:
     """Import a registered version into the BentoML store and build a Bento with its Dockerfile (offline).
@@ -372,7 +274,9 @@ def bento_build(
     console.print(f"Dockerfile: {dockerfile}")
     console.print(f"container: `bentoml containerize {bento_tag}` on a machine with Docker")
     if not cpu:
-        console.print("run it with `docker run --gpus all ...` to serve on CUDA (it uses the CPU without a GPU)")
+        console.print(
+            "run it with `docker run --gpus all ...` to serve on CUDA (it uses the CPU without a GPU)"
+        )
 
 
 @app.command()
@@ -385,7 +289,7 @@ def schedule(
 
     Example: PREFECT_API_URL=http://127.0.0.1:4200/api dapt schedule recipes/demo.yaml --cron "0 3 * * *"
     """
-    parsed = _recipe(recipe)
+    parsed = read_recipe(recipe)
     from flows.deploy import ScheduleError, serve_retraining
 
     try:
@@ -394,17 +298,7 @@ def schedule(
         raise UserError(str(exc)) from None
 
 
-def _mount_models() -> None:
-    try:
-        from dapt.cli_models import models_app
-    except ImportError:  # the registry commands are optional until dapt/cli_models.py exists
-        return
-    app.add_typer(models_app, name="models", help="List, inspect, promote and roll back registered versions.")
-
-
-_mount_models()
-
-
+app.add_typer(models_app, name="models", help="List, inspect, promote and roll back registered versions.")
 register_stage_commands(app)
 register_ui_command(app)
 
@@ -455,7 +349,7 @@ def run_cli(args: list[str] | None = None) -> int:
         err.print("interrupted")
         return ExitCode.INTERRUPTED
     except classes["usage"] as exc:
-        exc.show()  # click's usual "Usage: ... Try 'dapt ... --help' ... Error: ..." on stderr
+        exc.show()  # type: ignore[attr-defined]  # click's usual "Usage: ... Try 'dapt ... --help' ... Error: ..." on stderr
         return int(getattr(exc, "exit_code", ExitCode.USAGE))
     # Commands return None; an int here is the code of a `typer.Exit` raised inside a command.
     if isinstance(returned, int) and not isinstance(returned, bool):
@@ -470,8 +364,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # `python -m dapt.cli` runs this file as __main__; run the importable module's main instead, so the
-    # UserError that command modules import from dapt.cli is the one caught there.
-    from dapt import cli as _importable
-
-    _importable.main()
+    main()

@@ -15,33 +15,22 @@ Stages do not validate the data either; ``dapt validate RECIPE`` does.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import typer
 
+from dapt.cli.common import UserError, console, err, read_recipe, run_folder
+
 FLOAT_FORMAT = "{:.4f}"
 
 
-def _out_dir(out: Path | None, stage: str, name: str) -> Path:
-    from dapt.settings import runs_dir
-
-    path = out or runs_dir() / f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{name}"
-    path = path.expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _progress(line: str) -> None:
-    from dapt.cli import err
 
     err.print(f"[dim]{line}[/dim]")
 
 
 def _print_numbers(title: str, numbers: dict) -> None:
     from rich.table import Table
-
-    from dapt.cli import console
 
     table = Table(title=title)
     table.add_column("metric")
@@ -55,16 +44,16 @@ def _print_numbers(title: str, numbers: dict) -> None:
 
 def _stage_errors() -> tuple[type[BaseException], ...]:
     """The stages' own exceptions: each says what is wrong and how to fix it, so one line is enough."""
-    from models.adapt import AdaptError
-    from models.augment import AugmentationError
     from models.data import DataError
-    from models.evaluate import EvaluationError
-    from models.export import ExportError
-    from models.finetune import FinetuneError
-    from models.head_warmup import HeadWarmupError
-    from models.scratch import ScratchConfigError
-    from models.search import SearchError
+    from models.evaluation.evaluate import EvaluationError
+    from models.export.onnx import ExportError
     from models.stages import StageInputError
+    from models.training.adapt import AdaptError
+    from models.training.augment import AugmentationError
+    from models.training.finetune import FinetuneError
+    from models.training.head_warmup import HeadWarmupError
+    from models.training.scratch import ScratchConfigError
+    from models.training.search import SearchError
 
     return (
         StageInputError,
@@ -81,7 +70,6 @@ def _stage_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run(stage_call):
-    from dapt.cli import UserError
 
     try:
         return stage_call()
@@ -102,22 +90,27 @@ def register(app: typer.Typer) -> None:
 
         Example: dapt adapt recipes/demo.yaml --out .dapt/stages/adapt
         """
-        from dapt.cli import _recipe, console
         from models.stages import adapt_stage, adaptation_gain_stage
 
-        parsed = _recipe(recipe)
-        out_dir = _out_dir(out, "adapt", parsed.name)
+        parsed = read_recipe(recipe)
+        out_dir = run_folder(out, "adapt", parsed.name)
         result = _run(lambda: adapt_stage(parsed, out_dir, progress=_progress))
         _print_numbers(f"adaptation ({result.strategy})", result.metrics)
         console.print(f"encoder: {result.encoder_dir}")
-        gain = _run(lambda: adaptation_gain_stage(parsed, result.encoder_dir, out_dir / "gain", progress=_progress))
+        gain = _run(
+            lambda: adaptation_gain_stage(parsed, result.encoder_dir, out_dir / "gain", progress=_progress)
+        )
         if gain is not None:
-            (out_dir / "adaptation_gain.json").write_text(json.dumps(gain.to_dict(), indent=2), encoding="utf-8")
+            (out_dir / "adaptation_gain.json").write_text(
+                json.dumps(gain.to_dict(), indent=2), encoding="utf-8"
+            )
             console.print(gain.sentence())
         if gain is None or gain.helped:
             console.print(f"next: dapt finetune {recipe} --encoder {out_dir}")
         else:
-            console.print(f"next: dapt finetune {recipe}   (the base encoder; --encoder {out_dir} to use it anyway)")
+            console.print(
+                f"next: dapt finetune {recipe}   (the base encoder; --encoder {out_dir} to use it anyway)"
+            )
 
     @app.command()
     def finetune(
@@ -133,12 +126,11 @@ def register(app: typer.Typer) -> None:
 
         Example: dapt finetune recipes/demo.yaml --encoder .dapt/stages/adapt --out .dapt/stages/finetune
         """
-        from dapt.cli import _recipe, console
         from models.stages import finetune_stage
 
-        parsed = _recipe(recipe)
+        parsed = read_recipe(recipe)
         encoder_dir = encoder or parsed.resolved_base_model()
-        out_dir = _out_dir(out, "finetune", parsed.name)
+        out_dir = run_folder(out, "finetune", parsed.name)
         result = _run(lambda: finetune_stage(parsed, Path(encoder_dir), out_dir, progress=_progress))
         final = [row for row in result.history if any(key.startswith("eval_") for key in row)]
         if final:
@@ -159,11 +151,10 @@ def register(app: typer.Typer) -> None:
 
         Example: dapt evaluate recipes/demo.yaml --model .dapt/stages/finetune
         """
-        from dapt.cli import _recipe, console
         from models.stages import evaluate_stage
 
-        parsed = _recipe(recipe)
-        out_dir = _out_dir(out, "evaluate", parsed.name)
+        parsed = read_recipe(recipe)
+        out_dir = run_folder(out, "evaluate", parsed.name)
         result = _run(lambda: evaluate_stage(parsed, model, out_dir))
         _print_numbers("evaluation", result.metrics)
         for plot in result.plots:
@@ -183,14 +174,13 @@ def register(app: typer.Typer) -> None:
 
         Example: dapt export recipes/demo.yaml --model .dapt/stages/finetune --out .dapt/stages/bundle
         """
-        from dapt.cli import _recipe, console
-        from models.export import check_export_target
+        from models.export.onnx import check_export_target
         from models.stages import export_stage
 
-        parsed = _recipe(recipe)
+        parsed = read_recipe(recipe)
         if out is not None:  # checked before the folder is created: never leave one in the registry's store
             _run(lambda: check_export_target(out))
-        out_dir = _out_dir(out, "export", parsed.name)
+        out_dir = run_folder(out, "export", parsed.name)
         result = _run(lambda: export_stage(parsed, model, out_dir, progress=_progress))
         console.print_json(json.dumps({"variants": {k: str(v) for k, v in result.variants.items()}}))
         for variant, record in result.parity.items():

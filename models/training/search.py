@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,12 +22,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VALIDATION_FRACTION = 0.2
-SEARCH_SPACE = {
+SEARCH_SPACE: dict[str, Any] = {
     "learning_rate": (1e-5, 2e-4),  # log-uniform
     "epochs": (2, 6),  # integer
     "batch_size": [8, 16, 32],
     "warmup_ratio": (0.0, 0.2),
 }
+
+
+# One trial's fit: (recipe, trial config, encoder dir, fit rows, validation rows, out dir, progress) -> a run
+# whose ``trainer.evaluate()`` reports ``eval_macro_f1``.
+TrainTrial = Callable[..., Any]
 
 
 class SearchError(ValueError):
@@ -59,15 +64,18 @@ def search_hyperparameters(
     train_df: pd.DataFrame,
     work_dir: Path,
     *,
+    train: TrainTrial,
     n_trials: int | None = None,
     timeout_s: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
-    """Run the Optuna study (TPE, seeded) and return the best parameters and the trials table."""
+    """Run the Optuna study (TPE, seeded) and return the best parameters and the trials table.
+
+    ``train`` fits one trial (``models.training.finetune.train_task_model``; passed in so search does not import the
+    fine-tuning module that calls it)."""
     import optuna
 
     from models.data import stratified_split
-    from models.finetune import train_task_model
 
     emit = progress or logger.info
     config = recipe.finetune
@@ -94,7 +102,7 @@ def search_hyperparameters(
         trial_config = config.model_copy(
             update={**params, "augment_fraction": 0.0, "early_stopping_patience": 0}
         )
-        run = train_task_model(
+        run = train(
             recipe,
             trial_config,
             encoder_dir,
@@ -126,7 +134,7 @@ def search_hyperparameters(
     emit(f"search done: best validation macro-F1 {best.value:.4f} with {best_params}")
     return SearchResult(
         best_params=best_params,
-        best_value=float(best.value),
+        best_value=float(best.value or 0.0),  # a finished trial always has its value
         trials=trials,
         extra={"n_fit": len(fit_rows), "n_validation": len(validation_rows), "timeout_s": timeout_s},
     )

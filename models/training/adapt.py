@@ -3,10 +3,10 @@
 ``adapt_encoder`` trains with the Hugging Face ``Trainer`` (accelerate underneath) and the library's MLM
 collator (15% masking, 80/10/10; whole-word masking optional), dynamic padding and length-grouped batches.
 A held-out share of the domain text is scored every evaluation interval; early stopping keeps the best
-checkpoint. Forgetting is measured before and after on general text with fixed masks (models/forgetting.py).
+checkpoint. Forgetting is measured before and after on general text with fixed masks (models/training/forgetting.py).
 
 A base that ships no MLM head (all-MiniLM-L6-v2) gets a random one; it is first trained alone, encoder frozen, on
-domain + general text (``adapt.head_warmup_steps``, models/head_warmup.py), and only then is "before" measured,
+domain + general text (``adapt.head_warmup_steps``, models/training/head_warmup.py), and only then is "before" measured,
 so the forgetting delta compares two real heads and adaptation starts from useful gradients. ``scratch`` has no
 pretrained model to forget: it reports general loss after only, and ``forgetting_delta`` is None.
 
@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.forgetting import MEASURE_LIMIT, masked_lm_loss, pseudo_perplexity, split_general
-from models.head_warmup import (
+from models.training.forgetting import MEASURE_LIMIT, masked_lm_loss, pseudo_perplexity, split_general
+from models.training.head_warmup import (
     HeadWarmupError,
     HeadWarmupResult,
     head_parameter_names,
@@ -273,7 +273,7 @@ def extend_vocabulary(
             if backend.pre_tokenizer
             else normalized.split()
         )
-        counts.update(w for w, _ in words if len(w) >= 4 and any(c.isalpha() for c in w))
+        counts.update(w for w, _ in words if len(w) >= 4 and any(c.isalpha() for c in w))  # type: ignore[str-unpack]
     vocabulary = tokenizer.get_vocab()
     chosen: list[tuple[str, list[int]]] = []
     for word, count in counts.most_common():
@@ -288,7 +288,7 @@ def extend_vocabulary(
         return []
     tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=True) for w, _ in chosen])
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    embeddings = model.get_input_embeddings().weight
+    embeddings: Any = model.get_input_embeddings().weight
     with torch.no_grad():
         for word, piece_ids in chosen:
             embeddings[tokenizer.convert_tokens_to_ids(word)] = embeddings[piece_ids].mean(dim=0)
@@ -358,7 +358,9 @@ def _collator(tokenizer, adapt: AdaptConfig, seed: int, pad_to_multiple_of: int 
             batch["input_ids"][row, column] = self.tokenizer.mask_token_id
 
     # whole-word masking in 4.57 supports [MASK] replacement only (and warns with a crash otherwise)
-    probabilities = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if adapt.whole_word_mask else {}
+    probabilities: dict[str, Any] = (
+        {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if adapt.whole_word_mask else {}
+    )
     return DomainMLMCollator(
         tokenizer,
         mlm=True,
@@ -502,7 +504,9 @@ def _train_phase(
             try:
                 reused = type(model).from_pretrained(output_dir)
             except Exception as exc:  # noqa: BLE001 - a damaged result is trained again, never used
-                say(f"[adapt:{phase.name}] the finished result in {output_dir} does not load ({exc}); training again")
+                say(
+                    f"[adapt:{phase.name}] the finished result in {output_dir} does not load ({exc}); training again"
+                )
                 done_file.unlink()
             else:
                 say(f"[adapt:{phase.name}] already finished with this configuration; reusing {output_dir}")
@@ -739,7 +743,8 @@ def _fit_to_budget(
         return phases, None
     key = hashlib.sha256(
         json.dumps(
-            [adapt.model_dump(mode="json"), recipe.seed, [_sha(p.train_texts) for p in phases]], sort_keys=True
+            [adapt.model_dump(mode="json"), recipe.seed, [_sha(p.train_texts) for p in phases]],
+            sort_keys=True,
         ).encode()
     ).hexdigest()
     plan_file = out_dir / BUDGET_FILE
@@ -882,7 +887,7 @@ def _curves(
     strategy: str,
     head_warmup: HeadWarmupResult | None = None,
 ) -> Path:
-    from models.plots import plot_curves
+    from models.evaluation.plots import plot_curves
 
     series: dict[str, list[tuple[float, float]]] = {}
     if head_warmup is not None:  # drawn before step 0: it happens before adaptation and before "before"
@@ -935,7 +940,7 @@ def _load_start(recipe: Recipe, out_dir: Path, corpus: list[str], task: list[str
 
     adapt = recipe.adapt
     if adapt.strategy == "scratch":
-        from models.scratch import ScratchConfigError, load_or_train_tokenizer, scratch_bert_config
+        from models.training.scratch import ScratchConfigError, load_or_train_tokenizer, scratch_bert_config
 
         tokenizer = load_or_train_tokenizer(
             corpus + task,

@@ -18,7 +18,7 @@ Rules (all must hold):
      what serves; older evidence without it: every variant whose parity did not fail)
   5. ``validation.success`` is true
   6. with ``gate.min_adaptation_gain`` set: the adapted encoder was kept and its measured task gain is at least
-     that much (``adaptation_gain``, models/adaptation_gain.py)
+     that much (``adaptation_gain``, models/evaluation/adaptation_gain.py)
 
 Only the standard library is imported here (the registry and the serving process import this module);
 ``GateConfig`` comes from models.recipe and is only referenced for typing.

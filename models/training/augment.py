@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,7 +143,10 @@ def augment_training_set(
         emit(
             f"augmentation: {mlm_dir} has no trained MLM head; fills come from a fresh head and will be noisy"
         )
-    sources, masked_texts, originals, positions_per_row = [], [], [], []
+    sources: list[int] = []
+    masked_texts: list[str] = []
+    originals: list[Any] = []
+    positions_per_row: list[Any] = []
     for index in order:
         if len(sources) == cap:
             break
@@ -164,8 +167,8 @@ def augment_training_set(
     limit = 512 if recipe.finetune.max_length == "auto" else min(512, recipe.finetune.max_length * 2)
     fills = _fill_masks(tokenizer, model, masked_texts, originals, top_k, rng, limit)
 
-    synthetic = []
-    examples = []
+    synthetic: list[Any] = []
+    examples: list[Any] = []
     for index, positions, chosen in zip(sources, positions_per_row, fills, strict=True):
         row = train_df.iloc[index].copy()
         words = list(row["tokens"]) if is_ner else str(row["text"]).split()

@@ -6,7 +6,7 @@ What it stores
   first use): ``versions`` (one row per version: status, metrics and evidence as JSON, manifest digest),
   ``aliases`` (name, alias -> version) and ``alias_events`` (the append-only audit log of every alias move,
   with its reason, gate decision, actor and time; refused promotions are logged too).
-* Artifact store: ``<artifact_root>/<name>/<version>/`` holds a copy of the serving bundle (models/bundle.py)
+* Artifact store: ``<artifact_root>/<name>/<version>/`` holds a copy of the serving bundle (models/registry/bundle.py)
   plus ``manifest.json`` (sha256 + size of every file), ``evidence.json`` and a generated model card ``README.md``.
 
 Guarantees
@@ -47,8 +47,8 @@ which is fine because visibility is decided by the row's ``ready`` status, not b
 
 Usage::
 
-    from models.registry import Registry
-    registry = Registry()                                   # dapt.settings URLs
+    from models.registry.store import Registry
+    registry = Registry()                                   # models.settings URLs
     mv = registry.register("finsent", bundle_dir, evidence)  # -> ModelVersion(version=1, ...)
     registry.promote("finsent", mv.version)                 # -> GateDecision; moves `production` if passed
     path = registry.load_path("finsent", alias="production")  # verified bundle folder
@@ -100,15 +100,17 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from models.bundle import (
+from models.hashing import CHUNK as _CHUNK
+from models.hashing import file_sha256
+from models.registry.bundle import (
     MANIFEST,
     SERVING_SPEC,
     BundlePathError,
     ServingSpec,
     check_bundle_path,
 )
-from models.gate import GateDecision, decide
-from models.modelcard import render_model_card
+from models.registry.gate import GateDecision, decide
+from models.registry.modelcard import render_model_card
 
 if TYPE_CHECKING:
     from models.recipe import GateConfig
@@ -127,7 +129,6 @@ STAGING_DIR = ".staging"
 # heartbeat every lease/4 seconds, so only a process that is dead (or stalled for the whole lease) loses it.
 DEFAULT_LEASE_S = 120.0
 MAX_IDEMPOTENCY_KEY = 200
-_CHUNK = 1 << 20
 
 PENDING, READY, ARCHIVED, REMOVING = "pending", "ready", "archived", "removing"
 VISIBLE = (READY, ARCHIVED)
@@ -197,13 +198,17 @@ class VersionRow(Base):
     name: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), index=True)  # pending | ready | archived | removing
-    owner: Mapped[str] = mapped_column(String(300))  # <token>@host:pid of the registering call (token decides)
+    owner: Mapped[str] = mapped_column(
+        String(300)
+    )  # <token>@host:pid of the registering call (token decides)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(MAX_IDEMPOTENCY_KEY), nullable=True)
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    artifact_path: Mapped[str] = mapped_column(String(200))  # relative to the artifact root: <name>/<version>-<token>
+    artifact_path: Mapped[str] = mapped_column(
+        String(200)
+    )  # relative to the artifact root: <name>/<version>-<token>
     manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     file_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -347,8 +352,11 @@ def _token_of(owner: str) -> str:
 
 
 def _default_actor() -> str:
-    if os.environ.get("DAPT_ACTOR"):
-        return os.environ["DAPT_ACTOR"]
+    from models.settings import actor
+
+    configured = actor()
+    if configured:
+        return configured
     try:
         import getpass
 
@@ -384,14 +392,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: value}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_path(path: Path) -> None:
@@ -456,7 +456,7 @@ def _scan_bundle(bundle: Path) -> list[str]:
         raise BundleError(f"bundle folder {bundle} does not exist; pass the export stage's bundle directory")
     if not (bundle / SERVING_SPEC).is_file():
         raise BundleError(
-            f"{bundle} is not a serving bundle: {SERVING_SPEC} is missing (see models/bundle.py for the layout)"
+            f"{bundle} is not a serving bundle: {SERVING_SPEC} is missing (see models/registry/bundle.py for the layout)"
         )
     found, links = _walk(bundle)
     if links:
@@ -472,7 +472,7 @@ def _scan_bundle(bundle: Path) -> list[str]:
         variants = _serving_variants(bundle / SERVING_SPEC)
         ServingSpec.read(bundle)
     except (BundlePathError, TypeError) as error:
-        raise BundleError(f"{bundle}: {error}; fix {SERVING_SPEC} (see models/bundle.py)") from error
+        raise BundleError(f"{bundle}: {error}; fix {SERVING_SPEC} (see models/registry/bundle.py)") from error
     missing = [f"{variant} -> {rel}" for variant, rel in sorted(variants.items()) if rel not in files]
     if missing:
         raise BundleError(
@@ -543,7 +543,9 @@ class _Heartbeat:
     def __init__(self, registry: Registry, row_id: int, owner: str):
         self._registry, self._row_id, self._owner = registry, row_id, owner
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"dapt-registry-heartbeat-{row_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"dapt-registry-heartbeat-{row_id}", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -567,7 +569,7 @@ class _Heartbeat:
 class Registry:
     """Versions, aliases and the audit log in one SQL database; bundles in the artifact store.
 
-    ``Registry()`` uses ``dapt.settings.registry_url()`` and ``dapt.settings.artifact_root()``. Nothing touches
+    ``Registry()`` uses ``models.settings.registry_url()`` and ``models.settings.artifact_root()``. Nothing touches
     disk or the database until the first call (which creates the tables).
 
     ``lease_s``: how long a pending registration may go without a heartbeat before others may remove it.
@@ -584,7 +586,7 @@ class Registry:
         lease_s: float = DEFAULT_LEASE_S,
         hook: Callable[[str], None] | None = None,
     ):
-        from dapt import settings
+        from models import settings
 
         if not lease_s > 0:
             raise RegistryError(f"lease_s must be positive, got {lease_s!r}")
@@ -634,7 +636,7 @@ class Registry:
             if column not in present:
                 kind = table.c[column].type.compile(dialect=connection.dialect)
                 connection.execute(text(f"ALTER TABLE versions ADD COLUMN {column} {kind}"))
-        for index in table.indexes:
+        for index in table.indexes:  # type: ignore[attr-defined]  # a Table, which has them
             index.create(connection, checkfirst=True)
 
     def _stage(self, stage: str) -> None:
@@ -782,7 +784,9 @@ class Registry:
             if kind == "new":
                 break
             if kind == "done":
-                log.info("%s v%d was already registered with key %r; returning it", name, value, idempotency_key)
+                log.info(
+                    "%s v%d was already registered with key %r; returning it", name, value, idempotency_key
+                )
                 return self.get_version(name, value)
             if time.monotonic() > give_up:
                 raise RegistryError(
@@ -815,7 +819,7 @@ class Registry:
             )
             _write_durably(staged / MODEL_CARD, card)
             for rel in (EVIDENCE_FILE, MODEL_CARD):
-                entries[rel] = {"sha256": _sha256(staged / rel), "size": (staged / rel).stat().st_size}
+                entries[rel] = {"sha256": file_sha256(staged / rel), "size": (staged / rel).stat().st_size}
                 os.chmod(staged / rel, 0o444)
             manifest = {
                 "format": 1,
@@ -826,7 +830,7 @@ class Registry:
             }
             _write_durably(staged / MANIFEST, json.dumps(manifest, indent=2))
             os.chmod(staged / MANIFEST, 0o444)
-            manifest_sha = _sha256(staged / MANIFEST)
+            manifest_sha = file_sha256(staged / MANIFEST)
             _fsync_tree(staged)
             self._stage("copied")
 
@@ -862,7 +866,9 @@ class Registry:
             state = self._settle_failed(row_id, owner)
             if state == READY and isinstance(error, Exception):
                 # The commit went through and only its answer was lost: the version is complete.
-                log.warning("%s v%d: %s after the version was committed; it is registered", name, version, error)
+                log.warning(
+                    "%s v%d: %s after the version was committed; it is registered", name, version, error
+                )
             elif state in (REMOVING, "gone"):
                 shutil.rmtree(work, ignore_errors=True)
                 shutil.rmtree(final, ignore_errors=True)
@@ -899,7 +905,9 @@ class Registry:
         try:
             return self._write(settle, attempts=20)
         except Exception as error:  # noqa: BLE001 - the original error is what the caller sees
-            log.warning("could not read back registration row %d (%s); cleanup() will settle it", row_id, error)
+            log.warning(
+                "could not read back registration row %d (%s); cleanup() will settle it", row_id, error
+            )
             return "unknown"
 
     def _delete_removing(self, row_id: int) -> None:
@@ -974,9 +982,7 @@ class Registry:
             with self._read() as session:
                 live = {
                     _token_of(owner)
-                    for owner in session.scalars(
-                        select(VersionRow.owner).where(VersionRow.status == PENDING)
-                    )
+                    for owner in session.scalars(select(VersionRow.owner).where(VersionRow.status == PENDING))
                 }
             for work in staged:
                 if work.name not in live:
@@ -1111,7 +1117,7 @@ class Registry:
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
             raise ChecksumError(f"{label}: {MANIFEST} is missing in {root}; {fix}")
-        if model_version.manifest_sha256 and _sha256(manifest_path) != model_version.manifest_sha256:
+        if model_version.manifest_sha256 and file_sha256(manifest_path) != model_version.manifest_sha256:
             raise ChecksumError(
                 f"{label}: {MANIFEST} was modified (its sha256 differs from the registry's); {fix}"
             )
@@ -1142,7 +1148,7 @@ class Registry:
                 problems.append(f"{rel} is missing")
             elif path.stat().st_size != entry["size"]:
                 problems.append(f"{rel} changed size ({entry['size']} -> {path.stat().st_size} bytes)")
-            elif _sha256(path) != entry["sha256"]:
+            elif file_sha256(path) != entry["sha256"]:
                 problems.append(f"{rel} changed (sha256 differs from the manifest)")
         for rel in files:
             if rel not in expected and rel != MANIFEST:

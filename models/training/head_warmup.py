@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.forgetting import mlm_head
+from models.training.forgetting import mlm_head
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -291,7 +291,7 @@ def warm_up_head(
         for step in range(1, steps + 1):
             rows = mlm_batches.next().to(hidden.device)
             loss = torch.nn.functional.cross_entropy(head(hidden[rows]).float(), labels[rows])
-            if nsp_batches is not None:
+            if nsp_batches is not None and nsp_head is not None:  # both set, or neither
                 pairs = nsp_batches.next().to(pooled.device)
                 loss = loss + torch.nn.functional.cross_entropy(
                     nsp_head(pooled[pairs]).float(), nsp_labels[pairs]

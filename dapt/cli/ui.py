@@ -1,13 +1,14 @@
 """`dapt ui`: the registry as a web page (services/ui), on loopback by default.
 
-Registered by dapt/cli.py with ``register_ui_command(app)``. Read-only unless DAPT_ADMIN_TOKEN is set.
+Registered by dapt/cli/app.py with ``register_ui_command(app)``. Read-only unless DAPT_ADMIN_TOKEN is set.
 """
 
 from __future__ import annotations
 
-import os
-
 import typer
+
+from dapt.cli.common import UserError, console
+from models.settings import admin_token
 
 
 def register(app: typer.Typer) -> None:
@@ -26,16 +27,19 @@ def register(app: typer.Typer) -> None:
 
         import uvicorn
 
-        from dapt.cli import UserError, console
         from services.ui import create_app
 
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             try:
                 probe.bind((host, port))
             except OSError as exc:
-                reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be opened ({exc.strerror})"
+                reason = (
+                    "is already in use"
+                    if exc.errno == errno.EADDRINUSE
+                    else f"cannot be opened ({exc.strerror})"
+                )
                 raise UserError(f"{host}:{port} {reason}; choose another with --port") from None
         app_ = create_app()
-        mode = "admin actions enabled" if os.environ.get("DAPT_ADMIN_TOKEN") else "read-only"
+        mode = "admin actions enabled" if admin_token() else "read-only"
         console.print(f"dapt ui on http://{host}:{port}/ ({mode}); registry {app_.state.registry!r}")
         uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)

@@ -69,7 +69,9 @@ def resolve_in_bundle(bundle_dir: str | Path, rel: str, what: str = "path") -> P
     for part in rel.split("/"):
         current = current / part
         if current.is_symlink():
-            raise BundlePathError(f"{what} {rel!r}: {current} is a symbolic link; bundles hold real files only")
+            raise BundlePathError(
+                f"{what} {rel!r}: {current} is a symbolic link; bundles hold real files only"
+            )
     real_root = os.path.realpath(root)
     if os.path.commonpath([real_root, os.path.realpath(current)]) != real_root:
         raise BundlePathError(f"{what} {rel!r} resolves outside the bundle {root}")

@@ -1,6 +1,6 @@
 """`dapt models ...`: list, inspect, diff, promote, roll back and archive registered versions.
 
-Mounted by dapt/cli.py as ``app.add_typer(models_app, name="models")``. Registry errors print one red line and
+Mounted by dapt/cli/app.py as ``app.add_typer(models_app, name="models")``. Registry errors print one red line and
 exit with code 1 (no traceback). The registry module is imported inside commands so ``--help`` stays instant.
 """
 
@@ -15,10 +15,10 @@ import typer
 from rich.console import Console
 
 from dapt.exit_codes import ExitCode
-from dapt.settings import configure_environment
+from models.settings import configure_environment
 
 if TYPE_CHECKING:
-    from models.registry import ModelVersion, Registry
+    from models.registry.store import ModelVersion, Registry
 
 console = Console()
 err = Console(stderr=True)
@@ -74,7 +74,7 @@ def _version_json(version: ModelVersion, evidence: bool = False) -> dict[str, An
 
 
 def _registry() -> Registry:
-    from models.registry import Registry
+    from models.registry.store import Registry
 
     return Registry()
 
@@ -84,7 +84,7 @@ def _friendly_errors(command: _F) -> _F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from models.registry import GateRefused, RegistryError
+        from models.registry.store import GateRefused, RegistryError
 
         try:
             return command(*args, **kwargs)
@@ -272,7 +272,7 @@ def promote_command(
     Example: dapt models promote finsent 4 --alias production --tolerance 0.01
     """
     from models.recipe import GateConfig
-    from models.registry import GateRefused, RegistryError
+    from models.registry.store import GateRefused, RegistryError
 
     try:
         gate = GateConfig(

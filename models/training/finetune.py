@@ -9,10 +9,10 @@ What this adds on top of a plain ``Trainer.train()``:
   pick a checkpoint, so reported metrics stay honest);
 - NER label alignment (only the first word-piece of each word carries the tag);
 - multi-label classification (labels written ``"a|b"``);
-- optional MLM contextual augmentation (models/augment.py) and Optuna search (models/search.py).
+- optional MLM contextual augmentation (models/training/augment.py) and Optuna search (models/training/search.py).
 
 The result is a Hugging Face directory (BertForSequenceClassification / BertForTokenClassification, with the
-tokenizer) that models/evaluate.py and models/export.py read.
+tokenizer) that models/evaluation/evaluate.py and models/export/onnx.py read.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from models.data import ner_tag_set
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,7 +61,9 @@ HYPERPARAMETERS = (
     "search_timeout_s",
     "time_budget_minutes",
 )
-BUDGET_SAFETY = 0.85  # share of the fine-tuning budget planned for steps; evaluation and checkpoints take the rest
+BUDGET_SAFETY = (
+    0.85  # share of the fine-tuning budget planned for steps; evaluation and checkpoints take the rest
+)
 CALIBRATION_STEPS = 3
 
 
@@ -73,8 +77,8 @@ class FinetuneResult:
     history: list[dict]  # Trainer log_history (train loss per logging step, eval metrics per epoch)
     params: dict  # the hyperparameters actually used (after search) plus derived facts (device, groups, ...)
     curves_png: Path  # learning curves: train loss, eval loss, eval macro-F1 per epoch
-    augmentation: dict | None = None  # models/augment.py report when augment_fraction > 0
-    search: dict | None = None  # models/search.py report when search_trials > 0
+    augmentation: dict | None = None  # models/training/augment.py report when augment_fraction > 0
+    search: dict | None = None  # models/training/search.py report when search_trials > 0
 
 
 @dataclass
@@ -90,14 +94,6 @@ class TrainRun:
 
 
 # --------------------------------------------------------------------------------------------------------- labels
-
-
-def ner_tag_set(entity_types: list[str]) -> list[str]:
-    """The BIO tags in logit order: ``O`` then ``B-T``, ``I-T`` for each entity type, in recipe order."""
-    tags = ["O"]
-    for entity_type in entity_types:
-        tags += [f"B-{entity_type}", f"I-{entity_type}"]
-    return tags
 
 
 def task_labels(recipe: Recipe) -> list[str]:
@@ -219,7 +215,11 @@ def model_max_length(recipe: Recipe, model_dir: Path) -> int:
     if recipe.finetune.max_length != "auto":
         return int(recipe.finetune.max_length)
     config_file = Path(model_dir) / "tokenizer_config.json"
-    saved = json.loads(config_file.read_text(encoding="utf-8")).get("model_max_length") if config_file.is_file() else None
+    saved = (
+        json.loads(config_file.read_text(encoding="utf-8")).get("model_max_length")
+        if config_file.is_file()
+        else None
+    )
     if not isinstance(saved, int) or saved > 512:
         raise FinetuneError(
             f"{model_dir} does not record the max_length it was trained with (finetune.max_length is 'auto'); "
@@ -876,9 +876,11 @@ def finetune(
 
     search_report = None
     if config.search_trials > 0:
-        from models.search import search_hyperparameters
+        from models.training.search import search_hyperparameters
 
-        search = search_hyperparameters(recipe, encoder_dir, train_df, out_dir / "search", progress=emit)
+        search = search_hyperparameters(
+            recipe, encoder_dir, train_df, out_dir / "search", train=train_task_model, progress=emit
+        )
         config = config.model_copy(update=search.best_params)
         search_report = search.report()
 
@@ -892,7 +894,7 @@ def finetune(
 
     augmentation_report = None
     if config.augment_fraction > 0:  # after the split: no near-copies of validation rows in training
-        from models.augment import augment_training_set
+        from models.training.augment import augment_training_set
 
         augmented = augment_training_set(
             recipe, encoder_dir, fit_rows, fraction=config.augment_fraction, progress=emit
@@ -972,7 +974,7 @@ def epoch_curves(history: list[dict]) -> dict[str, list[tuple[float, float]]]:
 
 def plot_learning_curves(history: list[dict], path: Path, title: str = "fine-tuning") -> Path:
     """PNG with train/eval loss (left) and eval macro-F1 (right) per epoch."""
-    from models.plots import Panel, plot_panels
+    from models.evaluation.plots import Panel, plot_panels
 
     curves = epoch_curves(history)
     losses = Panel(
@@ -1007,7 +1009,7 @@ def measure_augmentation_effect(
     report final eval macro-F1 of both. Costs two trainings; only run when asked."""
     import pandas as pd
 
-    from models.augment import augment_training_set
+    from models.training.augment import augment_training_set
 
     emit = progress or logger.info
     config = recipe.finetune

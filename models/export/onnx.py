@@ -1,6 +1,6 @@
 """Export a fine-tuned checkpoint to the serving bundle: Optimum ONNX (fp32), int8 and fp16 variants, parity.
 
-The bundle layout is described in :mod:`models.bundle`. What happens, in order::
+The bundle layout is described in :mod:`models.registry.bundle`. What happens, in order::
 
     model_dir ─► optimum main_export (plain ONNX) ─► O2 graph optimisation ─► onnx/fp32
                                                   ─► dynamic int8 (ORTQuantizer) ─► onnx/int8
@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from models.bundle import (
+from models.recipe import ExportConfig
+from models.registry.bundle import (
     MANIFEST,
     ONNX_DIR,
     PYTORCH_DIR,
@@ -40,7 +41,6 @@ from models.bundle import (
     TOKENIZER_DIR,
     ServingSpec,
 )
-from models.recipe import ExportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ FP16_NOT_CHECKED = "not checked on this device"
 PARITY_CHUNK = 32  # rows per PyTorch forward pass for the reference logits: memory stays bounded
 # Every finished export writes both; a folder holding them is an earlier export that may be replaced.
 EXPORT_MARKERS = (SERVING_SPEC, f"{REPORTS_DIR}/{PARITY_REPORT}")
-# Written only by the registry into a version folder (models/registry.py); such a folder is never an --out.
+# Written only by the registry into a version folder (models/registry/store.py); such a folder is never an --out.
 REGISTRY_EVIDENCE = "evidence.json"
 
 
@@ -150,9 +150,21 @@ def export_bundle(
     # Parity runs the serving predictor on the bundle itself, so the spec must exist first.
     spec(variant_paths, "fp32", "fp32", {}).write(out_dir)
     sizes = ", ".join(str(b) for b in config.parity_batch_sizes)
-    say(f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts, serving batches of {sizes}")
-    parity = _parity(model, tokenizer, out_dir, variant_paths, task, labels, max_length, config, parity_texts,
-                     parity_labels)
+    say(
+        f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts, serving batches of {sizes}"
+    )
+    parity = _parity(
+        model,
+        tokenizer,
+        out_dir,
+        variant_paths,
+        task,
+        labels,
+        max_length,
+        config,
+        parity_texts,
+        parity_labels,
+    )
     dropped = {v: "; ".join(r["failures"]) for v, r in parity.items() if v != "fp32" and r["passed"] is False}
     for variant in dropped:
         # Dropped from what serves: the service can never load it; its numbers stay in reports/parity.json.
@@ -218,7 +230,7 @@ def check_export_target(out_dir: Path) -> None:
     reports/parity.json). Never a registered version (a folder with the registry's evidence.json, or anything
     under the registry's artifact store): registered versions are immutable.
     """
-    from dapt.settings import artifact_root
+    from models.settings import artifact_root
 
     out_dir = Path(out_dir).expanduser().resolve()
     store = artifact_root().expanduser().resolve()
@@ -396,8 +408,15 @@ def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], d
         ):
             kept["activation_matmuls"].append(node.name)
     gemms = {node.name for node in graph.node if node.op_type == "Gemm"}
-    names = sorted({n for group in kept.values() for name in group for n in (name, f"{name}_MatMul")
-                    if n == name or name in gemms})
+    names = sorted(
+        {
+            n
+            for group in kept.values()
+            for name in group
+            for n in (name, f"{name}_MatMul")
+            if n == name or name in gemms
+        }
+    )
     return names, {rule: len(group) for rule, group in kept.items()}
 
 
@@ -550,7 +569,9 @@ def compare_variants(
     pytorch_f1 = (
         _macro_f1(task, reference.logits, gold_per_text, labels, texts, offsets) if gold is not None else None
     )
-    served = [_first_token_per_word(t, o) for t, o in zip(texts, offsets, strict=True)] if task == "ner" else None
+    served = (
+        [_first_token_per_word(t, o) for t, o in zip(texts, offsets, strict=True)] if task == "ner" else None
+    )
     records: dict[str, dict[str, Any]] = {}
     for variant, path in variant_paths.items():
         by_batch: dict[str, dict[str, Any]] = {}
@@ -560,8 +581,12 @@ def compare_variants(
                 break
             diffs = [float(abs(o - r).max()) for o, r in zip(outputs, reference.logits, strict=True)]
             same = [o.argmax(-1) == r.argmax(-1) for o, r in zip(outputs, reference.logits, strict=True)]
-            if task == "ner":  # the service reads a word's tag off its first sub-token only: judge those
-                same = [s[[t for t in firsts if t is not None]] for s, firsts in zip(same, served, strict=True)]
+            if (
+                served is not None
+            ):  # NER: the service reads a word's tag off its first sub-token only: judge those
+                same = [
+                    s[[t for t in firsts if t is not None]] for s, firsts in zip(same, served, strict=True)
+                ]
             record = {
                 "max_abs_diff": max(diffs),
                 "label_agreement": float(sum(s.sum() for s in same) / sum(s.size for s in same)),
