@@ -213,17 +213,63 @@ def _probe_ner(
     return gold, predicted
 
 
-def paired_bootstrap_stderr(score, gold: list, base: list, adapted: list, seed: int) -> float:
-    """Standard error of ``score(adapted) - score(base)``, resampling the same validation rows for both."""
+def classification_counts(labels: list[str], gold: list, predicted: list) -> np.ndarray:
+    """Per row: (tp, fp, fn) for each declared class, so macro-F1 of any resample is a sum away."""
+    import numpy as np
+
+    counts = np.zeros((len(gold), 3 * len(labels)))
+    for column, label in enumerate(labels):
+        is_gold = np.array([g == label for g in gold])
+        is_predicted = np.array([p == label for p in predicted])
+        counts[:, 3 * column] = is_gold & is_predicted
+        counts[:, 3 * column + 1] = ~is_gold & is_predicted
+        counts[:, 3 * column + 2] = is_gold & ~is_predicted
+    return counts
+
+
+def macro_f1_from_counts(totals: np.ndarray) -> np.ndarray:
+    """Macro-F1 from summed (tp, fp, fn) per class; ``totals`` is (..., 3 * classes). A class with no gold
+    and no prediction scores 0, as sklearn's ``zero_division=0`` does."""
+    import numpy as np
+
+    tp, fp, fn = totals[..., 0::3], totals[..., 1::3], totals[..., 2::3]
+    denominator = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp, dtype=float), where=denominator > 0)
+    return f1.mean(axis=-1)
+
+
+def entity_counts(gold: list[list[str]], predicted: list[list[str]]) -> np.ndarray:
+    """Per sentence: (exactly matched entities, predicted entities, gold entities)."""
+    import numpy as np
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    rows = []
+    for gold_tags, predicted_tags in zip(gold, predicted, strict=True):
+        gold_spans, predicted_spans = set(get_entities(gold_tags)), set(get_entities(predicted_tags))
+        rows.append((len(gold_spans & predicted_spans), len(predicted_spans), len(gold_spans)))
+    return np.array(rows, dtype=float).reshape(-1, 3)
+
+
+def entity_f1_from_counts(totals: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    tp, predicted, gold = totals[..., 0], totals[..., 1], totals[..., 2]
+    denominator = predicted + gold
+    return np.divide(2 * tp, denominator, out=np.zeros_like(tp, dtype=float), where=denominator > 0)
+
+
+def paired_bootstrap_stderr(metric, base_counts: np.ndarray, adapted_counts: np.ndarray, seed: int) -> float:
+    """Standard error of ``metric(adapted) - metric(base)``, resampling the same validation rows for both.
+
+    ``*_counts`` hold per-row additive statistics (see ``classification_counts``/``entity_counts``) and
+    ``metric`` turns their sums into the score, so each resample is one weighted sum instead of a rescoring.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    n = len(gold)
-    gains = []
-    for _ in range(BOOTSTRAP_RESAMPLES):
-        rows = rng.integers(0, n, n)
-        picked = [gold[i] for i in rows]
-        gains.append(score(picked, [adapted[i] for i in rows]) - score(picked, [base[i] for i in rows]))
+    n = len(base_counts)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=BOOTSTRAP_RESAMPLES).astype(float)
+    gains = metric(weights @ adapted_counts) - metric(weights @ base_counts)
     return float(np.std(gains, ddof=1))
 
 
@@ -286,9 +332,14 @@ def measure_adaptation_gain(
             )
             gold, predictions[name] = probe(recipe, Path(folder), fit, validation, length, say)
             scores[name] = score(gold, predictions[name])
-        stderr = paired_bootstrap_stderr(
-            score, gold, predictions["base"], predictions["adapted"], recipe.seed
-        )
+        if recipe.task == "ner":
+            counts = {name: entity_counts(gold, predicted) for name, predicted in predictions.items()}
+            metric_from_counts = entity_f1_from_counts
+        else:
+            labels = list(recipe.data.labels)
+            counts = {name: classification_counts(labels, gold, p) for name, p in predictions.items()}
+            metric_from_counts = macro_f1_from_counts
+        stderr = paired_bootstrap_stderr(metric_from_counts, counts["base"], counts["adapted"], recipe.seed)
     else:
         for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
             say(f"[adaptation-gain] fine-tuning from the {name} encoder to compare ({len(fit)} rows)")

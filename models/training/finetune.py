@@ -637,23 +637,24 @@ def plan_steps_for_budget(
 ) -> dict:
     """How many optimizer steps fit ``minutes`` here: forward + backward timed on a few real batches.
 
-    Random batches pad to their longest row while training groups rows by length, so the estimate errs long.
-    At least one epoch is always planned: a model that has not seen its data once is no model.
+    The timed batches are random rows grouped by length, as training batches are. At least one epoch is always planned: a model that has not seen its data once is no model.
     """
     import random
 
     import torch
 
     device = next(model.parameters()).device
-    sample = random.Random(seed).sample(rows, min(len(rows), config.batch_size * (CALIBRATION_STEPS + 1)))
+    rng = random.Random(seed)
+    sample = rng.sample(rows, min(len(rows), config.batch_size * (CALIBRATION_STEPS + 1)))
+    # training groups rows of similar length (group_by_length), so the timed batches do too
+    sample.sort(key=lambda row: len(row["input_ids"]))
+    batches = [sample[i : i + config.batch_size] for i in range(0, len(sample), config.batch_size)]
+    rng.shuffle(batches)
     was_training = model.training
     model.train()
     seconds, timed = 0.0, 0
     try:
-        for step in range(CALIBRATION_STEPS + 1):
-            batch_rows = sample[step * config.batch_size : (step + 1) * config.batch_size]
-            if not batch_rows:
-                break
+        for step, batch_rows in enumerate(batches):
             batch = {k: v.to(device) for k, v in collator(batch_rows).items() if hasattr(v, "to")}
             started = time.perf_counter()
             model(**batch).loss.backward()

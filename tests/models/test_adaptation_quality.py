@@ -248,19 +248,47 @@ def test_head_warmup_scores_held_out_targets_and_keeps_its_best_head(tiny_base_m
 
 
 def test_paired_bootstrap_stderr_is_zero_for_identical_predictions_and_near_the_binomial_value_otherwise():
-    from models.evaluation.adaptation_gain import paired_bootstrap_stderr
-
-    def accuracy(gold, predicted):
-        return sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
+    from models.evaluation.adaptation_gain import (
+        classification_counts,
+        macro_f1_from_counts,
+        paired_bootstrap_stderr,
+    )
 
     gold = ["a"] * 400
     same = ["a"] * 200 + ["b"] * 200
-    assert paired_bootstrap_stderr(accuracy, gold, same, list(same), seed=1) == 0.0
+    base = classification_counts(["a"], gold, same)
+
+    def recall_of_a(totals):  # one class: tp / (tp + fn), a proportion with a known standard error
+        return totals[..., 0] / (totals[..., 0] + totals[..., 2])
+
+    assert paired_bootstrap_stderr(recall_of_a, base, base.copy(), seed=1) == 0.0
     # the adapted encoder fixes 40 of the base's errors and breaks none: the gain is 0.1 with a paired standard
     # error of sqrt(p(1-p)/n) for the 10% of rows that differ
-    better = ["a"] * 240 + ["b"] * 160
-    stderr = paired_bootstrap_stderr(accuracy, gold, same, better, seed=1)
+    better = classification_counts(["a"], gold, ["a"] * 240 + ["b"] * 160)
+    stderr = paired_bootstrap_stderr(recall_of_a, base, better, seed=1)
     assert stderr == pytest.approx((0.1 * 0.9 / 400) ** 0.5, rel=0.25)
+    # the summed counts give sklearn's macro-F1
+    from sklearn.metrics import f1_score
+
+    two = ["a", "b", "b", "a", "b"], ["a", "b", "a", "a", "a"]
+    totals = classification_counts(["a", "b", "c"], *two).sum(axis=0)
+    assert macro_f1_from_counts(totals) == pytest.approx(
+        f1_score(*two, average="macro", labels=["a", "b", "c"], zero_division=0)
+    )
+
+
+def test_entity_counts_sum_to_seqeval_entity_f1():
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+
+    from models.evaluation.adaptation_gain import entity_counts, entity_f1_from_counts
+
+    gold = [["B-D", "I-D", "O", "B-D"], ["O", "B-D"], ["O", "O"]]
+    predicted = [["B-D", "I-D", "O", "O"], ["B-D", "I-D"], ["B-D", "O"]]
+    totals = entity_counts(gold, predicted).sum(axis=0)
+    assert entity_f1_from_counts(totals) == pytest.approx(
+        f1_score(gold, predicted, mode="strict", scheme=IOB2, zero_division=0)
+    )
 
 
 def test_a_probe_gain_must_clear_min_gain_by_the_noise_margin(tiny_base_model, adapted_encoder, tmp_path):
