@@ -85,13 +85,17 @@ def export_bundle(
     parity_texts: list[str],
     parity_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
     progress: Progress | None = None,
+    embedding: bool = True,
+    pooling_from: Path | None = None,
 ) -> ExportResult:
     """Write the serving bundle for the fine-tuned checkpoint in ``model_dir`` into ``out_dir``.
 
     ``labels`` are the class names (classification) or BIO tags (NER) in logit order; they must match the
     checkpoint's ``id2label``. ``parity_labels`` (optional) are the gold labels of ``parity_texts``:
     one label per text for classification; for NER one tag per whitespace-separated word of the text
-    (a list of tags or one space-separated string), scored with seqeval.
+    (a list of tags or one space-separated string), scored with seqeval. ``embedding`` adds the encoder as a
+    sentence-embedding model for ``/embed`` (models/embedding_export.py), pooled as the sentence-transformers
+    config in ``model_dir`` or ``pooling_from`` (the base model) says.
     """
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -179,6 +183,11 @@ def export_bundle(
     (out_dir / REPORTS_DIR).mkdir(exist_ok=True)
     (out_dir / REPORTS_DIR / PARITY_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
     spec(served, preferred_cpu, preferred_gpu, dropped).write(out_dir)
+    if embedding:
+        from models.embedding_export import export_embedding
+
+        export_embedding(model_dir, out_dir, config=config, parity_texts=parity_texts, max_length=max_length,
+                         pooling_from=pooling_from, progress=say)
     _make_world_readable(out_dir)
     say(
         "export done in {:.1f}s: {}; CPU serves {}".format(
