@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import warnings
@@ -121,9 +122,8 @@ def export_embedding(
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
-        for name in ("model.onnx", "config.json"):
-            if (optimized / name).is_file():
-                shutil.copy2(optimized / name, target / name)
+        shutil.copy2(optimized / "model.onnx", target / "model.onnx")
+        _write_encoder_config(model_dir / "config.json", target / "config.json")
     dimension = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("hidden_size")
     entry = {
         "path": f"{EMBEDDING_DIR}/model.onnx",
@@ -152,6 +152,20 @@ def export_embedding(
         say(f"embedding: DROPPED ({extra['embedding_dropped']}); /embed will not be served")
     _write_spec(bundle_dir, spec, extra)
     return record
+
+
+def _write_encoder_config(source: Path, target: Path) -> None:
+    """The checkpoint's config.json as the bare encoder's: ``BertForSequenceClassification`` becomes
+    ``BertModel`` and the task labels go, so tools reading the folder (Optimum, infinity) see an embedding model,
+    not a classifier."""
+    config = json.loads(source.read_text(encoding="utf-8"))
+    config["architectures"] = [
+        re.sub(r"For(SequenceClassification|TokenClassification|MaskedLM)$", "Model", name)
+        for name in config.get("architectures") or []
+    ]
+    for key in ("id2label", "label2id", "problem_type", "finetuning_task"):
+        config.pop(key, None)
+    target.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def _write_spec(bundle_dir: Path, spec: ServingSpec, extra: dict[str, Any]) -> None:
