@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +161,21 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, float | None]:
     }
 
 
+def texts_body(text: str) -> dict[str, Any]:
+    """Our service's request body (and the naive server's): ``{"texts": [text]}``."""
+    return {"texts": [text]}
+
+
 async def _drive(
-    url: str, texts: list[str], concurrency: int, max_requests: int, max_seconds: float, timeout_s: float
+    url: str,
+    texts: list[str],
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    timeout_s: float,
+    endpoint: str = "/classify",
+    body: Callable[[str], dict[str, Any]] = texts_body,
+    answer_key: str = "predictions",
 ) -> dict[str, Any]:
     import httpx
 
@@ -180,8 +194,8 @@ async def _drive(
                 issued += 1
                 sent = time.perf_counter()
                 try:
-                    response = await client.post(f"{url}/classify", json={"texts": [text]})
-                    ok = response.status_code == 200 and len(response.json().get("predictions", [])) == 1
+                    response = await client.post(f"{url}{endpoint}", json=body(text))
+                    ok = response.status_code == 200 and len(response.json().get(answer_key, [])) == 1
                     reason = "" if ok else f"http {response.status_code}"
                 except httpx.HTTPError as exc:
                     ok, reason = False, type(exc).__name__
@@ -203,14 +217,20 @@ def drive_load(
     max_requests: int,
     max_seconds: float,
     timeout_s: float = 60.0,
+    endpoint: str = "/classify",
+    body: Callable[[str], dict[str, Any]] = texts_body,
+    answer_key: str = "predictions",
 ) -> dict[str, Any]:
-    """Closed-loop load: ``concurrency`` clients, each sending one text per POST /classify and waiting for the
-    answer before the next, until ``max_requests`` were sent or ``max_seconds`` passed.
+    """Closed-loop load: ``concurrency`` clients, each sending one text per POST ``endpoint`` (body built by
+    ``body``; an answer counts when it is 200 with one item under ``answer_key``) and waiting for the answer
+    before the next, until ``max_requests`` were sent or ``max_seconds`` passed.
 
     Returns throughput (successful requests per second of wall time), latency percentiles, error counts and
     the raw latencies (``latencies_ms``, for plots).
     """
-    run = asyncio.run(_drive(url, texts, concurrency, max_requests, max_seconds, timeout_s))
+    run = asyncio.run(
+        _drive(url, texts, concurrency, max_requests, max_seconds, timeout_s, endpoint, body, answer_key)
+    )
     done = len(run["latencies_ms"])
     return {
         "concurrency": concurrency,

@@ -112,6 +112,7 @@ def export_stage(
         parity_texts=texts,
         parity_labels=labels,
         progress=progress,
+        pooling_from=recipe.resolved_base_model(),
     )
 
 

@@ -4,8 +4,8 @@ bearer token).
 
 Body size (``DAPT_MAX_BODY_BYTES``, default 2 MiB) is enforced before anything parses the body: a
 ``Content-Length`` above the limit is answered 413 at once; a body without one (chunked) is counted as it
-streams and refused as soon as it passes the limit. The body of ``/classify`` and ``/entities`` must be a JSON
-object whose ``texts`` is a list of strings; anything else (``texts`` missing included) is a 400/422 naming the
+streams and refused as soon as it passes the limit. The body of ``/classify``, ``/entities`` and ``/embed``
+must be a JSON object whose ``texts`` is a list of strings; anything else (``texts`` missing included) is a 400/422 naming the
 field, so malformed input never reaches the model (and BentoML does not log a traceback for each bad request).
 Every error body is
 ``{"error": "<what is wrong and how to fix it>", "field": ..., ...}``.
@@ -21,7 +21,7 @@ from typing import Any
 from models.settings import ADMIN_TOKEN_ENV, MAX_BODY_ENV, admin_token, env_number
 
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
-PUBLIC_TEXT_ROUTES = ("/classify", "/entities")
+PUBLIC_TEXT_ROUTES = ("/classify", "/entities", "/embed")
 
 
 def max_body_bytes() -> int:

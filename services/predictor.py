@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,16 @@ from models.registry.bundle import (
     TOKENIZER_DIR,
     BundlePathError,
     ServingSpec,
+    check_bundle_path,
     resolve_in_bundle,
 )
-from models.settings import THREADS_ENV, env_number
+from services.runtime import (
+    CUDA_PROVIDER_OPTIONS,
+    PROVIDER_ENV,
+    RuntimeConfigError,
+    RuntimeTuning,
+    run_with_binding,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +122,23 @@ def _nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia").exists() or Path("/dev/nvidiactl").exists()
 
 
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+
+
+def pool_embeddings(hidden: np.ndarray, attention_mask: np.ndarray, mode: str) -> np.ndarray:
+    """Sentence vectors from (batch, tokens, dim) token vectors, padding ignored, L2-normalised. The same
+    pooling as sentence-transformers' Pooling + Normalize modules (models/export/embedding.py checks it)."""
+    mask = attention_mask[..., None].astype(hidden.dtype)
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "max":
+        pooled = np.where(mask > 0, hidden, -np.inf).max(axis=1)
+    else:
+        counts = np.clip(mask.sum(axis=1), 1e-9, None)
+        pooled = (hidden * mask).sum(axis=1) / (np.sqrt(counts) if mode == "mean_sqrt_len" else counts)
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
@@ -123,23 +146,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
-
-
-def _thread_count() -> int:
-    threads = env_number(
-        THREADS_ENV,
-        0,
-        kind=int,
-        valid=lambda n: n >= 1,
-        requirement="a whole number of threads, at least 1",
-        error=BundleError,
-    )
-    if threads:
-        return threads
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class OnnxPredictor:
@@ -167,21 +173,26 @@ class OnnxPredictor:
             )
         tokenizer_path = self.bundle_dir / TOKENIZER_DIR / "tokenizer.json"
         # Verify before use, and only what this process may read (a bundle without pytorch/ still serves).
+        embedding = self.spec.extra.get("embedding")
+        self.embedding: dict[str, Any] | None = embedding if isinstance(embedding, dict) else None
+        if self.embedding is not None:
+            self._check_embedding_entry(self.embedding)
         verify_manifest(
             self.bundle_dir,
-            only=[f"{TOKENIZER_DIR}/tokenizer.json", SERVING_SPEC, *self.spec.variants.values()],
+            only=[
+                f"{TOKENIZER_DIR}/tokenizer.json",
+                SERVING_SPEC,
+                *self.spec.variants.values(),
+                *([self.embedding["path"]] if self.embedding else []),
+            ],
         )
 
-        self._options = ort.SessionOptions()
-        self._options.intra_op_num_threads = _thread_count()
-        self._options.inter_op_num_threads = 1
-        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Every request batch has its own (batch, length) shape: the CPU arena and memory patterns keep
-        # growing with each new shape, so a long-running server's RSS creeps up. Plain allocations stay flat.
-        self._options.enable_cpu_mem_arena = False
-        self._options.enable_mem_pattern = False
-        self._options.log_severity_level = _ORT_QUIET if providers is None else 2
-
+        try:
+            self.tuning = RuntimeTuning.from_environment()
+        except RuntimeConfigError as exc:
+            raise BundleError(str(exc)) from None
+        self._options = self.tuning.session_options(ort, _ORT_QUIET if providers is None else 2)
+        self._cuda_note = "not tried"
         self.session, self.variant = self._open_session(ort, variant, providers)
 
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
@@ -196,6 +207,23 @@ class OnnxPredictor:
         self._pad_id = pad_id
         self._input_names = [i.name for i in self.session.get_inputs()]
         self.provider = self.session.get_providers()[0]
+        self.embedding_session = None
+        if self.embedding is not None:
+            # On the provider the classifier got (CUDA only when CUDA really started): fp32, no variants.
+            embedding_path = str(self._bundle_file(self.embedding["path"], "the embedding model"))
+            if self.provider == CUDA:
+                embedding_providers: list[Any] = [(CUDA, dict(CUDA_PROVIDER_OPTIONS)), CPU]
+            else:
+                embedding_providers = [CPU]
+            self.embedding_session = ort.InferenceSession(
+                embedding_path, self._options, providers=embedding_providers
+            )
+            self._embedding_inputs = [i.name for i in self.embedding_session.get_inputs()]
+        # On CUDA, inputs and outputs go through IOBinding (one copy each way, no per-run staging).
+        self.io_binding = self.provider == CUDA
+        self.runtime = self.tuning.record(
+            provider=self.provider, io_binding=self.io_binding, cuda=self._cuda_note
+        )
         logger.info(
             "loaded %s (%s) variant %s on %s, %d threads",
             self.spec.name,
@@ -219,32 +247,78 @@ class OnnxPredictor:
         return path
 
     def _open_session(self, ort, variant: str | None, providers: list[str] | None):
+        """(session, variant) on CUDA when asked for or available and a CUDA session really starts, else CPU.
+
+        Sets ``self._cuda_note`` to what happened with CUDA (shown in /metadata under ``runtime.cuda``).
+        """
+        choice = self.tuning.provider_choice
         if providers is not None:
-            chosen = variant or self._servable(
-                self.spec.preferred_gpu_variant if providers[0] == CUDA else self.spec.preferred_cpu_variant
-            )
-            return ort.InferenceSession(
-                str(self._onnx_path(chosen)), self._options, providers=providers
-            ), chosen
-        if CUDA in ort.get_available_providers() and _nvidia_driver_present():
+            want_cuda = providers[0] == CUDA
+        elif choice == "cpu":
+            want_cuda, providers = False, [CPU]
+            self._cuda_note = f"not tried: {PROVIDER_ENV}=cpu"
+        elif choice == "cuda":
+            want_cuda, providers = True, [CUDA, CPU]
+        elif CUDA not in ort.get_available_providers():
+            want_cuda, providers = False, [CPU]
+            self._cuda_note = "not tried: this onnxruntime build has no CUDA provider"
+        elif not _nvidia_driver_present():
+            want_cuda, providers = False, [CPU]
+            self._cuda_note = "not tried: no NVIDIA driver on this host"
+        else:
+            want_cuda, providers = True, [CUDA, CPU]
+        if want_cuda:
             # onnxruntime-gpu lists CUDA even without CUDA libraries: only a session that really got the
             # CUDA provider counts. The failed attempt logs through ORT's default logger, hence the muting.
             gpu_variant = variant or self._servable(self.spec.preferred_gpu_variant)
-            gpu_path = str(self._onnx_path(gpu_variant))
+            cuda_providers = [(CUDA, dict(CUDA_PROVIDER_OPTIONS)) if p == CUDA else p for p in providers]
             ort.set_default_logger_severity(_ORT_QUIET)
             try:
-                session = ort.InferenceSession(gpu_path, self._options, providers=[CUDA, CPU])
+                session = ort.InferenceSession(
+                    str(self._onnx_path(gpu_variant)), self._options, providers=cuda_providers
+                )
                 if session.get_providers()[0] == CUDA:
+                    self._cuda_note = "in use"
                     return session, gpu_variant
-                logger.info("CUDA is listed by onnxruntime but a CUDA session fell back to CPU")
+                self._cuda_note = (
+                    "fell back to CPU: the CUDA provider did not start (CUDA libraries or device)"
+                )
+            except BundleError:
+                raise
             except Exception as exc:  # no usable CUDA: fall through to CPU
-                logger.info("CUDA session failed, using CPU: %s", exc)
+                self._cuda_note = f"fell back to CPU: {str(exc).splitlines()[0][:200]}"
             finally:
                 ort.set_default_logger_severity(2)
+            logger.info("CUDA asked for but not usable, serving on CPU (%s)", self._cuda_note)
+            if CPU not in providers:
+                raise BundleError(
+                    f"a CUDA session could not start and CPU was not allowed: {self._cuda_note}"
+                )
+        # The CPU gets the CPU variant (int8 or fp32), never fp16 picked for a GPU that did not start.
         cpu_variant = variant or self._servable(self.spec.preferred_cpu_variant)
         return ort.InferenceSession(
             str(self._onnx_path(cpu_variant)), self._options, providers=[CPU]
         ), cpu_variant
+
+    def _bundle_file(self, relative: str, what: str) -> Path:
+        try:
+            path = resolve_in_bundle(self.bundle_dir, relative, what)
+        except BundlePathError as exc:
+            raise BundleError(str(exc)) from None
+        if not path.is_file():
+            raise BundleError(f"{relative} ({what}) is missing from {self.bundle_dir}")
+        return path
+
+    def _check_embedding_entry(self, entry: dict[str, Any]) -> None:
+        try:
+            check_bundle_path(entry.get("path"), f"{SERVING_SPEC} embedding path")
+        except BundlePathError as exc:
+            raise BundleError(str(exc)) from None
+        if entry.get("pooling") not in POOLING_MODES:
+            raise BundleError(
+                f"{SERVING_SPEC} embedding pooling {entry.get('pooling')!r} is not one of {POOLING_MODES}; "
+                "re-export the bundle"
+            )
 
     def _servable(self, preferred: str) -> str:
         """The preferred variant if the bundle serves it, else fp32 (the export drops variants failing parity)."""
@@ -274,7 +348,7 @@ class OnnxPredictor:
         """Whether the text had more tokens than max_length (the rest was not seen by the model)."""
         return bool(encoding.overflowing)
 
-    def feeds(self, encodings: list[Any]) -> dict[str, np.ndarray]:
+    def feeds(self, encodings: list[Any], input_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """The model inputs of a batch, right-padded to its longest encoding."""
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
@@ -286,7 +360,7 @@ class OnnxPredictor:
             mask[row, :length] = encoding.attention_mask
             types[row, :length] = encoding.type_ids
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        return {name: feeds[name] for name in self._input_names}
+        return {name: feeds[name] for name in (input_names or self._input_names)}
 
     def _encode(self, texts: list[str]):
         encodings = self.encode(texts)
@@ -299,7 +373,29 @@ class OnnxPredictor:
         return self.logits_of(self.encode(texts))
 
     def logits_of(self, encodings: list[Any]) -> np.ndarray:
-        return self.session.run(None, self.feeds(encodings))[0].astype(np.float32)
+        return self._run(self.session, self.feeds(encodings))[0].astype(np.float32)
+
+    def _run(self, session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.io_binding:
+            return run_with_binding(session, feeds, "cuda")
+        return session.run(None, feeds)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised sentence embeddings, (texts, dimension), pooled as the base model was trained."""
+        if self.embedding_session is None or self.embedding is None:
+            raise WrongTaskError(
+                f"{self.spec.name}'s bundle has no embedding model: re-export it to serve /embed"
+            )
+        if not texts:
+            return np.zeros((0, int(self.embedding.get("dimension") or 0)), dtype=np.float32)
+        return self.embed_encoded(self.encode(texts))
+
+    def embed_encoded(self, encodings: list[Any]) -> np.ndarray:
+        """Embeddings of already tokenized texts (:meth:`encode`)."""
+        assert self.embedding is not None, "embed() checks that the bundle has an embedding model"
+        feeds = self.feeds(encodings, self._embedding_inputs)
+        hidden = self._run(self.embedding_session, feeds)[0].astype(np.float32)
+        return pool_embeddings(hidden, feeds["attention_mask"], self.embedding["pooling"])
 
     def classify(self, texts: list[str]) -> list[dict[str, Any]]:
         if self.spec.task != "classification":
@@ -378,8 +474,10 @@ class OnnxPredictor:
 
     def warmup(self) -> None:
         """One tiny inference so the first real request does not pay for lazy kernel set-up."""
-        _, feeds = self._encode(["warm up"])
-        self.session.run(None, feeds)
+        encodings, feeds = self._encode(["warm up"])
+        self._run(self.session, feeds)
+        if self.embedding_session is not None:
+            self.embed_encoded(encodings)
 
     def self_check(self, texts: list[str] | tuple[str, ...] = PROBE_TEXTS) -> None:
         """Raise BundleError unless the model gives well-formed answers for ``texts`` (run before serving).
@@ -396,6 +494,18 @@ class OnnxPredictor:
                 f"{self.bundle_dir}: logits of shape {logits.shape} do not match {len(texts)} probe texts and "
                 f"{len(self.spec.labels)} labels in {SERVING_SPEC}"
             )
+        if self.embedding_session is not None:
+            vectors = self.embed(texts)
+            norms = np.linalg.norm(vectors, axis=1) if vectors.ndim == 2 else np.zeros(0)
+            if (
+                vectors.shape[0] != len(texts)
+                or not np.isfinite(vectors).all()
+                or not np.allclose(norms, 1, atol=1e-3)
+            ):
+                raise BundleError(
+                    f"{self.bundle_dir}: the embedding model answers {vectors.shape} vectors that are not finite "
+                    "unit vectors for the probe texts"
+                )
         if self.spec.task == "classification":
             for result in self.classify(texts):
                 total = sum(result["scores"].values())
@@ -423,4 +533,12 @@ class OnnxPredictor:
             "labels": list(self.spec.labels),
             "max_length": self.spec.max_length,
             "multi_label": self.spec.multi_label,
+            "runtime": dict(self.runtime),
+            "embedding": None
+            if self.embedding is None
+            else {
+                "dimension": self.embedding.get("dimension"),
+                "pooling": self.embedding["pooling"],
+                "normalized": True,
+            },
         }

@@ -21,7 +21,9 @@ requests in flight finish on the old one. ``POST /admin/reload`` (body ``{"versi
 same on demand, with ``Authorization: Bearer $DAPT_ADMIN_TOKEN`` (403 when no token is configured). A failed
 reload leaves the old version serving and shows in ``/metadata`` as ``last_reload_error``.
 
-Endpoints: ``POST /classify``, ``POST /entities``, ``GET /metadata``, ``POST /admin/reload``,
+Endpoints: ``POST /classify``, ``POST /entities``, ``POST /embed`` (L2-normalised sentence embeddings from
+the bundle's encoder, pooled as its base model was trained; any task's bundle exported with an embedding model),
+``GET /metadata``, ``POST /admin/reload``,
 ``GET /admin/status`` (the operator's view: bundle path, raw reload errors; same token); BentoML adds
 ``/livez``, ``/readyz`` (200 once the model is loaded, verified, warmed up and probed), ``/metrics``
 (Prometheus, with ``dapt_predictions_total`` and ``dapt_batch_size`` labelled by model name and version) and
@@ -43,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import unicodedata
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -141,6 +145,24 @@ class Entity(BaseModel):
     score: float = Field(description="Mean tag probability over the span's words")
 
 
+class EmbedResponse(BaseModel):
+    model: ModelInfo
+    embeddings: list[list[float]] = Field(description="One unit-length vector per text, in order")
+    dimension: int = Field(examples=[384])
+    pooling: str = Field(
+        examples=["mean"], description="How token vectors became one vector (then L2-normalised)"
+    )
+    truncated: list[bool] = Field(description="Per text, in order: " + TRUNCATED_DESCRIPTION)
+
+
+@dataclass(frozen=True, eq=False)
+class _EmbedTarget:
+    """What embed texts are batched under: one per served model, so they never share a call with its
+    classification or NER texts (another ONNX session)."""
+
+    served: ServedModel
+
+
 class EntitiesResponse(BaseModel):
     model: ModelInfo
     entities: list[list[Entity]]
@@ -237,6 +259,7 @@ class DaptService:
                 f"{MAX_QUEUE_TEXTS_ENV}={self.batcher.max_queue_texts} is below {MAX_TEXTS_ENV}={self.max_texts}: "
                 "a full-size request would only be taken when nothing else waits; raise the queue bound"
             )
+        self._embed_targets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.slot.start()
         self._ready = True
 
@@ -272,7 +295,15 @@ class DaptService:
     def _invalid(self, texts: list[str], task: str):
         """An error response for a bad request, or None when the request is fine."""
         served = self.slot.current
-        if task != served.task:
+        if task == "embedding":
+            if served.predictor.embedding_session is None:
+                return _error(
+                    400,
+                    f"model {served.name!r} v{served.version} has no embedding model in its bundle (exported before "
+                    "/embed existed, or its embedding failed parity): re-export and register it to serve /embed",
+                    field="endpoint",
+                )
+        elif task != served.task:
             right = "/entities" if served.task == "ner" else "/classify"
             kind = "a token-classification (NER)" if served.task == "ner" else "a text-classification"
             return _error(
@@ -312,26 +343,42 @@ class DaptService:
 
     # ------------------------------------------------------------------ batching
 
-    async def _predict(self, texts: list[str]):
+    async def _predict(self, texts: list[str], embed: bool = False):
         """(model that answered, one answer per text), or an error response when the queue is full."""
         served = self.slot.current  # read once: it tokenizes and answers this request even if a swap follows
+        target = self._embed_target(served) if embed else served
         if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
             encodings = served.predictor.encode(texts)
         else:
             encodings = await asyncio.to_thread(served.predictor.encode, texts)
         try:
-            answers = await self.batcher.submit(served, list(zip(texts, encodings, strict=True)))
+            answers = await self.batcher.submit(target, list(zip(texts, encodings, strict=True)))
         except QueueFull as exc:
             return served, _error(
                 503, str(exc), field="texts", headers={"retry-after": str(exc.retry_after_s)}
             )
         return served, answers
 
-    def _run_batch(self, served: ServedModel, payloads: list[tuple[str, Any]]) -> list[Any]:
+    def _embed_target(self, served: ServedModel) -> _EmbedTarget:
+        target = self._embed_targets.get(served)
+        if target is None:
+            target = self._embed_targets.setdefault(served, _EmbedTarget(served))
+        return target
+
+    def _run_batch(self, model: ServedModel | _EmbedTarget, payloads: list[tuple[str, Any]]) -> list[Any]:
         """One ONNX Runtime call for a batch of one model's texts (in the batcher's inference thread)."""
-        self.metrics.record_batch(served.name, served.version, served.task, len(payloads))
         texts = [text for text, _ in payloads]
         encodings = [encoding for _, encoding in payloads]
+        if isinstance(model, _EmbedTarget):
+            served = model.served
+            self.metrics.record_batch(served.name, served.version, "embedding", len(payloads))
+            vectors = served.predictor.embed_encoded(encodings)
+            return [
+                (vector.tolist(), served.predictor.truncated(e))
+                for vector, e in zip(vectors, encodings, strict=True)
+            ]
+        served = model
+        self.metrics.record_batch(served.name, served.version, served.task, len(payloads))
         if served.task == "ner":
             spans = served.predictor.entities_encoded(texts, encodings)
             return [(found, served.predictor.truncated(e)) for found, e in zip(spans, encodings, strict=True)]
@@ -370,6 +417,28 @@ class DaptService:
         return EntitiesResponse(
             model=self._model_info(served),
             entities=[spans for spans, _ in answers],
+            truncated=[truncated for _, truncated in answers],
+        )
+
+    @bentoml.api(route="/embed")
+    async def embed(
+        self,
+        texts: Annotated[list[str], Field(description="Texts to embed", examples=[SAMPLE_TEXTS])],
+    ) -> EmbedResponse:
+        """L2-normalised sentence embeddings from the model's domain-adapted encoder, one per text."""
+        invalid = self._invalid(texts, "embedding")
+        if invalid is not None:
+            return invalid
+        served, answers = await self._predict(texts, embed=True)
+        if not isinstance(answers, list):
+            return answers
+        embedding = served.predictor.embedding
+        return EmbedResponse(
+            # the embedding model is always the fp32 export, whichever variant classifies
+            model=self._model_info(served).model_copy(update={"variant": "fp32"}),
+            embeddings=[vector for vector, _ in answers],
+            dimension=len(answers[0][0]),
+            pooling=embedding["pooling"],
             truncated=[truncated for _, truncated in answers],
         )
 

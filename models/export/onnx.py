@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from models.export.common import ExportError, _optimize, _quiet_onnxruntime  # noqa: F401 - re-exported
 from models.recipe import ExportConfig
 from models.registry.bundle import (
     MANIFEST,
@@ -60,10 +61,6 @@ EXPORT_MARKERS = (SERVING_SPEC, f"{REPORTS_DIR}/{PARITY_REPORT}")
 REGISTRY_EVIDENCE = "evidence.json"
 
 
-class ExportError(RuntimeError):
-    """The checkpoint cannot be exported; the message says what is wrong and how to fix it."""
-
-
 @dataclass(frozen=True)
 class ExportResult:
     bundle_dir: Path
@@ -85,13 +82,17 @@ def export_bundle(
     parity_texts: list[str],
     parity_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
     progress: Progress | None = None,
+    embedding: bool = True,
+    pooling_from: Path | None = None,
 ) -> ExportResult:
     """Write the serving bundle for the fine-tuned checkpoint in ``model_dir`` into ``out_dir``.
 
     ``labels`` are the class names (classification) or BIO tags (NER) in logit order; they must match the
     checkpoint's ``id2label``. ``parity_labels`` (optional) are the gold labels of ``parity_texts``:
     one label per text for classification; for NER one tag per whitespace-separated word of the text
-    (a list of tags or one space-separated string), scored with seqeval.
+    (a list of tags or one space-separated string), scored with seqeval. ``embedding`` adds the encoder as a
+    sentence-embedding model for ``/embed`` (models/export/embedding.py), pooled as the sentence-transformers
+    config in ``model_dir`` or ``pooling_from`` (the base model) says.
     """
     started = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -191,6 +192,18 @@ def export_bundle(
     (out_dir / REPORTS_DIR).mkdir(exist_ok=True)
     (out_dir / REPORTS_DIR / PARITY_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
     spec(served, preferred_cpu, preferred_gpu, dropped).write(out_dir)
+    if embedding:
+        from models.export.embedding import export_embedding
+
+        export_embedding(
+            model_dir,
+            out_dir,
+            config=config,
+            parity_texts=parity_texts,
+            max_length=max_length,
+            pooling_from=pooling_from,
+            progress=say,
+        )
     _make_world_readable(out_dir)
     say(
         "export done in {:.1f}s: {}; CPU serves {}".format(
@@ -355,15 +368,6 @@ def _optimum_export(model_dir: Path, output: Path, task: str, opset: int | None)
     return output
 
 
-def _optimize(plain: Path, output: Path, level: Literal["O2", "O4"]) -> Path:
-    from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer
-
-    optimization = AutoOptimizationConfig.with_optimization_level(level, for_gpu=level == "O4")
-    with _quiet_onnxruntime():
-        ORTOptimizer.from_pretrained(plain).optimize(optimization, save_dir=output, file_suffix=None)
-    return output
-
-
 def _quantization_isa() -> str:
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
@@ -457,20 +461,6 @@ def describe_int8(summary: dict[str, Any]) -> str:
         f"{summary['isa']}, {'+'.join(summary['operators'])}, per-channel={summary['per_channel']}, "
         f"reduce-range={summary['reduce_range']}; fp32 kept: {kept or 'nothing'}"
     )
-
-
-class _quiet_onnxruntime:
-    """Raise ORT's default log level while building sessions (fp16 on a CPU host logs loud CUDA errors)."""
-
-    def __enter__(self):
-        import onnxruntime as ort
-
-        ort.set_default_logger_severity(4)
-
-    def __exit__(self, *exc):
-        import onnxruntime as ort
-
-        ort.set_default_logger_severity(2)
 
 
 # --------------------------------------------------------------------------- tokenizer + checkpoint
