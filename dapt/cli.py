@@ -18,6 +18,7 @@ from dapt.cli_stages import register as register_stage_commands
 from dapt.cli_ui import register as register_ui_command
 from dapt.exit_codes import ExitCode
 from dapt.settings import configure_environment
+from models.progress import stage
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console()
@@ -48,6 +49,9 @@ class UserError(Exception):
 @app.callback()
 def _setup() -> None:
     configure_environment()
+    if not console.is_terminal:
+        # Piped or redirected: tables keep their natural width instead of cutting cells at 80 columns.
+        console.width = 100_000
 
 
 def _recipe(path: Path):
@@ -89,12 +93,43 @@ def _print_run_summary(summary: dict) -> None:
     console.print(f"[{colour}]gate: {gate.get('summary', 'not evaluated')}[/{colour}]")
 
 
-def run_recipe(recipe_path: Path) -> dict:
-    """Run the retrain flow; return its summary or raise UserError with a readable report."""
-    recipe = _recipe(recipe_path)
+def _stop_temporary_prefect_server() -> None:
+    """Without a Prefect server configured the flow starts a temporary one, which Prefect stops at exit in
+    silence (its wait can take seconds); stopping it here keeps that inside the progress display."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return  # a real server (or a test harness's): not ours to stop
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        servers = list(SubprocessASGIServer._instances.values())
+    except (ImportError, AttributeError):  # another Prefect version: it stops at exit as before
+        return
+    with stage("stopping Prefect's temporary server"):
+        for server in servers:
+            server.stop()
+
+
+def _run_flow(recipe, adopt_log_handlers):
     from flows.retrain import retrain
 
+    adopt_log_handlers()  # Prefect's log handlers exist from its import on
     state = retrain(recipe, return_state=True)
+    _stop_temporary_prefect_server()
+    return state
+
+
+def run_recipe(recipe_path: Path) -> dict:
+    """Run the retrain flow; return its summary or raise UserError with a readable report."""
+    from dapt.progress_view import adopt_log_handlers, say, watched
+
+    # A bar per stage in a terminal, plain lines (never silent for long) in logs and CI.
+    with watched(err):
+        recipe = _recipe(recipe_path)
+        say(f"run {recipe.name}: validate → adapt → fine-tune → evaluate → export → register → promote")
+        with stage(f"run {recipe.name}"):
+            state = _run_flow(recipe, adopt_log_handlers)
     if state.is_failed():
         data = None
         try:
@@ -150,11 +185,14 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/
     Example: dapt validate recipes/demo.yaml
     """
     parsed = _recipe(recipe)
+    from dapt.progress_view import watched
     from dapt.settings import runs_dir
-    from expectations.runner import validate_recipe_data
 
     out = runs_dir() / f"validate-{time.strftime('%Y%m%dT%H%M%S')}-{parsed.name}"
-    report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
+    with watched(err):
+        from expectations.runner import validate_recipe_data  # Great Expectations: a slow import
+
+        report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
     report.render(console)
     console.print(f"Validation report (opens offline): {report.write_html(out / 'report.html', f'Data validation — {parsed.name}')}")
     if not report.success:

@@ -33,9 +33,9 @@ def _out_dir(out: Path | None, stage: str, name: str) -> Path:
 
 
 def _progress(line: str) -> None:
-    from dapt.cli import err
+    from dapt.progress_view import say
 
-    err.print(f"[dim]{line}[/dim]")
+    say(line)
 
 
 def _print_numbers(title: str, numbers: dict) -> None:
@@ -81,10 +81,12 @@ def _stage_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run(stage_call):
-    from dapt.cli import UserError
+    from dapt.cli import UserError, err
+    from dapt.progress_view import watched
 
     try:
-        return stage_call()
+        with watched(err):  # a bar per stage in a terminal, plain lines (never silent for long) otherwise
+            return stage_call()
     except _stage_errors() as exc:
         raise UserError(str(exc)) from None
 
