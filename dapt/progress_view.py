@@ -51,6 +51,9 @@ def watched(console: Console, idle: str = "working") -> Iterator[Callable[[str],
 # --------------------------------------------------------------------------------------------- plain lines
 
 
+_heard: list[logging.Handler] = []
+
+
 class _Heard(logging.Handler):
     """Counts any log record as a line heard (Prefect's console handler prints them)."""
 
@@ -70,11 +73,13 @@ def _lines(console: Console, idle: str) -> Iterator[Callable[[str], None]]:
 
     watchdog = events.Watchdog(lambda line: show(f"[dapt] {line}"), quiet_s=QUIET_S, idle=idle)
     handler = _Heard(watchdog)
+    _heard.append(handler)
     logging.getLogger().addHandler(handler)
     try:
         with events.listening(watchdog), watchdog:
             yield show
     finally:
+        _heard.remove(handler)
         logging.getLogger().removeHandler(handler)
 
 
@@ -160,8 +165,12 @@ _swapped: list[tuple] = []  # (handler, its stream, its console's file) while ba
 
 
 def adopt_log_handlers() -> None:
-    """While bars are up, Prefect's console log handlers print above them. Call after importing Prefect
-    (its handlers are made then); without bars it does nothing."""
+    """Call after importing Prefect, whose logging set-up replaces the root logger's handlers: in plain mode the
+    log records count as lines heard again; while bars are up, Prefect's console handlers print above them."""
+    root = logging.getLogger()
+    for handler in _heard:
+        if handler not in root.handlers:
+            root.addHandler(handler)
     if not _bars_up:
         return
     known = {id(handler) for handler, _stream, _file in _swapped}

@@ -88,6 +88,31 @@ def test_board_draws_a_row_per_stage_and_counted_loop_and_finishes_them_with_the
     assert len(bars.tasks) == 3 and not bars.tasks[-1].finished
 
 
+def test_plain_mode_counts_log_records_as_output_also_after_prefect_replaced_the_root_handlers(monkeypatch):
+    import logging
+
+    from rich.console import Console
+
+    from dapt import progress_view
+
+    monkeypatch.setattr(progress_view, "QUIET_S", 0.6)
+    out = io.StringIO()
+    root = logging.getLogger()
+    with progress_view.watched(Console(file=out, width=200)) as show:
+        show("a plain line")
+        for handler in [h for h in root.handlers if isinstance(h, progress_view._Heard)]:
+            root.removeHandler(handler)  # what importing Prefect does (its dictConfig owns the root logger)
+        progress_view.adopt_log_handlers()
+        for _ in range(8):  # a log line every 0.2 s: never quiet for 0.6 s
+            logging.getLogger("prefect.task_runs").warning("training goes on")
+            time.sleep(0.2)
+        assert "still working" not in out.getvalue()
+        time.sleep(1.5)
+    assert "a plain line" in out.getvalue() and "[dapt] still working" in out.getvalue()
+    assert "━" not in out.getvalue() and not ANSI.search(out.getvalue())
+    assert not [h for h in root.handlers if isinstance(h, progress_view._Heard)]  # removed afterwards
+
+
 # --------------------------------------------------------------------------------------------- end to end
 @pytest.mark.integration
 def test_dapt_run_on_a_pipe_prints_plain_lines_never_silent_for_long(tmp_path, sample_dir, tiny_base_model):
