@@ -101,12 +101,17 @@ def _stop_temporary_prefect_server() -> None:
     if PREFECT_API_URL.value():
         return  # a real server (or a test harness's): not ours to stop
     try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
         from prefect.server.api.server import SubprocessASGIServer
 
         servers = list(SubprocessASGIServer._instances.values())
     except (ImportError, AttributeError):  # another Prefect version: it stops at exit as before
         return
     with stage("stopping Prefect's temporary server"):
+        # The run's last log lines and events go to the server first (Prefect would send them at exit).
+        APILogWorker.drain_all(timeout=5)
+        EventsWorker.drain_all(timeout=5)
         for server in servers:
             server.stop()
 
