@@ -109,11 +109,14 @@ def _stop_temporary_prefect_server() -> None:
     except (ImportError, AttributeError):  # another Prefect version: it stops at exit as before
         return
     with stage("stopping Prefect's temporary server"):
-        # The run's last log lines and events go to the server first (Prefect would send them at exit).
-        APILogWorker.drain_all(timeout=5)
-        EventsWorker.drain_all(timeout=5)
-        for server in servers:
-            server.stop()
+        try:
+            # The run's last log lines and events go to the server first (Prefect would send them at exit).
+            APILogWorker.drain_all(timeout=5)
+            EventsWorker.drain_all(timeout=5)
+            for server in servers:
+                server.stop()
+        except Exception as exc:  # noqa: BLE001 - the run is done; Prefect stops the server at exit anyway
+            err.print(f"[dim]Prefect's temporary server is stopped at exit instead ({exc})[/dim]", highlight=False)
 
 
 def _run_flow(recipe, adopt_log_handlers):
