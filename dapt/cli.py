@@ -116,7 +116,7 @@ def _stop_temporary_prefect_server() -> None:
             for server in servers:
                 server.stop()
         except Exception as exc:  # noqa: BLE001 - the run is done; Prefect stops the server at exit anyway
-            err.print(f"[dim]Prefect's temporary server is stopped at exit instead ({exc})[/dim]", highlight=False)
+            err.print(f"Prefect's temporary server is stopped at exit instead ({exc})", markup=False, highlight=False)
 
 
 def _run_flow(recipe, adopt_log_handlers):
