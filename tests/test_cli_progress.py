@@ -113,6 +113,26 @@ def test_plain_mode_counts_log_records_as_output_also_after_prefect_replaced_the
     assert not [h for h in root.handlers if isinstance(h, progress_view._Heard)]  # removed afterwards
 
 
+def test_terminal_mode_draws_bars_with_count_and_eta_and_prints_lines_above(monkeypatch):
+    from rich.console import Console
+
+    from dapt import progress_view
+
+    monkeypatch.delenv("TERM", raising=False)
+    out = io.StringIO()
+    terminal = Console(file=out, force_terminal=True, width=140)
+    with progress_view.watched(terminal) as show:
+        with progress.stage("fine-tune"):
+            for step in range(1, 7):
+                progress.advance("[fine-tune] steps", step, 6)
+                time.sleep(0.3)  # the bars refresh four times a second
+            show("epoch 1.00 step 6/6 loss 1.09")
+    plain = ANSI.sub("", out.getvalue())
+    assert re.search(r"fine-tune: steps\s+━+\s+6/6\s+100%\s+\d:\d\d:\d\d ETA", plain), plain
+    assert re.search(r"fine-tune\s+━+\s+100%", plain), plain  # the stage row, finished with the stage
+    assert "epoch 1.00 step 6/6 loss 1.09" in plain and "still working" not in plain
+
+
 # --------------------------------------------------------------------------------------------- end to end
 @pytest.mark.integration
 def test_dapt_run_on_a_pipe_prints_plain_lines_never_silent_for_long(tmp_path, sample_dir, tiny_base_model):
