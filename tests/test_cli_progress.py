@@ -197,7 +197,10 @@ def _run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float) -> 
                 output += chunk
             elif process.poll() is not None:
                 break
-        code = process.wait(timeout=30)
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{args[1]} did not finish within {timeout_s:.0f} s; its screen so far:\n{output[-3000:]!r}")
     finally:
         process.kill()
         os.close(leader)
