@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 export DAPT_HOME ?= $(CURDIR)/.dapt
 
-.PHONY: demo test setup lint check bench clean lock
+.PHONY: demo test setup lint check bench clean lock screenshot
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ check: setup
 bench: setup
 	$(BIN)/python benchmarks/validate.py
 	$(BIN)/python benchmarks/serve.py
+
+# docs/registry-ui.png, the README's picture of `dapt ui`, by headless Chromium: the registry `make demo` left in
+# DAPT_HOME, or without one two tiny-BERT runs on the sample data into a temporary registry.
+screenshot: setup
+	@bash scripts/ensure-chromium.sh
+	if [ -f "$(DAPT_HOME)/registry.db" ]; then $(BIN)/python scripts/ui_screenshot.py --home "$(DAPT_HOME)"; \
+	else $(BIN)/python scripts/ui_screenshot.py; fi
 
 # Resolve pyproject.toml afresh in a throwaway venv (no -c), then write requirements.lock and the Bento
 # requirement files (docker/requirements.{gpu,cpu}.txt) from what it installed. Review the diff, `make test`.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from expectations.report import CheckResult, ValidationReport
 from expectations.suites import Suite, quiet_gx_logging, severity_for, unknown_severity_keys
+from models.progress import staged
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -179,6 +180,7 @@ def _base_model_dir(recipe: Recipe) -> Path | None:
         return None
 
 
+@staged("validate")
 def validate_recipe_data(
     recipe: Recipe, out_dir: Path, reference_profile: dict | None = None
 ) -> ValidationReport:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.progress import staged
+
 if TYPE_CHECKING:
     from models.evaluation.adaptation_gain import AdaptationGain
     from models.evaluation.evaluate import EvalResult
@@ -25,6 +27,7 @@ class StageInputError(ValueError):
     """A stage was pointed at something it cannot use (a folder that is not a model, ...)."""
 
 
+@staged("adapt")
 def adapt_stage(recipe: Recipe, out_dir: Path, progress: Progress | None = None) -> AdaptResult:
     """Domain/task-adaptive pretraining of the recipe's base encoder; the encoder lands in ``out_dir/encoder``."""
     from models.data import clean_corpus, load_task_data, read_corpus, task_texts
@@ -42,6 +45,7 @@ def adapt_stage(recipe: Recipe, out_dir: Path, progress: Progress | None = None)
     return adapt_encoder(recipe, out_dir, corpus=corpus, general=general, task_texts=texts, progress=progress)
 
 
+@staged("adaptation-gain")
 def adaptation_gain_stage(
     recipe: Recipe, adapted_dir: Path, out_dir: Path, progress: Progress | None = None
 ) -> AdaptationGain | None:
@@ -63,6 +67,7 @@ def adaptation_gain_stage(
     )
 
 
+@staged("fine-tune")
 def finetune_stage(
     recipe: Recipe, encoder_dir: Path, out_dir: Path, progress: Progress | None = None
 ) -> FinetuneResult:
@@ -76,6 +81,7 @@ def finetune_stage(
     )
 
 
+@staged("evaluate")
 def evaluate_stage(recipe: Recipe, model_dir: Path, out_dir: Path) -> EvalResult:
     """Task metrics, per-class and per-slice, calibration and plots of a fine-tuned model on the eval split."""
     from models.data import load_task_data
@@ -85,6 +91,7 @@ def evaluate_stage(recipe: Recipe, model_dir: Path, out_dir: Path) -> EvalResult
     return evaluate_model(recipe, model_folder(model_dir, "model"), data.eval, out_dir)
 
 
+@staged("export")
 def export_stage(
     recipe: Recipe, model_dir: Path, out_dir: Path, progress: Progress | None = None
 ) -> ExportResult:

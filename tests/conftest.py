@@ -48,7 +48,7 @@ def copy_sample(tmp_path) -> Path:
 # Tests that measure something (load, fuzzing, swaps, shutdown) print lines like "[load] requests=10000 ...".
 # They are collected from the captured output and repeated at the end of the run, so CI logs show the figures
 # without `pytest -s`.
-FIGURE_PREFIXES = ("[load]", "[fuzz]", "[swap]", "[metrics]", "[sigterm]", "[ui]")
+FIGURE_PREFIXES = ("[load]", "[fuzz]", "[swap]", "[metrics]", "[sigterm]", "[ui]", "[progress]")
 _figures: list[str] = []
 
 

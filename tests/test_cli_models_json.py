@@ -79,3 +79,32 @@ def test_piped_tables_keep_whole_cells(populated):
     assert LONG_REASON.strip() in audit.stdout  # one unbroken cell, not cut at 80 columns
     listed = dapt(populated, "list").stdout
     assert "…" not in listed and "production" in listed
+
+
+def test_piped_show_sums_up_validation_in_short_rows(tmp_path):
+    """The validation evidence of a real run holds every check and a data profile: long JSON that used to make
+    one giant cell (thousands of columns when piped). `show` sums it up; `--json` keeps every field."""
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts")
+    checks = [
+        {"name": f"check_{n}", "suite": "corpus", "status": "pass", "examples": ["x" * 80] * 5}
+        for n in range(40)
+    ] + [{"name": "too_short", "suite": "corpus", "status": "warn", "examples": ["R ."]}]
+    validation = {
+        "success": True,
+        "summary": "data validation PASSED: 41 checks, 0 failed, 1 warnings",
+        "checks": checks,
+        "profile": {"corpus": {"length": {"shares": [0.125] * 400}}},
+        "drift": None,
+    }
+    registry.register(
+        "finsent", make_bundle(tmp_path / "src"), make_evidence(0.8) | {"validation": validation}
+    )
+    env = {"DAPT_REGISTRY_URL": registry.url, "DAPT_ARTIFACT_ROOT": str(registry.artifact_root)}
+    registry.dispose()
+    shown = dapt(env, "show", "finsent")
+    assert shown.returncode == 0, shown.stderr
+    assert max(len(line) for line in shown.stdout.splitlines()) < 200, shown.stdout
+    assert "data validation PASSED: 41 checks, 0 failed, 1 warnings" in shown.stdout
+    assert "too_short (corpus): warn" in shown.stdout and "41 (each with its numbers: --json)" in shown.stdout
+    full = json.loads(dapt(env, "show", "finsent", "--json").stdout)
+    assert full["evidence"]["validation"]["checks"] == checks

@@ -14,6 +14,7 @@ from dapt.cli.stages import register as register_stage_commands
 from dapt.cli.ui import register as register_ui_command
 from dapt.cli.versions import models_app
 from dapt.exit_codes import ExitCode
+from models.progress import stage
 from models.settings import configure_environment
 from services.launcher import (
     ServerError,
@@ -39,6 +40,9 @@ app.add_typer(bento_app, name="bento")
 @app.callback()
 def _setup() -> None:
     configure_environment()
+    if not console.is_terminal:
+        # Piped or redirected: tables keep their natural width instead of cutting cells at 80 columns.
+        console.width = 100_000
 
 
 def _print_run_summary(summary: dict) -> None:
@@ -73,12 +77,55 @@ def _print_run_summary(summary: dict) -> None:
     console.print(f"[{colour}]gate: {gate.get('summary', 'not evaluated')}[/{colour}]")
 
 
-def run_recipe(recipe_path: Path) -> dict:
-    """Run the retrain flow; return its summary or raise UserError with a readable report."""
-    recipe = read_recipe(recipe_path)
+def _stop_temporary_prefect_server() -> None:
+    """Without a Prefect server configured the flow starts a temporary one, which Prefect stops at exit in
+    silence (its wait can take seconds); stopping it here keeps that inside the progress display."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return  # a real server (or a test harness's): not ours to stop
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+        from prefect.server.api.server import SubprocessASGIServer
+
+        servers = list(SubprocessASGIServer._instances.values())
+    except (ImportError, AttributeError):  # another Prefect version: it stops at exit as before
+        return
+    with stage("stopping Prefect's temporary server"):
+        try:
+            # The run's last log lines and events go to the server first (Prefect would send them at exit).
+            APILogWorker.drain_all(timeout=5)
+            EventsWorker.drain_all(timeout=5)
+            for server in servers:
+                server.stop()
+        except Exception as exc:  # noqa: BLE001 - the run is done; Prefect stops the server at exit anyway
+            err.print(
+                f"Prefect's temporary server is stopped at exit instead ({exc})",
+                markup=False,
+                highlight=False,
+            )
+
+
+def _run_flow(recipe, adopt_log_handlers):
     from flows.retrain import retrain
 
+    adopt_log_handlers()  # Prefect's log handlers exist from its import on
     state = retrain(recipe, return_state=True)
+    _stop_temporary_prefect_server()
+    return state
+
+
+def run_recipe(recipe_path: Path) -> dict:
+    """Run the retrain flow; return its summary or raise UserError with a readable report."""
+    from dapt.progress_view import adopt_log_handlers, say, watched
+
+    # A bar per stage in a terminal, plain lines (never silent for long) in logs and CI.
+    with watched(err):
+        recipe = read_recipe(recipe_path)
+        say(f"run {recipe.name}: validate → adapt → fine-tune → evaluate → export → register → promote")
+        with stage(f"run {recipe.name}"):
+            state = _run_flow(recipe, adopt_log_handlers)
     if state.is_failed():
         data = None
         try:
@@ -134,11 +181,14 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/
     Example: dapt validate recipes/demo.yaml
     """
     parsed = read_recipe(recipe)
-    from expectations.runner import validate_recipe_data
+    from dapt.progress_view import watched
     from models.settings import runs_dir
 
     out = runs_dir() / f"validate-{time.strftime('%Y%m%dT%H%M%S')}-{parsed.name}"
-    report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
+    with watched(err):
+        from expectations.runner import validate_recipe_data  # Great Expectations: a slow import
+
+        report = validate_recipe_data(parsed, out, reference_profile=_production_profile(parsed.name))
     report.render(console)
     console.print(
         f"Validation report (opens offline): {report.write_html(out / 'report.html', f'Data validation — {parsed.name}')}"

@@ -25,8 +25,9 @@ FLOAT_FORMAT = "{:.4f}"
 
 
 def _progress(line: str) -> None:
+    from dapt.progress_view import say
 
-    err.print(f"[dim]{line}[/dim]")
+    say(line)
 
 
 def _print_numbers(title: str, numbers: dict) -> None:
@@ -70,9 +71,11 @@ def _stage_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run(stage_call):
+    from dapt.progress_view import watched
 
     try:
-        return stage_call()
+        with watched(err):  # a bar per stage in a terminal, plain lines (never silent for long) otherwise
+            return stage_call()
     except _stage_errors() as exc:
         raise UserError(str(exc)) from None
 

@@ -106,6 +106,27 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _validation_summary(validation: dict | None) -> dict | None:
+    """The validation evidence in a few readable rows: its checks and data profile are long JSON (thousands of
+    characters) that made one giant cell; every field stays in `--json` and the UI's validation page."""
+    if not validation:
+        return validation
+    checks = validation.get("checks") or []
+    others = [
+        f"{c.get('name')} ({c.get('suite')}): {c.get('status')}" for c in checks if c.get("status") != "pass"
+    ]
+    shown = {key: value for key, value in validation.items() if key not in ("checks", "profile", "drift")}
+    shown["checks"] = f"{len(checks)} (each with its numbers: --json)"
+    shown["checks not passed"] = "; ".join(others) or "none"
+    drift = validation.get("drift")
+    shown["drift"] = (drift.get("summary") if isinstance(drift, dict) else None) or (
+        "-" if not drift else "see --json"
+    )
+    if validation.get("profile"):
+        shown["profile"] = "see --json"
+    return shown
+
+
 def _status(version: ModelVersion) -> str:
     return "[dim]archived[/dim]" if version.archived else "[green]ready[/green]"
 
@@ -180,7 +201,7 @@ def show_command(
     sections = (
         ("metrics", evidence.get("metrics")),
         ("forgetting", evidence.get("forgetting")),
-        ("validation", evidence.get("validation")),
+        ("validation", _validation_summary(evidence.get("validation"))),
         ("lineage", evidence.get("lineage")),
     )
     for title, values in sections:

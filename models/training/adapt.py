@@ -430,6 +430,12 @@ def _callbacks(say: Callable[[str], None], phase: str):
                 left = eta(time.monotonic() - self.started, done, total)
                 say(f"[adapt:{phase}] step {state.global_step}/{state.max_steps} " + ", ".join(shown) + left)
 
+        def on_step_end(self, args, state, control, **kwargs):
+            from models.progress import advance
+
+            if state.is_world_process_zero:
+                advance(f"[adapt:{phase}] steps", state.global_step, state.max_steps)
+
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
                 say(f"[adapt:{phase}] checkpoint saved at step {state.global_step}")

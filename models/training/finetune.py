@@ -486,6 +486,11 @@ def _callbacks():
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.monotonic()
 
+        def on_step_end(self, args, state, control, **kwargs):
+            from models.progress import advance
+
+            advance("[fine-tune] steps", state.global_step, state.max_steps)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             from models.progress import eta
 

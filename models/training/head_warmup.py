@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.progress import advance
 from models.training.forgetting import mlm_head
 
 if TYPE_CHECKING:
@@ -302,6 +303,7 @@ def warm_up_head(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             window_losses.append(loss.item())
+            advance("[adapt:head-warmup] steps", step, steps)
             if step % window == 0 or step == steps or step == 1:
                 curve.append((step, sum(window_losses) / len(window_losses)))
                 window_losses = []
