@@ -19,10 +19,12 @@ never copied into the repository; the run's files go to ``--out`` (a temp folder
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -246,6 +248,12 @@ def dapt_run(name: str, recipe: dict, out: Path) -> dict[str, Any]:
 
 
 def plain_run(task: str, prepared: dict, out: Path, base: Path) -> dict[str, Any]:
+    # stdout carries only the benchmark's JSON: the Trainer's log dicts go to stderr with the progress
+    with contextlib.redirect_stdout(sys.stderr):
+        return _plain_run(task, prepared, out, base)
+
+
+def _plain_run(task: str, prepared: dict, out: Path, base: Path) -> dict[str, Any]:
     from benchmarks import plain_baseline
 
     load_before = load_average()
