@@ -287,7 +287,7 @@ def test_bundle_whose_serving_spec_points_outside_or_nowhere_is_refused(
 def _tamper_registered(registry: Registry, version, change) -> None:
     """Edit a registered folder the way a registry without these checks could have stored it: files changed,
     manifest and its digest in the database updated to match."""
-    from models.registry.store import _sha256
+    from models.hashing import file_sha256 as _sha256
 
     root = version.path
     for path in [root, *root.rglob("*")]:
