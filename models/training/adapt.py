@@ -707,34 +707,13 @@ CALIBRATION_STEPS = 3
 
 def _training_tokens_per_second(model, tokenizer, texts: list[str], adapt: AdaptConfig, seed: int) -> float:
     """Forward + backward speed of this model on this machine, measured on a few real batches (no update)."""
-    import time
-
-    import torch
+    from models.training.calibration import time_forward_backward
 
     sample = random.Random(seed).sample(texts, min(len(texts), adapt.batch_size * (CALIBRATION_STEPS + 1)))
     features = _encode(tokenizer, sample, adapt, seed)
     collator = _collator(tokenizer, adapt, seed, None)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.train()
-    tokens, seconds = 0, 0.0
-    try:
-        for step in range(CALIBRATION_STEPS + 1):
-            rows = features[step * adapt.batch_size : (step + 1) * adapt.batch_size]
-            if not rows:
-                break
-            batch = {k: v.to(device) for k, v in collator(rows).items() if hasattr(v, "to")}
-            started = time.perf_counter()
-            model(**batch).loss.backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if step:  # the first batch pays one-off costs (allocation, kernel choice)
-                seconds += time.perf_counter() - started
-                tokens += int(batch["attention_mask"].sum())
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    return tokens / seconds if seconds > 0 else float("inf")
+    chunks = [features[i : i + adapt.batch_size] for i in range(0, len(features), adapt.batch_size)]
+    return time_forward_backward(model, (collator(rows) for rows in chunks)).tokens_per_second
 
 
 def _fit_to_budget(

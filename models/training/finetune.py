@@ -642,36 +642,20 @@ def plan_steps_for_budget(
 ) -> dict:
     """How many optimizer steps fit ``minutes`` here: forward + backward timed on a few real batches.
 
-    The timed batches are random rows grouped by length, as training batches are. At least one epoch is always planned: a model that has not seen its data once is no model.
+    The timed batches are random rows grouped by length, as training batches are. At least one epoch is
+    always planned: a model that has not seen its data once is no model.
     """
     import random
 
-    import torch
+    from models.training.calibration import time_forward_backward
 
-    device = next(model.parameters()).device
     rng = random.Random(seed)
     sample = rng.sample(rows, min(len(rows), config.batch_size * (CALIBRATION_STEPS + 1)))
     # training groups rows of similar length (group_by_length), so the timed batches do too
     sample.sort(key=lambda row: len(row["input_ids"]))
     batches = [sample[i : i + config.batch_size] for i in range(0, len(sample), config.batch_size)]
     rng.shuffle(batches)
-    was_training = model.training
-    model.train()
-    seconds, timed = 0.0, 0
-    try:
-        for step, batch_rows in enumerate(batches):
-            batch = {k: v.to(device) for k, v in collator(batch_rows).items() if hasattr(v, "to")}
-            started = time.perf_counter()
-            model(**batch).loss.backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if step:  # the first batch pays one-off costs (allocation, kernel choice)
-                seconds += time.perf_counter() - started
-                timed += 1
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    per_step = seconds / timed if timed else 0.0
+    per_step = time_forward_backward(model, (collator(b) for b in batches)).seconds_per_batch
     wanted = max(1, math.ceil(config.epochs * steps_per_epoch))
     affordable = int(minutes * 60 * BUDGET_SAFETY / per_step) if per_step > 0 else wanted
     planned = min(wanted, max(steps_per_epoch, affordable))
