@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.bundle import ONNX_DIR, REPORTS_DIR, ServingSpec
+from models.registry.bundle import ONNX_DIR, REPORTS_DIR, ServingSpec
 from models.recipe import ExportConfig
 
 logger = logging.getLogger(__name__)
