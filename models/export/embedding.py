@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.registry.bundle import ONNX_DIR, REPORTS_DIR, ServingSpec
 from models.recipe import ExportConfig
+from models.registry.bundle import ONNX_DIR, REPORTS_DIR, ServingSpec
 
 logger = logging.getLogger(__name__)
 
