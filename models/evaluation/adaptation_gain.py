@@ -19,7 +19,6 @@ noise still carries its forgetting.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -154,19 +153,6 @@ def word_features(
                     first[word] = position
             out.append(states[row, [first[w] for w in sorted(first)]])
     return out
-
-
-def _classification_score(recipe: Recipe, gold: list, predicted: list) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(gold, predicted, average="macro", labels=list(recipe.data.labels), zero_division=0))
-
-
-def _ner_score(recipe: Recipe, gold: list, predicted: list) -> float:
-    from seqeval.metrics import f1_score
-    from seqeval.scheme import IOB2
-
-    return float(f1_score(gold, predicted, mode="strict", scheme=IOB2, zero_division=0))
 
 
 def _probe_classification(
@@ -316,7 +302,6 @@ def measure_adaptation_gain(
     if method == "probe":
         fit = _subsample(fit, PROBE_MAX_ROWS, recipe.seed)
         probe = _probe_ner if recipe.task == "ner" else _probe_classification
-        score = functools.partial(_ner_score if recipe.task == "ner" else _classification_score, recipe)
         predictions = {}
         for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
             from transformers import AutoTokenizer
@@ -331,7 +316,7 @@ def measure_adaptation_gain(
                 f"[adaptation-gain] linear probe on the {name} encoder ({len(fit)} fit / {len(validation)} validation rows)"
             )
             gold, predictions[name] = probe(recipe, Path(folder), fit, validation, length, say)
-            scores[name] = score(gold, predictions[name])
+        # per-row counts score both encoders and every bootstrap resample (sums of counts, no rescoring)
         if recipe.task == "ner":
             counts = {name: entity_counts(gold, predicted) for name, predicted in predictions.items()}
             metric_from_counts = entity_f1_from_counts
@@ -339,6 +324,7 @@ def measure_adaptation_gain(
             labels = list(recipe.data.labels)
             counts = {name: classification_counts(labels, gold, p) for name, p in predictions.items()}
             metric_from_counts = macro_f1_from_counts
+        scores = {name: float(metric_from_counts(rows.sum(axis=0))) for name, rows in counts.items()}
         stderr = paired_bootstrap_stderr(metric_from_counts, counts["base"], counts["adapted"], recipe.seed)
     else:
         for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
