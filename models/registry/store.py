@@ -114,6 +114,7 @@ from models.registry.modelcard import render_model_card
 
 if TYPE_CHECKING:
     from models.recipe import GateConfig
+    from models.registry.evidence import Evidence
 
 log = logging.getLogger("dapt.registry")
 
@@ -710,7 +711,7 @@ class Registry:
         self,
         name: str,
         bundle_dir: str | Path,
-        evidence: dict[str, Any],
+        evidence: Evidence | dict[str, Any],
         *,
         idempotency_key: str | None = None,
     ) -> ModelVersion:
@@ -733,8 +734,10 @@ class Registry:
             )
         bundle = Path(bundle_dir).expanduser().resolve()
         files = _scan_bundle(bundle)
+        if hasattr(evidence, "record"):  # an Evidence (pydantic is imported only by whoever built it)
+            evidence = evidence.record()
         if not isinstance(evidence, dict):
-            raise RegistryError(f"evidence must be a dict, got {type(evidence).__name__}")
+            raise RegistryError(f"evidence must be an Evidence or a dict, got {type(evidence).__name__}")
         evidence = _jsonable(evidence)
         metrics = evidence.get("metrics") or {}
         if not isinstance(metrics, dict):
