@@ -734,18 +734,18 @@ class Registry:
             )
         bundle = Path(bundle_dir).expanduser().resolve()
         files = _scan_bundle(bundle)
-        if hasattr(evidence, "record"):  # an Evidence (pydantic is imported only by whoever built it)
-            evidence = evidence.record()
-        if not isinstance(evidence, dict):
-            raise RegistryError(f"evidence must be an Evidence or a dict, got {type(evidence).__name__}")
-        evidence = _jsonable(evidence)
-        metrics = evidence.get("metrics") or {}
+        # An Evidence, or its record (a dict) as stored.
+        supplied: Any = evidence.record() if hasattr(evidence, "record") else evidence
+        if not isinstance(supplied, dict):
+            raise RegistryError(f"evidence must be an Evidence or a dict, got {type(supplied).__name__}")
+        record: dict[str, Any] = _jsonable(supplied)
+        metrics = record.get("metrics") or {}
         if not isinstance(metrics, dict):
             raise RegistryError("evidence['metrics'] must be a dict of metric name -> number")
         for key, value in metrics.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise RegistryError(f"evidence['metrics'][{key!r}] must be a number, got {value!r}")
-        fingerprint = evidence.get("data_fingerprint") or {}
+        fingerprint = record.get("data_fingerprint") or {}
 
         self.cleanup()
         token, owner = _new_owner()
@@ -770,11 +770,11 @@ class Registry:
                 heartbeat_at=created,
                 idempotency_key=idempotency_key,
                 artifact_path=f"{name}/{latest + 1}-{token[:12]}",
-                base_model=str(evidence["base_model"]) if evidence.get("base_model") is not None else None,
+                base_model=str(record["base_model"]) if record.get("base_model") is not None else None,
                 data_sha256=fingerprint.get("sha256") if isinstance(fingerprint, dict) else None,
-                code_revision=str(evidence["code_revision"])[:100] if evidence.get("code_revision") else None,
+                code_revision=str(record["code_revision"])[:100] if record.get("code_revision") else None,
                 metrics=metrics,
-                evidence=evidence,
+                evidence=record,
             )
             session.add(row)
             session.flush()  # the unique constraints fire here when another process won
@@ -816,9 +816,9 @@ class Registry:
                 self._stage("copying")
 
             serving = json.loads((staged / SERVING_SPEC).read_text(encoding="utf-8"))
-            _write_durably(staged / EVIDENCE_FILE, json.dumps(evidence, indent=2, sort_keys=True))
+            _write_durably(staged / EVIDENCE_FILE, json.dumps(record, indent=2, sort_keys=True))
             card = render_model_card(
-                name, version, created.isoformat(timespec="seconds"), evidence, serving, entries
+                name, version, created.isoformat(timespec="seconds"), record, serving, entries
             )
             _write_durably(staged / MODEL_CARD, card)
             for rel in (EVIDENCE_FILE, MODEL_CARD):
