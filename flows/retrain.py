@@ -22,6 +22,7 @@ from prefect.states import Failed
 
 from expectations.report import write_validation_html
 from models.recipe import Recipe
+from models.registry.evidence import Lineage, build_evidence
 from models.settings import dapt_home, runs_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,45 +171,6 @@ def _copy_reports(sources: list[str], bundle_dir: Path) -> None:
             shutil.copy2(path, reports / path.name)
 
 
-def _served_forgetting(adaptation: dict, base_kept: bool) -> dict:
-    """Forgetting of the encoder that serves: the adapted one's, or none when the base was kept."""
-    measured = {
-        "domain_loss_before": adaptation.get("domain_loss_before"),
-        "domain_loss_after": adaptation.get("domain_loss_after"),
-        "general_loss_before": adaptation.get("general_loss_before"),
-        "general_loss_after": adaptation.get("general_loss_after"),
-        "delta": adaptation.get("forgetting_delta"),
-        "note": adaptation.get("forgetting_note"),
-        "head_warmup_steps": adaptation.get("head_warmup_steps"),
-    }
-    if not base_kept:
-        return measured
-    rise = measured["delta"]
-    return measured | {
-        "general_loss_after": measured["general_loss_before"],
-        "delta": 0.0,
-        "note": "the base encoder serves (adaptation did not help the task), so nothing was forgotten"
-        + (f"; the discarded adapted encoder's general loss rose by {rise:.4f}" if rise is not None else ""),
-    }
-
-
-def serving_variants(exported: dict) -> dict:
-    """What the version serves and what the export dropped (with the parity numbers that dropped it)."""
-    parity = exported["parity"]
-    dropped = {}
-    for variant, why in (exported.get("dropped") or {}).items():
-        record = parity.get(variant) or {}
-        dropped[variant] = {
-            "why": why,
-            **{k: record.get(k) for k in ("label_agreement", "macro_f1_drop_vs_pytorch", "max_abs_diff")},
-        }
-    return {
-        "served": sorted(exported["variants"]),
-        "preferred_cpu_variant": exported["preferred_cpu_variant"],
-        "dropped": dropped,
-    }
-
-
 def _variants_line(variants: dict) -> str:
     line = f"**Serves**: {', '.join(variants['served'])} (CPU: {variants['preferred_cpu_variant']})"
     for variant, record in variants["dropped"].items():
@@ -330,36 +292,28 @@ def retrain(recipe: Recipe) -> dict:
         json.dumps(validation["dict"], indent=2), encoding="utf-8"
     )
     flow_run = get_run_context().flow_run  # type: ignore[union-attr]  # a flow's context
-    scalar_metrics = {
-        k: v
-        for k, v in evaluation["metrics"].items()
-        if isinstance(v, float | int) and not isinstance(v, bool)
-    }
-    evidence = {
-        "metrics": scalar_metrics,
-        "evaluation": evaluation["metrics"],
-        "forgetting": _served_forgetting(adapted["metrics"], base_kept),
-        "adaptation": adapted["metrics"],
-        "adaptation_gain": gain,
-        "parity": exported["parity"],
-        "serving": serving_variants(exported),
-        "validation": validation["dict"],
-        "profile": validation["dict"].get("profile"),
-        "data_fingerprint": fingerprint,
-        "recipe": recipe.model_dump(mode="json"),
-        "base_model": str(recipe.resolved_base_model()),
-        "finetune_params": finetuned.get("params"),
-        "lineage": {
-            "adapt_checkpoint": adapted["encoder_dir"],
-            "finetuned_from": encoder_dir,
-            "adapt_cache_key": key,
-            "run_dir": str(run_dir),
-            "flow_run_id": str(flow_run.id) if flow_run else None,
-            "flow_run_name": flow_run.name if flow_run else None,
-        },
-        "code_revision": code_revision(),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-    }
+    lineage = Lineage(
+        adapt_checkpoint=adapted["encoder_dir"],
+        finetuned_from=encoder_dir,
+        adapt_cache_key=key,
+        run_dir=str(run_dir),
+        flow_run_id=str(flow_run.id) if flow_run else None,
+        flow_run_name=flow_run.name if flow_run else None,
+    )
+    evidence = build_evidence(
+        recipe,
+        validation=validation["dict"],
+        fingerprint=fingerprint,
+        adapted=adapted,
+        gain=gain,
+        encoder_dir=encoder_dir,
+        finetuned=finetuned,
+        evaluation=evaluation,
+        exported=exported,
+        lineage=lineage,
+        code_revision=code_revision(),
+    ).record()
+    scalar_metrics = evidence["metrics"]
     registered = register_version(
         recipe.name,
         exported["bundle_dir"],

@@ -114,6 +114,7 @@ from models.registry.modelcard import render_model_card
 
 if TYPE_CHECKING:
     from models.recipe import GateConfig
+    from models.registry.evidence import Evidence
 
 log = logging.getLogger("dapt.registry")
 
@@ -710,7 +711,7 @@ class Registry:
         self,
         name: str,
         bundle_dir: str | Path,
-        evidence: dict[str, Any],
+        evidence: Evidence | dict[str, Any],
         *,
         idempotency_key: str | None = None,
     ) -> ModelVersion:
@@ -733,16 +734,18 @@ class Registry:
             )
         bundle = Path(bundle_dir).expanduser().resolve()
         files = _scan_bundle(bundle)
-        if not isinstance(evidence, dict):
-            raise RegistryError(f"evidence must be a dict, got {type(evidence).__name__}")
-        evidence = _jsonable(evidence)
-        metrics = evidence.get("metrics") or {}
+        # An Evidence, or its record (a dict) as stored.
+        supplied: Any = evidence.record() if hasattr(evidence, "record") else evidence
+        if not isinstance(supplied, dict):
+            raise RegistryError(f"evidence must be an Evidence or a dict, got {type(supplied).__name__}")
+        record: dict[str, Any] = _jsonable(supplied)
+        metrics = record.get("metrics") or {}
         if not isinstance(metrics, dict):
             raise RegistryError("evidence['metrics'] must be a dict of metric name -> number")
         for key, value in metrics.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise RegistryError(f"evidence['metrics'][{key!r}] must be a number, got {value!r}")
-        fingerprint = evidence.get("data_fingerprint") or {}
+        fingerprint = record.get("data_fingerprint") or {}
 
         self.cleanup()
         token, owner = _new_owner()
@@ -767,11 +770,11 @@ class Registry:
                 heartbeat_at=created,
                 idempotency_key=idempotency_key,
                 artifact_path=f"{name}/{latest + 1}-{token[:12]}",
-                base_model=str(evidence["base_model"]) if evidence.get("base_model") is not None else None,
+                base_model=str(record["base_model"]) if record.get("base_model") is not None else None,
                 data_sha256=fingerprint.get("sha256") if isinstance(fingerprint, dict) else None,
-                code_revision=str(evidence["code_revision"])[:100] if evidence.get("code_revision") else None,
+                code_revision=str(record["code_revision"])[:100] if record.get("code_revision") else None,
                 metrics=metrics,
-                evidence=evidence,
+                evidence=record,
             )
             session.add(row)
             session.flush()  # the unique constraints fire here when another process won
@@ -813,9 +816,9 @@ class Registry:
                 self._stage("copying")
 
             serving = json.loads((staged / SERVING_SPEC).read_text(encoding="utf-8"))
-            _write_durably(staged / EVIDENCE_FILE, json.dumps(evidence, indent=2, sort_keys=True))
+            _write_durably(staged / EVIDENCE_FILE, json.dumps(record, indent=2, sort_keys=True))
             card = render_model_card(
-                name, version, created.isoformat(timespec="seconds"), evidence, serving, entries
+                name, version, created.isoformat(timespec="seconds"), record, serving, entries
             )
             _write_durably(staged / MODEL_CARD, card)
             for rel in (EVIDENCE_FILE, MODEL_CARD):
