@@ -55,6 +55,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "default": {},  # MatMul weights only, per-channel, classifier + pooler fp32 (ExportConfig's defaults)
     "default-reduce-range": {"int8_reduce_range": True},
     "default-fp32-last-layer": {"int8_fp32_last_layers": 1},
+    "default-fp32-ffn-output": {"int8_fp32_ffn_output": True},
     "static-qdq": {"static": True},  # static QDQ, per-channel, MinMax-calibrated on training texts
 }
 

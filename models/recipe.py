@@ -271,6 +271,11 @@ class ExportConfig(_Section):
     )
     int8_fp32_head: bool = Field(default=True, description="Keep the classifier and pooler in fp32.")
     int8_fp32_last_layers: int = Field(default=0, ge=0, description="Keep the top N encoder layers in fp32.")
+    int8_fp32_ffn_output: bool = Field(
+        default=False,
+        description="Keep each layer's feed-forward output projection (intermediate -> hidden, whose inputs "
+        "carry BERT's activation outliers) in fp32.",
+    )
 
     @field_validator("parity_batch_sizes")
     @classmethod

@@ -378,6 +378,7 @@ def _quantization_isa() -> str:
 
 _LAYER = re.compile(r"/encoder/layer\.(\d+)/")
 _HEAD = ("/classifier/", "/pooler/")
+_FFN_OUTPUT = re.compile(r"/encoder/layer\.\d+/output/dense/")
 
 
 def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], dict[str, int]]:
@@ -386,7 +387,8 @@ def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], d
     Node names are Optimum's export names (``/bert/encoder/layer.5/output/dense/MatMul``, ``/classifier/...``):
     ``int8_weights_only`` keeps the MatMuls without a weight operand (attention's QK^T and softmax x V, whose
     per-batch activation scales cost the most agreement), ``int8_fp32_head`` the classifier and pooler,
-    ``int8_fp32_last_layers`` every node of the top N encoder layers.
+    ``int8_fp32_last_layers`` every node of the top N encoder layers, ``int8_fp32_ffn_output`` each layer's
+    feed-forward output projection.
     """
     import onnx
 
@@ -394,7 +396,7 @@ def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], d
     weights = {initializer.name for initializer in graph.initializer}
     layers = [int(m.group(1)) for node in graph.node if (m := _LAYER.search(node.name))]
     top = max(layers, default=-1)
-    kept: dict[str, list[str]] = {"activation_matmuls": [], "head": [], "last_layers": []}
+    kept: dict[str, list[str]] = {"activation_matmuls": [], "head": [], "last_layers": [], "ffn_output": []}
     for node in graph.node:
         # ORT's quantizer turns a Gemm into MatMul + Add (named "<gemm>_MatMul") and quantizes that MatMul
         gemm = node.op_type == "Gemm" and "MatMul" in config.int8_operators
@@ -405,6 +407,8 @@ def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], d
             kept["head"].append(node.name)
         elif layer and top - int(layer.group(1)) < config.int8_fp32_last_layers:
             kept["last_layers"].append(node.name)
+        elif config.int8_fp32_ffn_output and _FFN_OUTPUT.search(node.name):
+            kept["ffn_output"].append(node.name)
         elif (
             config.int8_weights_only
             and node.op_type == "MatMul"
@@ -450,6 +454,7 @@ def quantize_int8(plain: Path, output: Path, config: ExportConfig) -> tuple[Path
         "weights_only": config.int8_weights_only,
         "fp32_head": config.int8_fp32_head,
         "fp32_last_layers": config.int8_fp32_last_layers,
+        "fp32_ffn_output": config.int8_fp32_ffn_output,
         "nodes_kept_fp32": kept,
     }
     return output, summary

@@ -88,7 +88,12 @@ def test_int8_and_fp16_variants_are_built_and_checked(exported):
     assert fp16["passed"] is not False  # checked on CPU when ORT can, else marked "not checked"
     report = json.loads((exported.bundle_dir / "reports" / "parity.json").read_text())
     assert set(report["variants"]) == {"fp32", "int8", "fp16"}
-    assert report["int8"]["nodes_kept_fp32"] == {"activation_matmuls": 4, "head": 2, "last_layers": 0}
+    assert report["int8"]["nodes_kept_fp32"] == {
+        "activation_matmuls": 4,
+        "head": 2,
+        "last_layers": 0,
+        "ffn_output": 0,
+    }
 
 
 def test_parity_runs_the_serving_predictor_at_each_batch_size_and_keeps_the_worst(exported):
@@ -107,12 +112,19 @@ def test_int8_options_choose_which_nodes_stay_fp32(classifier_dir, tmp_path):
 
     plain = _optimum_export(classifier_dir, tmp_path / "plain", "classification", None) / "model.onnx"
     everything = ExportConfig(int8_weights_only=False, int8_fp32_head=False, int8_operators=["MatMul"])
-    assert int8_exclusions(plain, everything) == ([], {"activation_matmuls": 0, "head": 0, "last_layers": 0})
+    nothing_kept = {"activation_matmuls": 0, "head": 0, "last_layers": 0, "ffn_output": 0}
+    assert int8_exclusions(plain, everything) == ([], nothing_kept)
     names, kept = int8_exclusions(plain, ExportConfig(int8_fp32_last_layers=1))
-    assert kept == {"activation_matmuls": 2, "head": 2, "last_layers": 8}  # layer 0's 2; all 8 of layer 1
+    assert kept == {"activation_matmuls": 2, "head": 2, "last_layers": 8, "ffn_output": 0}  # layer 0's 2; layer 1's 8
     assert "/classifier/Gemm_MatMul" in names and "/bert/pooler/dense/Gemm_MatMul" in names
     assert all("/layer.1/" in n for n in names if "/layer.0/" not in n and "Gemm" not in n)
     assert not any("/layer.0/" in n and "dense" in n for n in names)
+    ffn_names, ffn_kept = int8_exclusions(plain, ExportConfig(int8_fp32_ffn_output=True, int8_fp32_head=False))
+    # one feed-forward output projection per layer; attention's own output projection stays int8
+    assert ffn_kept["ffn_output"] == 2
+    assert sorted(n for n in ffn_names if "/output/dense/" in n) == [
+        f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in (0, 1)
+    ]
 
 
 def test_a_variant_that_fails_parity_is_dropped_from_serving_with_its_numbers(
