@@ -56,6 +56,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "default-reduce-range": {"int8_reduce_range": True},
     "default-fp32-last-layer": {"int8_fp32_last_layers": 1},
     "default-fp32-ffn-output": {"int8_fp32_ffn_output": True},
+    "default-fp32-ffn-output-last-layer": {"int8_fp32_ffn_output": True, "int8_fp32_last_layers": 1},
     "static-qdq": {"static": True},  # static QDQ, per-channel, MinMax-calibrated on training texts
 }
 
