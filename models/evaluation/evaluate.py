@@ -277,7 +277,7 @@ def evaluate_model(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from models.training.finetune import model_max_length
+    from models.training.task_model import model_max_length
 
     tokenizer, model = _load(model_dir, recipe.task)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -350,7 +350,7 @@ def _evaluate_multi_label(tokenizer, model, labels, eval_df, max_length, batch_s
         precision_recall_fscore_support,
     )
 
-    from models.training.finetune import split_multi_label
+    from models.training.task_model import split_multi_label
 
     index = {label: i for i, label in enumerate(labels)}
     gold = np.zeros((len(eval_df), len(labels)), dtype=int)
