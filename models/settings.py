@@ -91,6 +91,11 @@ def actor() -> str | None:
     return os.environ.get(ACTOR_ENV) or None
 
 
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a distributed launch (torchrun / accelerate set RANK): only rank 0 writes."""
+    return int(os.environ.get("RANK") or "0") == 0
+
+
 def admin_token() -> str:
     """The bearer token that enables admin actions (reload, promote, rollback); empty means disabled."""
     return os.environ.get(ADMIN_TOKEN_ENV, "")
