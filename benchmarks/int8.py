@@ -209,13 +209,8 @@ def run_task(
         AutoTokenizer,
     )
 
-    from models.export.onnx import (
-        _optimize,
-        _optimum_export,
-        compare_variants,
-        pytorch_reference,
-        quantize_int8,
-    )
+    from models.export.onnx import _optimize, _optimum_export, quantize_int8
+    from models.export.parity import compare_variants, pytorch_reference
     from models.recipe import ExportConfig
     from models.registry.bundle import ServingSpec
 

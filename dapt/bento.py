@@ -21,12 +21,11 @@ from typing import Any
 
 from models.hashing import update_with_file
 from models.registry.bundle import MANIFEST, ONNX_DIR, REPORTS_DIR, SERVING_SPEC, TOKENIZER_DIR, ServingSpec
-from models.settings import stack_environment
+from models.settings import BENTO_MODEL_ENV, stack_environment
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BENTO_MODEL_ENV = "DAPT_BENTO_MODEL"
 # What the service needs (plus the small evidence files that explain it); pytorch/ stays in the registry.
 SERVING_FILES = (SERVING_SPEC, MANIFEST, "evidence.json", "README.md")
 SERVING_DIRS = (TOKENIZER_DIR, ONNX_DIR)

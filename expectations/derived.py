@@ -260,12 +260,6 @@ def _leaks(normalised: pd.Series, split: pd.Series, non_empty: pd.Series) -> pd.
     return normalised.isin(shared) & non_empty
 
 
-def bio_tag_set(entity_types: list[str]) -> list[str]:
-    from models.data import ner_tag_set
-
-    return ner_tag_set(list(entity_types))
-
-
 def bio_error(tags: list[str]) -> str:
     """Why a tag sequence is not valid BIO ("" when it is): an I- tag must continue an entity of its type."""
     previous = "O"

@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,71 +181,74 @@ def _base_model_dir(recipe: Recipe) -> Path | None:
         return None
 
 
-@staged("validate")
-def validate_recipe_data(
-    recipe: Recipe, out_dir: Path, reference_profile: dict | None = None
-) -> ValidationReport:
-    """Validate the recipe's corpus, labelled data and general text; write validation.json and Data Docs.
+@dataclass
+class _Gathered:
+    """What reading the recipe's data gathers for the suites: failed reads, suite runs and the data profile."""
 
-    Never raises for bad data: unreadable files, broken rows and drift all come back as failed checks in the
-    report (``report.success`` is False). Raise ``DataValidationError(report)`` yourself to stop a flow.
-    """
-    from expectations.derived import TokenCounter, corpus_frame, labelled_frames, ner_frames
-    from expectations.drift import compare_profiles, profile_data
-    from expectations.suites import classification_suite, corpus_suite, ner_suite
-    from models.data import (
-        DROP_EMPTY,
-        DROP_REPEAT,
-        DROP_SHORT,
-        CorpusCleaning,
-        read_classification,
-        read_corpus,
-        read_ner,
+    counter: Any
+    checks: list[CheckResult] = field(default_factory=list)
+    runs: list[tuple[Suite, dict[str, pd.DataFrame]]] = field(default_factory=list)
+    profile: dict = field(default_factory=dict)
+
+
+def _gather_corpus(recipe: Recipe, gathered: _Gathered) -> dict | None:
+    """The corpus suite's rows and the profile of the cleaned corpus; returns the cleaning summary."""
+    from expectations.derived import corpus_frame
+    from expectations.drift import profile_data
+    from expectations.suites import corpus_suite
+    from models.data import DROP_EMPTY, DROP_REPEAT, DROP_SHORT, CorpusCleaning, read_corpus
+
+    cfg, data, counter = recipe.validation, recipe.data, gathered.counter
+    corpus = _read(
+        "corpus", "corpus", lambda: read_corpus(data.corpus, data.corpus_text_column), gathered.checks
     )
+    if corpus is None:
+        return None
+    logger.info("corpus: %d documents", len(corpus))
+    frame = corpus_frame(corpus, counter, min_chars=cfg.min_chars)
+    gathered.runs.append((corpus_suite(cfg), {"rows": frame}))
+    kept = frame["drop_reason"] == ""
+    reasons = frame["drop_reason"].value_counts()
+    cleaned = CorpusCleaning(
+        rows=len(frame),
+        kept=int(kept.sum()),
+        empty=int(reasons.get(DROP_EMPTY, 0)),
+        too_short=int(reasons.get(DROP_SHORT, 0)),
+        repeats=int(reasons.get(DROP_REPEAT, 0)),
+    )
+    if cleaned.kept < cleaned.rows:
+        logger.warning(cleaned.summary())
+    gathered.profile["rows"]["corpus"] = len(corpus)
+    # the profile describes what adaptation trains on: the cleaned corpus
+    gathered.profile["corpus"] = profile_data(
+        list(frame.loc[kept, "text"]), counter=counter, lengths=frame.loc[kept, "token_count"]
+    )
+    return cleaned.to_dict()
 
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg, data = recipe.validation, recipe.data
-    counter = TokenCounter.for_model(_base_model_dir(recipe))
-    checks: list[CheckResult] = []
-    runs: list[tuple[Suite, dict[str, pd.DataFrame]]] = []
-    profile: dict = {"version": 1, "length_unit": counter.unit, "tokenizer": counter.source, "rows": {}}
 
-    corpus = _read("corpus", "corpus", lambda: read_corpus(data.corpus, data.corpus_text_column), checks)
-    cleaning = None
-    if corpus is not None:
-        logger.info("corpus: %d documents", len(corpus))
-        frame = corpus_frame(corpus, counter, min_chars=cfg.min_chars)
-        runs.append((corpus_suite(cfg), {"rows": frame}))
-        kept = frame["drop_reason"] == ""
-        reasons = frame["drop_reason"].value_counts()
-        cleaned = CorpusCleaning(
-            rows=len(frame),
-            kept=int(kept.sum()),
-            empty=int(reasons.get(DROP_EMPTY, 0)),
-            too_short=int(reasons.get(DROP_SHORT, 0)),
-            repeats=int(reasons.get(DROP_REPEAT, 0)),
-        )
-        cleaning = cleaned.to_dict()
-        if cleaned.kept < cleaned.rows:
-            logger.warning(cleaned.summary())
-        profile["rows"]["corpus"] = len(corpus)
-        # the profile describes what adaptation trains on: the cleaned corpus
-        profile["corpus"] = profile_data(
-            list(frame.loc[kept, "text"]), counter=counter, lengths=frame.loc[kept, "token_count"]
-        )
+def _gather_general(recipe: Recipe, gathered: _Gathered) -> None:
+    from expectations.derived import corpus_frame
+    from expectations.suites import corpus_suite
+    from models.data import read_corpus
 
-    if data.general is not None:
-        general_path = data.general
-        general = _read("general text", "general", lambda: read_corpus(general_path), checks)
-        if general is not None:
-            runs.append(
-                (corpus_suite(cfg, name="general", light=True), {"rows": corpus_frame(general, None, True)})
-            )
-            profile["rows"]["general"] = len(general)
+    general_path = recipe.data.general
+    if general_path is None:
+        return
+    general = _read("general text", "general", lambda: read_corpus(general_path), gathered.checks)
+    if general is not None:
+        suite = corpus_suite(recipe.validation, name="general", light=True)
+        gathered.runs.append((suite, {"rows": corpus_frame(general, None, True)}))
+        gathered.profile["rows"]["general"] = len(general)
 
-    task = recipe.task
+
+def _gather_labelled(recipe: Recipe, gathered: _Gathered) -> None:
+    """The labelled data's suite rows (train, and eval when the recipe names it) and its profile."""
+    from expectations.derived import labelled_frames, ner_frames
+    from expectations.drift import profile_data
+    from expectations.suites import classification_suite, ner_suite
+    from models.data import read_classification, read_ner
+
+    cfg, data, counter, task = recipe.validation, recipe.data, gathered.counter, recipe.task
     if task == "classification":
 
         def read_labelled(path: Path):
@@ -254,82 +258,114 @@ def validate_recipe_data(
         def read_labelled(path: Path):
             return read_ner(path, data.tokens_column, data.tags_column)
 
-    train = _read("labelled data (train)", task, lambda: read_labelled(data.train), checks)
+    train = _read("labelled data (train)", task, lambda: read_labelled(data.train), gathered.checks)
     evaluation = None
     if data.eval is not None:
         eval_path = data.eval
-        evaluation = _read("labelled data (eval)", task, lambda: read_labelled(eval_path), checks)
-    eval_ok = data.eval is None or evaluation is not None
-    if train is not None and eval_ok:
-        logger.info(
-            "%s: %d train rows, %d eval rows", task, len(train), 0 if evaluation is None else len(evaluation)
+        evaluation = _read("labelled data (eval)", task, lambda: read_labelled(eval_path), gathered.checks)
+    if train is None or (data.eval is not None and evaluation is None):
+        return
+    logger.info(
+        "%s: %d train rows, %d eval rows", task, len(train), 0 if evaluation is None else len(evaluation)
+    )
+    profile = gathered.profile
+    profile["rows"]["train"] = len(train)
+    profile["rows"]["eval"] = 0 if evaluation is None else len(evaluation)
+    with_eval = evaluation is not None
+    if task == "classification":
+        rows, classes = labelled_frames(train, evaluation, list(data.labels), counter)
+        gathered.runs.append(
+            (classification_suite(cfg, list(data.labels), with_eval), {"rows": rows, "classes": classes})
         )
-        profile["rows"]["train"] = len(train)
-        profile["rows"]["eval"] = 0 if evaluation is None else len(evaluation)
-        with_eval = evaluation is not None
-        if task == "classification":
-            rows, classes = labelled_frames(train, evaluation, list(data.labels), counter)
-            runs.append(
-                (classification_suite(cfg, list(data.labels), with_eval), {"rows": rows, "classes": classes})
-            )
-            profile["task"] = profile_data(
-                rows["text"], rows["label"], counter=counter, lengths=rows["token_count"]
-            )
-        else:
-            sentences, tags = ner_frames(train, evaluation, counter)
-            runs.append(
-                (ner_suite(cfg, list(data.labels), with_eval), {"sentences": sentences, "tags": tags})
-            )
-            entity_mentions = tags.loc[tags["tag"].str.startswith("B-"), "tag"].str[2:]
-            profile["task"] = profile_data(
-                sentences["text"], counter=counter, lengths=sentences["token_count"]
-            )
-            profile["task"]["labels"] = _shares(entity_mentions)
+        profile["task"] = profile_data(
+            rows["text"], rows["label"], counter=counter, lengths=rows["token_count"]
+        )
+    else:
+        sentences, tags = ner_frames(train, evaluation, counter)
+        gathered.runs.append(
+            (ner_suite(cfg, list(data.labels), with_eval), {"sentences": sentences, "tags": tags})
+        )
+        entity_mentions = tags.loc[tags["tag"].str.startswith("B-"), "tag"].str[2:]
+        profile["task"] = profile_data(sentences["text"], counter=counter, lengths=sentences["token_count"])
+        profile["task"]["labels"] = _shares(entity_mentions)
 
-    results, docs_index = run_suites(runs, cfg, out_dir / "data_docs")
-    checks.extend(results)
 
+def _severity_keys_check(cfg) -> CheckResult | None:
     unknown = unknown_severity_keys(cfg)
-    if unknown:
-        checks.append(
-            CheckResult(
-                "config",
-                "severity_keys_known",
-                "recipe",
-                "fail",
-                False,
-                len(unknown),
-                len(cfg.severity),
-                [{"row": None, "value": key} for key in unknown],
-                "validation.severity names checks that do not exist (typo?); see "
-                "expectations/suites.py CHECK_NAMES",
-            )
-        )
+    if not unknown:
+        return None
+    return CheckResult(
+        "config",
+        "severity_keys_known",
+        "recipe",
+        "fail",
+        False,
+        len(unknown),
+        len(cfg.severity),
+        [{"row": None, "value": key} for key in unknown],
+        "validation.severity names checks that do not exist (typo?); see expectations/suites.py CHECK_NAMES",
+    )
 
+
+def _drift_check(profile: dict, reference_profile: dict, cfg) -> tuple[dict, CheckResult]:
+    from expectations.drift import compare_profiles
+
+    drift = compare_profiles(profile, reference_profile, cfg.drift_warn, cfg.drift_fail)
+    overridden = severity_for(cfg, "drift", "profile_drift")
+    severity = "warn" if overridden == "warn" or drift["status"] != "fail" else "fail"
+    components = [
+        {"row": None, "value": f"{k} = {v:.3f}"}
+        for k, v in sorted(drift["components"].items(), key=lambda kv: -kv[1])
+    ][:MAX_EXAMPLES]
+    check = CheckResult(
+        "drift",
+        "profile_drift",
+        "compare_profiles",
+        severity,
+        drift["status"] == "ok",
+        0 if drift["status"] == "ok" else 1,
+        1,
+        components,
+        "data far from the reference profile makes the production comparison unfair",
+    )
+    return drift, check
+
+
+@staged("validate")
+def validate_recipe_data(
+    recipe: Recipe, out_dir: Path, reference_profile: dict | None = None
+) -> ValidationReport:
+    """Validate the recipe's corpus, labelled data and general text; write validation.json and Data Docs.
+
+    Never raises for bad data: unreadable files, broken rows and drift all come back as failed checks in the
+    report (``report.success`` is False). Raise ``DataValidationError(report)`` yourself to stop a flow.
+    """
+    from expectations.derived import TokenCounter
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = recipe.validation
+    counter = TokenCounter.for_model(_base_model_dir(recipe))
+    gathered = _Gathered(
+        counter, profile={"version": 1, "length_unit": counter.unit, "tokenizer": counter.source, "rows": {}}
+    )
+    cleaning = _gather_corpus(recipe, gathered)
+    _gather_general(recipe, gathered)
+    _gather_labelled(recipe, gathered)
+    checks, profile = gathered.checks, gathered.profile
+
+    results, docs_index = run_suites(gathered.runs, cfg, out_dir / "data_docs")
+    checks.extend(results)
+    severity_check = _severity_keys_check(cfg)
+    if severity_check is not None:
+        checks.append(severity_check)
     drift = None
     if reference_profile is not None:
-        drift = compare_profiles(profile, reference_profile, cfg.drift_warn, cfg.drift_fail)
-        overridden = severity_for(cfg, "drift", "profile_drift")
-        severity = "warn" if overridden == "warn" or drift["status"] != "fail" else "fail"
-        components = [
-            {"row": None, "value": f"{k} = {v:.3f}"}
-            for k, v in sorted(drift["components"].items(), key=lambda kv: -kv[1])
-        ][:MAX_EXAMPLES]
-        checks.append(
-            CheckResult(
-                "drift",
-                "profile_drift",
-                "compare_profiles",
-                severity,
-                drift["status"] == "ok",
-                0 if drift["status"] == "ok" else 1,
-                1,
-                components,
-                "data far from the reference profile makes the production comparison unfair",
-            )
-        )
+        drift, drift_check = _drift_check(profile, reference_profile, cfg)
+        checks.append(drift_check)
 
-    order = ["corpus", "general", task, "config", "drift"]
+    order = ["corpus", "general", recipe.task, "config", "drift"]
     checks.sort(
         key=lambda c: order.index(c.suite) if c.suite in order else len(order)
     )  # stable: file order kept

@@ -67,44 +67,75 @@ def _pii_example(row: pd.Series) -> str:
     return f"{row['pii']}: {mask_pii(str(row['text']))}"
 
 
+def _text_present(gxe) -> Check:
+    return Check(
+        "text_present",
+        "rows",
+        gxe.ExpectColumnValuesToNotBeNull(column="text"),
+        "a missing document has nothing to mask or learn from",
+    )
+
+
+def _light_corpus_suite(cfg: ValidationConfig, name: str) -> Suite:
+    """Only emptiness and bad characters (general text: measured, never trained on)."""
+    gxe = _gxe()
+    return Suite(
+        name,
+        [
+            _text_present(gxe),
+            Check(
+                "text_not_empty",
+                "rows",
+                gxe.ExpectColumnValuesToBeBetween(column="stripped_chars", min_value=1),
+                "empty docs break MLM masking (no tokens to mask) and usually mean a broken export",
+            ),
+            _bad_chars_check(cfg),
+        ],
+    )
+
+
+def _length_checks(cfg: ValidationConfig, gxe) -> list[Check]:
+    return [
+        Check(
+            "length_chars",
+            "rows",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="stripped_chars",
+                max_value=cfg.max_chars,
+                mostly=_within_rate(cfg.max_length_outlier_rate),
+            ),
+            "documents over max_chars are usually concatenated dumps",
+            show="text",
+        ),
+        Check(
+            "length_tokens",
+            "rows",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="token_count",
+                max_value=cfg.max_tokens,
+                mostly=_within_rate(cfg.max_length_outlier_rate),
+            ),
+            "text past max_tokens subword tokens is truncated away by the encoder and never trained on",
+        ),
+    ]
+
+
 def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = False) -> Suite:
     """Unlabelled domain text for continued pretraining. ``light``: only emptiness and bad characters.
 
     Empty lines, lines under ``min_chars`` and repeats are cleanable (dropped and counted with a warning, see
     models.data.corpus_drop_reasons); past ``max_dropped_rate`` of the corpus each stops the run.
     """
-    gxe = _gxe()
     if light:
-        return Suite(
-            name,
-            [
-                Check(
-                    "text_present",
-                    "rows",
-                    gxe.ExpectColumnValuesToNotBeNull(column="text"),
-                    "a missing document has nothing to mask or learn from",
-                ),
-                Check(
-                    "text_not_empty",
-                    "rows",
-                    gxe.ExpectColumnValuesToBeBetween(column="stripped_chars", min_value=1),
-                    "empty docs break MLM masking (no tokens to mask) and usually mean a broken export",
-                ),
-                _bad_chars_check(cfg),
-            ],
-        )
+        return _light_corpus_suite(cfg, name)
+    gxe = _gxe()
     cap = _within_rate(cfg.max_dropped_rate)
 
     def dropped(reason: str):
         return gxe.ExpectColumnValuesToNotBeInSet(column="drop_reason", value_set=[reason], mostly=cap)
 
     checks = [
-        Check(
-            "text_present",
-            "rows",
-            gxe.ExpectColumnValuesToNotBeNull(column="text"),
-            "a missing document has nothing to mask or learn from",
-        ),
+        _text_present(gxe),
         Check(
             "text_not_empty",
             "rows",
@@ -128,27 +159,7 @@ def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = Fals
             cleanable=True,
         ),
         _bad_chars_check(cfg),
-        Check(
-            "length_chars",
-            "rows",
-            gxe.ExpectColumnValuesToBeBetween(
-                column="stripped_chars",
-                max_value=cfg.max_chars,
-                mostly=_within_rate(cfg.max_length_outlier_rate),
-            ),
-            "documents over max_chars are usually concatenated dumps",
-            show="text",
-        ),
-        Check(
-            "length_tokens",
-            "rows",
-            gxe.ExpectColumnValuesToBeBetween(
-                column="token_count",
-                max_value=cfg.max_tokens,
-                mostly=_within_rate(cfg.max_length_outlier_rate),
-            ),
-            "text past max_tokens subword tokens is truncated away by the encoder and never trained on",
-        ),
+        *_length_checks(cfg, gxe),
         Check(
             "pii_rate",
             "rows",
@@ -282,7 +293,7 @@ def classification_suite(cfg: ValidationConfig, labels: list[str], with_eval: bo
 
 def ner_suite(cfg: ValidationConfig, entity_types: list[str], with_eval: bool) -> Suite:
     """Token-tagged sentences (BIO scheme) for token classification."""
-    from expectations.derived import bio_tag_set
+    from models.data import ner_tag_set
 
     gxe = _gxe()
     checks = [
@@ -305,7 +316,7 @@ def ner_suite(cfg: ValidationConfig, entity_types: list[str], with_eval: bool) -
         Check(
             "tags_in_declared_set",
             "tags",
-            gxe.ExpectColumnValuesToBeInSet(column="tag", value_set=bio_tag_set(entity_types)),
+            gxe.ExpectColumnValuesToBeInSet(column="tag", value_set=ner_tag_set(list(entity_types))),
             "tags must be O or B-/I- of a declared entity type, or the head has no unit for them",
             show=lambda row: f"[{row['split']}] {row['tag']!r} at token {row['position']}",
         ),

@@ -22,7 +22,7 @@ from prefect.states import Failed
 
 from expectations.report import write_validation_html
 from models.recipe import Recipe
-from models.registry.evidence import Lineage, build_evidence
+from models.registry.evidence import Evidence, Lineage, ServingVariants, build_evidence
 from models.settings import dapt_home, runs_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,14 +140,15 @@ def promote_version(recipe: Recipe, version: int) -> dict:
     return _plain(decision) | {"summary": decision.summary()}
 
 
-def production_evidence(recipe: Recipe) -> dict | None:
+def production_evidence(recipe: Recipe) -> Evidence | None:
+    """The evidence of the version the recipe's alias points to (read tolerantly: it may be old), or None."""
     from models.registry.store import Registry, RegistryError
 
     try:
         current = Registry().get_version(recipe.name, alias=recipe.gate.alias)
     except RegistryError:
         return None
-    return current.evidence if current is not None else None
+    return Evidence.from_record(current.evidence) if current is not None else None
 
 
 def code_revision() -> str:
@@ -171,10 +172,10 @@ def _copy_reports(sources: list[str], bundle_dir: Path) -> None:
             shutil.copy2(path, reports / path.name)
 
 
-def _variants_line(variants: dict) -> str:
-    line = f"**Serves**: {', '.join(variants['served'])} (CPU: {variants['preferred_cpu_variant']})"
-    for variant, record in variants["dropped"].items():
-        line += f"; **{variant} dropped**: {record['why']}"
+def _variants_line(variants: ServingVariants) -> str:
+    line = f"**Serves**: {', '.join(variants.served)} (CPU: {variants.preferred_cpu_variant})"
+    for variant, dropped in variants.dropped.items():
+        line += f"; **{variant} dropped**: {dropped.why}"
     return line
 
 
@@ -187,7 +188,7 @@ def _report_markdown(recipe: Recipe, summary: dict) -> str:
         "",
         f"**Gate ({recipe.gate.alias})**: {gate.get('summary', 'not evaluated')}",
         "",
-        _variants_line(summary["variants"]),
+        _variants_line(ServingVariants.model_validate(summary["variants"])),
         "",
         "| metric | value |",
         "|---|---|",
@@ -247,52 +248,40 @@ def write_run_report(run_dir: Path, markdown: str, pictures: list[Path], title: 
     return md_path, html_path
 
 
-@flow(name="retrain", log_prints=True)
-def retrain(recipe: Recipe) -> dict:
-    """Raw domain text to a registered (and, if the gate passes, promoted) model version."""
-    from models.data import data_fingerprint
-
-    logger = get_run_logger()
+def _new_run_dir(recipe: Recipe) -> Path:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     run_dir = runs_dir() / f"{stamp}-{recipe.name}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = data_fingerprint(recipe)
-    incumbent = production_evidence(recipe)
+    return run_dir
 
-    validation = validate_data(recipe, run_dir / "validation", (incumbent or {}).get("profile"))
-    write_validation_html(
-        validation["dict"], run_dir / "validation" / "report.html", f"Data validation — {recipe.name}"
-    )
-    if not validation["dict"]["success"]:
-        # A failed state carrying the report (the CLI prints it from the state's data), not a summary dict.
-        return Failed(
-            message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"]
-        )  # type: ignore[return-value]
 
-    key = adaptation_key(recipe, fingerprint)
+def _adapt_cached(recipe: Recipe, key: str) -> tuple[dict, bool]:
+    """The adapted encoder (the cached one when data and settings match and its folder still exists)."""
     # A cached result whose encoder folder was deleted must not be reused: refresh it.
     adapt_task = adapt_encoder.with_options(refresh_cache=not _adapted_encoder_exists(key))
     adapt_state = adapt_task(recipe, key, return_state=True)
     adapted = adapt_state.result()
-    adapt_cache_hit = adapt_state.name == "Cached"
-    if adapt_cache_hit:
-        logger.info(
+    cache_hit = adapt_state.name == "Cached"
+    if cache_hit:
+        get_run_logger().info(
             "adaptation cache hit (key %s): same data and settings, reusing %s", key, adapted["encoder_dir"]
         )
-    gain = measure_gain(recipe, adapted["encoder_dir"], run_dir / "adaptation_gain")
-    base_kept = gain is not None and gain["kept"] == "base"
-    encoder_dir = str(recipe.resolved_base_model()) if base_kept else adapted["encoder_dir"]
-    finetuned = finetune_model(recipe, encoder_dir, run_dir / "finetune")
-    evaluation = evaluate_model(recipe, finetuned["model_dir"], run_dir / "evaluate")
-    exported = export_onnx(recipe, finetuned["model_dir"], run_dir / "bundle")
+    return adapted, cache_hit
 
+
+def _bundle_reports(
+    validation: dict, adapted: dict, finetuned: dict, evaluation: dict, exported: dict
+) -> None:
+    """The plots and the validation report travel inside the bundle (reports/), so the registry keeps them."""
     report_files = [adapted.get("curves_png"), finetuned.get("curves_png"), *evaluation.get("plots", [])]
     _copy_reports([p for p in report_files if p], Path(exported["bundle_dir"]))
     (Path(exported["bundle_dir"]) / "reports" / "validation.json").write_text(
         json.dumps(validation["dict"], indent=2), encoding="utf-8"
     )
-    flow_run = get_run_context().flow_run  # type: ignore[union-attr]  # a flow's context
-    lineage = Lineage(
+
+
+def _lineage(adapted: dict, encoder_dir: str, key: str, run_dir: Path, flow_run: Any) -> Lineage:
+    return Lineage(
         adapt_checkpoint=adapted["encoder_dir"],
         finetuned_from=encoder_dir,
         adapt_cache_key=key,
@@ -300,38 +289,28 @@ def retrain(recipe: Recipe) -> dict:
         flow_run_id=str(flow_run.id) if flow_run else None,
         flow_run_name=flow_run.name if flow_run else None,
     )
-    evidence = build_evidence(
-        recipe,
-        validation=validation["dict"],
-        fingerprint=fingerprint,
-        adapted=adapted,
-        gain=gain,
-        encoder_dir=encoder_dir,
-        finetuned=finetuned,
-        evaluation=evaluation,
-        exported=exported,
-        lineage=lineage,
-        code_revision=code_revision(),
-    ).record()
-    scalar_metrics = evidence["metrics"]
-    registered = register_version(
-        recipe.name,
-        exported["bundle_dir"],
-        evidence,
-        registration_key(flow_run.id if flow_run else None, run_dir),
-    )
-    version = int(registered["version"])
-    decision = promote_version(recipe, version)
 
-    summary = {
+
+def _summary(
+    recipe: Recipe,
+    evidence: Evidence,
+    registered: dict,
+    decision: dict,
+    incumbent: Evidence | None,
+    adapt_cache_hit: bool,
+    run_dir: Path,
+    validation: dict,
+) -> dict:
+    """What the run returns and writes to summary.json (the CLI prints it)."""
+    return {
         "name": recipe.name,
-        "version": version,
-        "metrics": scalar_metrics,
-        "forgetting": evidence["forgetting"],
-        "adaptation_gain": gain,
+        "version": int(registered["version"]),
+        "metrics": evidence.metrics,
+        "forgetting": evidence.forgetting.model_dump(mode="json"),
+        "adaptation_gain": evidence.adaptation_gain,
         "gate": decision,
-        "variants": evidence["serving"],
-        "incumbent_metrics": (incumbent or {}).get("metrics"),
+        "variants": evidence.serving.model_dump(mode="json") if evidence.serving else None,
+        "incumbent_metrics": incumbent.metrics if incumbent else None,
         "adapt_cache_hit": adapt_cache_hit,
         "files": {
             "run": str(run_dir),
@@ -341,8 +320,13 @@ def retrain(recipe: Recipe) -> dict:
             "bundle": registered.get("path"),
         },
     }
+
+
+def _publish(recipe: Recipe, summary: dict, evidence: Evidence, run_dir: Path, bundle_dir: str) -> None:
+    """summary.json, the report (Prefect artifact and run-folder files) and the metrics table artifact."""
+    version = summary["version"]
     (run_dir / "summary.json").write_text(json.dumps(_plain(summary), indent=2), encoding="utf-8")
-    pictures = sorted((Path(exported["bundle_dir"]) / "reports").glob("*.png"))
+    pictures = sorted((Path(bundle_dir) / "reports").glob("*.png"))
     report = _report_markdown(recipe, summary)
     create_markdown_artifact(
         key=artifact_key(recipe.name, "report"),
@@ -355,7 +339,61 @@ def retrain(recipe: Recipe) -> dict:
         table=[{"metric": k, "value": round(float(v), 4)} for k, v in summary["metrics"].items()],
         description=f"{recipe.name} v{version} metrics",
     )
-    for variant, record in evidence["serving"]["dropped"].items():
-        logger.warning("%s dropped from serving: %s", variant, record["why"])
-    logger.info("registered %s v%s; %s", recipe.name, version, decision.get("summary"))
+    logger = get_run_logger()
+    for variant, dropped in (evidence.serving.dropped if evidence.serving else {}).items():
+        logger.warning("%s dropped from serving: %s", variant, dropped.why)
+    logger.info("registered %s v%s; %s", recipe.name, version, summary["gate"].get("summary"))
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(recipe: Recipe) -> dict:
+    """Raw domain text to a registered (and, if the gate passes, promoted) model version."""
+    from models.data import data_fingerprint
+
+    run_dir = _new_run_dir(recipe)
+    fingerprint = data_fingerprint(recipe)
+    incumbent = production_evidence(recipe)
+
+    validation = validate_data(recipe, run_dir / "validation", incumbent.profile if incumbent else None)
+    write_validation_html(
+        validation["dict"], run_dir / "validation" / "report.html", f"Data validation — {recipe.name}"
+    )
+    if not validation["dict"]["success"]:
+        # A failed state carrying the report (the CLI prints it from the state's data), not a summary dict.
+        return Failed(
+            message=f"data validation failed: {validation['report'].summary()}", data=validation["dict"]
+        )  # type: ignore[return-value]
+
+    key = adaptation_key(recipe, fingerprint)
+    adapted, adapt_cache_hit = _adapt_cached(recipe, key)
+    gain = measure_gain(recipe, adapted["encoder_dir"], run_dir / "adaptation_gain")
+    base_kept = gain is not None and gain["kept"] == "base"
+    encoder_dir = str(recipe.resolved_base_model()) if base_kept else adapted["encoder_dir"]
+    finetuned = finetune_model(recipe, encoder_dir, run_dir / "finetune")
+    evaluation = evaluate_model(recipe, finetuned["model_dir"], run_dir / "evaluate")
+    exported = export_onnx(recipe, finetuned["model_dir"], run_dir / "bundle")
+    _bundle_reports(validation, adapted, finetuned, evaluation, exported)
+
+    flow_run = get_run_context().flow_run  # type: ignore[union-attr]  # a flow's context
+    evidence = build_evidence(
+        recipe,
+        validation=validation["dict"],
+        fingerprint=fingerprint,
+        adapted=adapted,
+        gain=gain,
+        encoder_dir=encoder_dir,
+        finetuned=finetuned,
+        evaluation=evaluation,
+        exported=exported,
+        lineage=_lineage(adapted, encoder_dir, key, run_dir, flow_run),
+        code_revision=code_revision(),
+    )
+    key_of_run = registration_key(flow_run.id if flow_run else None, run_dir)
+    registered = register_version(recipe.name, exported["bundle_dir"], evidence.record(), key_of_run)
+    decision = promote_version(recipe, int(registered["version"]))
+
+    summary = _summary(
+        recipe, evidence, registered, decision, incumbent, adapt_cache_hit, run_dir, validation
+    )
+    _publish(recipe, summary, evidence, run_dir, exported["bundle_dir"])
     return _plain(summary)

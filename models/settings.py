@@ -34,6 +34,9 @@ MAX_BATCH_TOKENS_ENV = "DAPT_MAX_BATCH_TOKENS"
 BATCH_WAIT_MS_ENV = "DAPT_BATCH_WAIT_MS"
 MAX_QUEUE_TEXTS_ENV = "DAPT_MAX_QUEUE_TEXTS"
 THREADS_ENV = "DAPT_ORT_THREADS"
+ORT_GRAPH_OPT_ENV = "DAPT_ORT_GRAPH_OPT"
+ORT_EXECUTION_MODE_ENV = "DAPT_ORT_EXECUTION_MODE"
+ORT_PROVIDER_ENV = "DAPT_ORT_PROVIDER"
 HEADER_TIMEOUT_ENV = "DAPT_HEADER_TIMEOUT_S"
 KEEP_ALIVE_ENV = "DAPT_KEEP_ALIVE_S"
 MAX_CONNECTIONS_ENV = "DAPT_MAX_CONNECTIONS"
@@ -89,6 +92,11 @@ def runs_dir() -> Path:
 def actor() -> str | None:
     """Who the registry records as acting (DAPT_ACTOR), or None to use the login and host name."""
     return os.environ.get(ACTOR_ENV) or None
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a distributed launch (torchrun / accelerate set RANK): only rank 0 writes."""
+    return int(os.environ.get("RANK") or "0") == 0
 
 
 def admin_token() -> str:

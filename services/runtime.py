@@ -27,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-THREADS_ENV = "DAPT_ORT_THREADS"
-GRAPH_OPT_ENV = "DAPT_ORT_GRAPH_OPT"
-EXECUTION_MODE_ENV = "DAPT_ORT_EXECUTION_MODE"
-PROVIDER_ENV = "DAPT_ORT_PROVIDER"
+from models import settings
+
+THREADS_ENV = settings.THREADS_ENV
+GRAPH_OPT_ENV = settings.ORT_GRAPH_OPT_ENV
+EXECUTION_MODE_ENV = settings.ORT_EXECUTION_MODE_ENV
+PROVIDER_ENV = settings.ORT_PROVIDER_ENV
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 
@@ -163,9 +165,9 @@ def available_cores(
 
 
 def _choice(env: str, choices, default: str) -> str:
-    value = (os.environ.get(env) or default).strip().lower()
+    value = settings.env_text(env, default).strip().lower()
     if value not in choices:
-        raise RuntimeConfigError(f"{env} must be one of {', '.join(choices)}; got {os.environ.get(env)!r}")
+        raise RuntimeConfigError(f"{env} must be one of {', '.join(choices)}; got {settings.env_text(env)!r}")
     return value
 
 
@@ -183,16 +185,15 @@ class RuntimeTuning:
     @classmethod
     def from_environment(cls, cores: dict[str, Any] | None = None) -> RuntimeTuning:
         cores = available_cores() if cores is None else cores
-        value = os.environ.get(THREADS_ENV)
-        if value:
-            try:
-                threads = int(value)
-            except ValueError:
-                raise RuntimeConfigError(
-                    f"{THREADS_ENV} must be a whole number of threads, got {value!r}"
-                ) from None
-            if threads < 1:
-                raise RuntimeConfigError(f"{THREADS_ENV} must be at least 1, got {threads}")
+        threads = settings.env_number(
+            THREADS_ENV,
+            0,
+            kind=int,
+            valid=lambda n: n >= 1,
+            requirement="a whole number of threads, at least 1",
+            error=RuntimeConfigError,
+        )
+        if threads:
             threads_from = THREADS_ENV
         else:
             threads, threads_from = cores["cores"], cores["limited_by"]

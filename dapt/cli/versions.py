@@ -197,12 +197,14 @@ def show_command(
         f"base model {chosen.base_model or '-'}   data sha256 {(chosen.data_sha256 or '-')[:16]}   "
         f"code {chosen.code_revision or '-'}   {chosen.file_count or 0} files, {(chosen.size_bytes or 0) / 1e6:.1f} MB"
     )
-    evidence = chosen.evidence
+    from models.registry.evidence import Evidence
+
+    evidence = Evidence.from_record(chosen.evidence)
     sections = (
-        ("metrics", evidence.get("metrics")),
-        ("forgetting", evidence.get("forgetting")),
-        ("validation", _validation_summary(evidence.get("validation"))),
-        ("lineage", evidence.get("lineage")),
+        ("metrics", evidence.metrics),
+        ("forgetting", evidence.forgetting.model_dump(exclude_unset=True)),
+        ("validation", _validation_summary(evidence.validation)),
+        ("lineage", evidence.lineage.model_dump(exclude_unset=True) if evidence.lineage else None),
     )
     for title, values in sections:
         if values:
@@ -212,18 +214,14 @@ def show_command(
             for key, value in sorted(values.items()):
                 table.add_row(str(key), _fmt(value))
             console.print(table)
-    parity = evidence.get("parity") or {}
+    parity = evidence.parity_results()
     if parity:
         table = Table(title="parity (ONNX vs PyTorch)")
         for column in ("variant", "max abs diff", "label agreement", "passed"):
             table.add_column(column)
         for variant, result in sorted(parity.items()):
-            result = result or {}
             table.add_row(
-                variant,
-                _fmt(result.get("max_abs_diff")),
-                _fmt(result.get("label_agreement")),
-                _fmt(result.get("passed")),
+                variant, _fmt(result.max_abs_diff), _fmt(result.label_agreement), _fmt(result.passed)
             )
         console.print(table)
     if verify:

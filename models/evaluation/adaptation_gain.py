@@ -273,7 +273,7 @@ def _repair_bio(tags: list[str]) -> list[str]:
 def _finetuned_score(
     recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, work_dir: Path, progress
 ) -> float:
-    from models.training.finetune import train_task_model
+    from models.training.trainer import train_task_model
 
     config = recipe.finetune.model_copy(update={"early_stopping_patience": 0, "augment_fraction": 0.0})
     run = train_task_model(recipe, config, encoder_dir, fit, validation, work_dir, progress)
@@ -290,7 +290,7 @@ def measure_adaptation_gain(
     progress: Callable[[str], None] | None = None,
 ) -> AdaptationGain:
     """Score ``base_dir`` and ``adapted_dir`` on the task (``recipe.adapt.gain_check``) and decide which to keep."""
-    from models.training.finetune import choose_max_length, position_limit, token_lengths
+    from models.training.task_model import choose_max_length, position_limit, token_lengths
 
     say = progress or logger.info
     method = recipe.adapt.gain_check

@@ -3,8 +3,8 @@
 Classification: accuracy, macro/weighted F1, per-class precision/recall/F1/support, per-slice scores, expected
 calibration error (10 bins) and eval loss; plots: confusion matrix (counts + row-normalised) and a reliability
 diagram. NER: entity-level precision/recall/F1 with seqeval (strict IOB2) overall and per type, token accuracy,
-calibration of the first word-piece of each word. ``compare_with_production`` and ``write_report`` turn the
-metrics into deltas and a markdown report.
+calibration of the first word-piece of each word. models/evaluation/report.py turns the metrics into deltas
+against production and a markdown report; models/evaluation/plots.py draws the plots.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.evaluation.plots import plot_confusion_matrix, plot_multilabel_confusion, plot_reliability
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -25,18 +27,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CALIBRATION_BINS = 10
-COMPARED_METRICS = (
-    "accuracy",
-    "macro_f1",
-    "weighted_f1",
-    "ece",
-    "eval_loss",
-    "entity_f1",
-    "entity_precision",
-    "entity_recall",
-    "token_accuracy",
-)
-LOWER_IS_BETTER = {"ece", "eval_loss"}
 
 
 class EvaluationError(ValueError):
@@ -277,7 +267,7 @@ def evaluate_model(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from models.training.finetune import model_max_length
+    from models.training.task_model import model_max_length
 
     tokenizer, model = _load(model_dir, recipe.task)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -350,7 +340,7 @@ def _evaluate_multi_label(tokenizer, model, labels, eval_df, max_length, batch_s
         precision_recall_fscore_support,
     )
 
-    from models.training.finetune import split_multi_label
+    from models.training.task_model import split_multi_label
 
     index = {label: i for i, label in enumerate(labels)}
     gold = np.zeros((len(eval_df), len(labels)), dtype=int)
@@ -435,235 +425,3 @@ def _evaluate_ner(tokenizer, model, labels, eval_df, max_length, batch_size, out
         plot_reliability(bins, metrics["ece"], out_dir / "reliability.png"),
     ]
     return metrics, plots
-
-
-# ------------------------------------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_confusion_matrix(matrix, labels: list[str], path: Path) -> Path:
-    """Counts (left) and row-normalised rates (right): rows are the true labels."""
-    import numpy as np
-
-    plt = _pyplot()
-    matrix = np.asarray(matrix)
-    rows = matrix.sum(axis=1, keepdims=True)
-    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
-    size = max(4.0, 0.6 * len(labels) + 2.5)
-    figure, axes = plt.subplots(1, 2, figsize=(2 * size, size))
-    for axis, values, title, fmt in (
-        (axes[0], matrix, "counts", "d"),
-        (axes[1], normalised, "row-normalised", ".2f"),
-    ):
-        image = axis.imshow(values, cmap="Blues", vmin=0)
-        axis.set_title(title)
-        axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-        axis.set_yticks(range(len(labels)), labels)
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("true")
-        limit = values.max() if values.size else 0
-        for i in range(values.shape[0]):
-            for j in range(values.shape[1]):
-                axis.text(
-                    j,
-                    i,
-                    format(values[i, j], fmt),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if limit and values[i, j] > 0.6 * limit else "black",
-                )
-        figure.colorbar(image, ax=axis, fraction=0.046)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return Path(path)
-
-
-def plot_multilabel_confusion(matrices, labels: list[str], path: Path) -> Path:
-    """One 2x2 matrix (no/yes) per label for multi-label models."""
-    plt = _pyplot()
-    columns = min(4, len(labels))
-    rows = math.ceil(len(labels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
-    for index, axis in enumerate(axes.ravel()):
-        if index >= len(labels):
-            axis.axis("off")
-            continue
-        matrix = matrices[index]
-        axis.imshow(matrix, cmap="Blues", vmin=0)
-        axis.set_title(labels[index])
-        axis.set_xticks([0, 1], ["no", "yes"])
-        axis.set_yticks([0, 1], ["no", "yes"])
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("true")
-        for i in range(2):
-            for j in range(2):
-                axis.text(j, i, str(matrix[i, j]), ha="center", va="center")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return Path(path)
-
-
-def plot_reliability(bins: list[dict], ece: float, path: Path) -> Path:
-    """Reliability diagram: accuracy per confidence bin against the diagonal, plus the bin counts."""
-    plt = _pyplot()
-    figure, (top, bottom) = plt.subplots(
-        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
-    width = 1.0 / max(len(bins), 1)
-    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
-    top.bar(
-        centres,
-        [b["accuracy"] or 0.0 for b in bins],
-        width=width * 0.95,
-        color="tab:blue",
-        edgecolor="black",
-        label="accuracy",
-    )
-    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    top.set_ylabel("accuracy")
-    top.set_ylim(0, 1)
-    top.set_title(f"reliability (ECE {ece:.3f})")
-    top.legend(loc="upper left")
-    bottom.bar(centres, [b["count"] for b in bins], width=width * 0.95, color="tab:orange")
-    bottom.set_xlabel("confidence")
-    bottom.set_ylabel("count")
-    bottom.set_xlim(0, 1)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return Path(path)
-
-
-# ----------------------------------------------------------------------------------------- comparison + report
-
-
-def compare_with_production(candidate_metrics: dict, production_metrics: dict | None) -> dict:
-    """Per-metric deltas (candidate - production) for the scalar metrics both have.
-
-    ``improved`` says whether the change is for the better (ECE and loss: lower is better). Without a
-    production model every delta is None and ``has_production`` is False.
-    """
-    deltas = {}
-    for name in COMPARED_METRICS:
-        value = candidate_metrics.get(name)
-        if not isinstance(value, (int, float)):
-            continue
-        baseline = (production_metrics or {}).get(name)
-        baseline = baseline if isinstance(baseline, (int, float)) else None
-        delta = None if baseline is None else float(value) - float(baseline)
-        improved = None if delta is None else (delta < 0 if name in LOWER_IS_BETTER else delta > 0)
-        deltas[name] = {
-            "candidate": float(value),
-            "production": baseline,
-            "delta": delta,
-            "improved": improved,
-        }
-    return {"has_production": production_metrics is not None, "metrics": deltas}
-
-
-def _number(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def write_report(
-    path: Path,
-    metrics: dict,
-    *,
-    title: str = "Evaluation report",
-    comparison: dict | None = None,
-    plots: list[Path] | None = None,
-    params: dict | None = None,
-) -> Path:
-    """A markdown report: headline metrics, per-class (or per-type), per-slice, comparison with production,
-    the hyperparameters, and links to the plots (relative to the report)."""
-    path = Path(path)
-    lines = [f"# {title}", ""]
-    headline = [
-        k
-        for k in (
-            "n",
-            "accuracy",
-            "macro_f1",
-            "weighted_f1",
-            "micro_f1",
-            "entity_precision",
-            "entity_recall",
-            "entity_f1",
-            "token_accuracy",
-            "ece",
-            "eval_loss",
-        )
-        if k in metrics
-    ]
-    lines += ["| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_number(metrics[k])} |" for k in headline]
-    lines.append("")
-    for key, heading in (("per_class", "Per class"), ("per_type", "Per entity type")):
-        if metrics.get(key):
-            lines += [
-                f"## {heading}",
-                "",
-                "| label | precision | recall | f1 | support |",
-                "|---|---|---|---|---|",
-            ]
-            for name, row in metrics[key].items():
-                lines.append(
-                    f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | "
-                    f"{row['support']} |"
-                )
-            lines.append("")
-    if metrics.get("per_slice"):
-        lines += ["## Per slice", "", "| slice | n | accuracy | macro_f1 |", "|---|---|---|---|"]
-        for name, row in metrics["per_slice"].items():
-            lines.append(f"| {name} | {row['n']} | {row['accuracy']:.4f} | {row['macro_f1']:.4f} |")
-        lines.append("")
-    if comparison is not None:
-        lines += ["## Candidate vs production", ""]
-        if not comparison.get("has_production"):
-            lines += ["No production model yet: nothing to compare with.", ""]
-        else:
-            lines += ["| metric | candidate | production | delta | better |", "|---|---|---|---|---|"]
-            for name, row in comparison["metrics"].items():
-                delta = "–" if row["delta"] is None else f"{row['delta']:+.4f}"
-                better = {True: "yes", False: "no", None: "–"}[row["improved"]]
-                lines.append(
-                    f"| {name} | {_number(row['candidate'])} | {_number(row['production'])} | {delta} | "
-                    f"{better} |"
-                )
-            lines.append("")
-    if params:
-        lines += ["## Hyperparameters", "", "| name | value |", "|---|---|"]
-        lines += [
-            f"| {k} | {v} |"
-            for k, v in params.items()
-            if not isinstance(v, (list, dict)) or k in ("unfreeze_schedule", "labels")
-        ]
-        lines.append("")
-    if plots:
-        lines += ["## Plots", ""]
-        for plot in plots:
-            plot = Path(plot)
-            try:
-                target = plot.resolve().relative_to(path.parent.resolve())
-            except ValueError:
-                target = plot
-            lines.append(f"![{plot.stem}]({target.as_posix()})")
-        lines.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path

@@ -1,7 +1,9 @@
-"""Shared plotting helpers (matplotlib, Agg backend): learning curves and similar step/value series."""
+"""Shared plotting helpers (matplotlib, Agg backend): learning curves and similar step/value series, and the
+evaluation's confusion matrices and reliability diagram."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,3 +89,111 @@ def _draw(panel: Panel, axes) -> None:
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend()
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(matrix, labels: list[str], path: Path) -> Path:
+    """Counts (left) and row-normalised rates (right): rows are the true labels."""
+    import numpy as np
+
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+    size = max(4.0, 0.6 * len(labels) + 2.5)
+    figure, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    for axis, values, title, fmt in (
+        (axes[0], matrix, "counts", "d"),
+        (axes[1], normalised, "row-normalised", ".2f"),
+    ):
+        image = axis.imshow(values, cmap="Blues", vmin=0)
+        axis.set_title(title)
+        axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        axis.set_yticks(range(len(labels)), labels)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        limit = values.max() if values.size else 0
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                axis.text(
+                    j,
+                    i,
+                    format(values[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if limit and values[i, j] > 0.6 * limit else "black",
+                )
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_multilabel_confusion(matrices, labels: list[str], path: Path) -> Path:
+    """One 2x2 matrix (no/yes) per label for multi-label models."""
+    plt = _pyplot()
+    columns = min(4, len(labels))
+    rows = math.ceil(len(labels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for index, axis in enumerate(axes.ravel()):
+        if index >= len(labels):
+            axis.axis("off")
+            continue
+        matrix = matrices[index]
+        axis.imshow(matrix, cmap="Blues", vmin=0)
+        axis.set_title(labels[index])
+        axis.set_xticks([0, 1], ["no", "yes"])
+        axis.set_yticks([0, 1], ["no", "yes"])
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        for i in range(2):
+            for j in range(2):
+                axis.text(j, i, str(matrix[i, j]), ha="center", va="center")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_reliability(bins: list[dict], ece: float, path: Path) -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, plus the bin counts."""
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    width = 1.0 / max(len(bins), 1)
+    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    top.bar(
+        centres,
+        [b["accuracy"] or 0.0 for b in bins],
+        width=width * 0.95,
+        color="tab:blue",
+        edgecolor="black",
+        label="accuracy",
+    )
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.set_title(f"reliability (ECE {ece:.3f})")
+    top.legend(loc="upper left")
+    bottom.bar(centres, [b["count"] for b in bins], width=width * 0.95, color="tab:orange")
+    bottom.set_xlabel("confidence")
+    bottom.set_ylabel("count")
+    bottom.set_xlim(0, 1)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)

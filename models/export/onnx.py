@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models.export.common import ExportError, _optimize, _quiet_onnxruntime  # noqa: F401 - re-exported
+from models.export.parity import measure_parity, preferred_cpu_variant
 from models.recipe import ExportConfig
 from models.registry.bundle import (
     MANIFEST,
@@ -53,8 +54,6 @@ ARCHITECTURE_SUFFIX = {"classification": "ForSequenceClassification", "ner": "Fo
 PARITY_REPORT = "parity.json"
 # Files an ONNX variant folder keeps next to model.onnx (Optimum also copies tokenizer files; we do not).
 VARIANT_SIDE_FILES = ("config.json", "ort_config.json")
-FP16_NOT_CHECKED = "not checked on this device"
-PARITY_CHUNK = 32  # rows per PyTorch forward pass for the reference logits: memory stays bounded
 # Every finished export writes both; a folder holding them is an earlier export that may be replaced.
 EXPORT_MARKERS = (SERVING_SPEC, f"{REPORTS_DIR}/{PARITY_REPORT}")
 # Written only by the registry into a version folder (models/registry/store.py); such a folder is never an --out.
@@ -68,6 +67,147 @@ class ExportResult:
     preferred_cpu_variant: str
     variants: dict[str, Path]  # variants that serve -> absolute path of their model.onnx
     dropped: dict[str, str] = field(default_factory=dict)  # variant -> why it does not serve
+
+
+def _export_variants(model_dir: Path, out_dir: Path, task: ExportTask, config: ExportConfig, say: Progress):
+    """The ONNX variants in ``out_dir/onnx/<variant>``: (variant -> model.onnx, int8 quantization summary)."""
+    variants_wanted = ["fp32"] + [v for v in ("int8", "fp16") if v in config.variants]
+    quantization: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as work_name:
+        work = Path(work_name)
+        say(f"exporting {model_dir} to ONNX with Optimum (task {OPTIMUM_TASKS[task]})")
+        plain = _optimum_export(model_dir, work / "plain", task, config.opset)
+        variant_dirs = {"fp32": _optimize(plain, work / "fp32", level="O2")}
+        say("fp32: O2 graph optimisation done")
+        if "int8" in variants_wanted:
+            variant_dirs["int8"], quantization = quantize_int8(plain, work / "int8", config)
+            say(f"int8: dynamic quantization done ({describe_int8(quantization)})")
+        if "fp16" in variants_wanted:
+            variant_dirs["fp16"] = _optimize(plain, work / "fp16", level="O4")
+            say("fp16: O4 (fp16, GPU fusions) done")
+        variant_paths = {}
+        for variant, source in variant_dirs.items():
+            target = out_dir / ONNX_DIR / variant
+            target.mkdir(parents=True, exist_ok=True)
+            for file_name in ("model.onnx", *VARIANT_SIDE_FILES):
+                if (source / file_name).is_file():
+                    shutil.copy2(source / file_name, target / file_name)
+            variant_paths[variant] = target / "model.onnx"
+    return variant_paths, quantization
+
+
+@dataclass(frozen=True)
+class _SpecBase:
+    """What the serving spec says besides its variants (the same before and after parity)."""
+
+    name: str
+    task: ExportTask
+    labels: list[str]
+    max_length: int
+    out_dir: Path
+    extra: dict[str, Any]
+    multi_label: bool
+
+    def spec(self, variants: dict[str, Path], cpu: str, gpu: str, dropped: dict[str, str]) -> ServingSpec:
+        return ServingSpec(
+            name=self.name,
+            task=self.task,
+            labels=list(self.labels),
+            max_length=self.max_length,
+            variants={v: p.relative_to(self.out_dir).as_posix() for v, p in variants.items()},
+            preferred_cpu_variant=cpu,
+            preferred_gpu_variant=gpu,
+            multi_label=self.multi_label,
+            extra={**self.extra, **({"dropped_variants": dropped} if dropped else {})},
+        )
+
+
+def _drop_failed(parity: dict, variant_paths: dict[str, Path], say: Progress) -> tuple[dict, dict]:
+    """(variant -> why it may not serve, the variants that serve); the dropped ones' folders are removed."""
+    dropped = {v: "; ".join(r["failures"]) for v, r in parity.items() if v != "fp32" and r["passed"] is False}
+    for variant in dropped:
+        # Dropped from what serves: the service can never load it; its numbers stay in reports/parity.json.
+        shutil.rmtree(variant_paths[variant].parent)
+        say(f"{variant}: dropped from serving ({dropped[variant]})")
+    return dropped, {v: p for v, p in variant_paths.items() if v not in dropped}
+
+
+def _write_parity_report(
+    out_dir: Path, task: str, max_length: int, config: ExportConfig, **facts: Any
+) -> None:
+    report = {
+        "task": task,
+        "n_texts": facts["n_texts"],
+        "max_length": max_length,
+        "parity_atol": config.parity_atol,
+        "min_label_agreement": config.min_label_agreement,
+        "max_accuracy_drop": config.max_accuracy_drop,
+        "batch_sizes": list(config.parity_batch_sizes),
+        "preferred_cpu_variant": facts["preferred_cpu"],
+        "preferred_gpu_variant": facts["preferred_gpu"],
+        "served": sorted(facts["served"]),
+        "dropped": facts["dropped"],
+        "int8": facts["quantization"] or None,
+        "variants": facts["parity"],
+    }
+    (out_dir / REPORTS_DIR).mkdir(exist_ok=True)
+    (out_dir / REPORTS_DIR / PARITY_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+def _done_line(seconds: float, parity: dict, preferred_cpu: str) -> str:
+    verdicts = ", ".join(
+        f"{v} {'ok' if r['passed'] else ('DROPPED' if r['passed'] is False else r['note'])}"
+        for v, r in parity.items()
+    )
+    return f"export done in {seconds:.1f}s: {verdicts}; CPU serves {preferred_cpu}"
+
+
+def _judge_variants(
+    model,
+    tokenizer,
+    base: _SpecBase,
+    variant_paths: dict[str, Path],
+    config: ExportConfig,
+    parity_texts: list[str],
+    parity_labels,
+    quantization: dict[str, Any],
+    say: Progress,
+):
+    """Parity of every variant, the failed ones dropped, the preferred variants chosen, reports/parity.json
+    written: (parity, dropped, served, preferred CPU variant, preferred GPU variant)."""
+    sizes = ", ".join(str(b) for b in config.parity_batch_sizes)
+    say(
+        f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts, serving batches of {sizes}"
+    )
+    parity = measure_parity(
+        model,
+        tokenizer,
+        base.out_dir,
+        variant_paths,
+        base.task,
+        base.labels,
+        base.max_length,
+        config,
+        parity_texts,
+        parity_labels,
+    )
+    dropped, served = _drop_failed(parity, variant_paths, say)
+    preferred_cpu = preferred_cpu_variant(parity, config) if "int8" in served else "fp32"
+    preferred_gpu = "fp16" if "fp16" in served else "fp32"
+    _write_parity_report(
+        base.out_dir,
+        base.task,
+        base.max_length,
+        config,
+        n_texts=len(parity_texts),
+        preferred_cpu=preferred_cpu,
+        preferred_gpu=preferred_gpu,
+        served=served,
+        dropped=dropped,
+        quantization=quantization,
+        parity=parity,
+    )
+    return parity, dropped, served, preferred_cpu, preferred_gpu
 
 
 def export_bundle(
@@ -103,95 +243,30 @@ def export_bundle(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_export(out_dir, say)
-    variants_wanted = ["fp32"] + [v for v in ("int8", "fp16") if v in config.variants]
-    quantization: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as work_name:
-        work = Path(work_name)
-        say(f"exporting {model_dir} to ONNX with Optimum (task {OPTIMUM_TASKS[task]})")
-        plain = _optimum_export(model_dir, work / "plain", task, config.opset)
-        variant_dirs = {"fp32": _optimize(plain, work / "fp32", level="O2")}
-        say("fp32: O2 graph optimisation done")
-        if "int8" in variants_wanted:
-            variant_dirs["int8"], quantization = quantize_int8(plain, work / "int8", config)
-            say(f"int8: dynamic quantization done ({describe_int8(quantization)})")
-        if "fp16" in variants_wanted:
-            variant_dirs["fp16"] = _optimize(plain, work / "fp16", level="O4")
-            say("fp16: O4 (fp16, GPU fusions) done")
-        variant_paths = {}
-        for variant, source in variant_dirs.items():
-            target = out_dir / ONNX_DIR / variant
-            target.mkdir(parents=True, exist_ok=True)
-            for file_name in ("model.onnx", *VARIANT_SIDE_FILES):
-                if (source / file_name).is_file():
-                    shutil.copy2(source / file_name, target / file_name)
-            variant_paths[variant] = target / "model.onnx"
-
+    variant_paths, quantization = _export_variants(model_dir, out_dir, task, config, say)
     tokenizer, model = _save_tokenizer_and_checkpoint(model_dir, out_dir, task)
     say("tokenizer/ and pytorch/ written")
 
-    def spec(variants: dict[str, Path], cpu: str, gpu: str, dropped: dict[str, str]) -> ServingSpec:
-        return ServingSpec(
-            name=name,
-            task=task,
-            labels=list(labels),
-            max_length=max_length,
-            variants={v: p.relative_to(out_dir).as_posix() for v, p in variants.items()},
-            preferred_cpu_variant=cpu,
-            preferred_gpu_variant=gpu,
-            multi_label=model_config.get("problem_type") == "multi_label_classification",
-            extra={
-                "exported_from": str(model_dir),
-                "opset": config.opset,
-                "model_type": model_config["model_type"],
-                **({"int8": quantization} if quantization else {}),
-                **({"dropped_variants": dropped} if dropped else {}),
-            },
-        )
-
+    base = _SpecBase(
+        name=name,
+        task=task,
+        labels=list(labels),
+        max_length=max_length,
+        out_dir=out_dir,
+        extra={
+            "exported_from": str(model_dir),
+            "opset": config.opset,
+            "model_type": model_config["model_type"],
+            **({"int8": quantization} if quantization else {}),
+        },
+        multi_label=model_config.get("problem_type") == "multi_label_classification",
+    )
     # Parity runs the serving predictor on the bundle itself, so the spec must exist first.
-    spec(variant_paths, "fp32", "fp32", {}).write(out_dir)
-    sizes = ", ".join(str(b) for b in config.parity_batch_sizes)
-    say(
-        f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts, serving batches of {sizes}"
+    base.spec(variant_paths, "fp32", "fp32", {}).write(out_dir)
+    parity, dropped, served, preferred_cpu, preferred_gpu = _judge_variants(
+        model, tokenizer, base, variant_paths, config, parity_texts, parity_labels, quantization, say
     )
-    parity = _parity(
-        model,
-        tokenizer,
-        out_dir,
-        variant_paths,
-        task,
-        labels,
-        max_length,
-        config,
-        parity_texts,
-        parity_labels,
-    )
-    dropped = {v: "; ".join(r["failures"]) for v, r in parity.items() if v != "fp32" and r["passed"] is False}
-    for variant in dropped:
-        # Dropped from what serves: the service can never load it; its numbers stay in reports/parity.json.
-        shutil.rmtree(variant_paths[variant].parent)
-        say(f"{variant}: dropped from serving ({dropped[variant]})")
-    served = {v: p for v, p in variant_paths.items() if v not in dropped}
-    preferred_cpu = _preferred_cpu_variant(parity, config) if "int8" in served else "fp32"
-    preferred_gpu = "fp16" if "fp16" in served else "fp32"
-    report = {
-        "task": task,
-        "n_texts": len(parity_texts),
-        "max_length": max_length,
-        "parity_atol": config.parity_atol,
-        "min_label_agreement": config.min_label_agreement,
-        "max_accuracy_drop": config.max_accuracy_drop,
-        "batch_sizes": list(config.parity_batch_sizes),
-        "preferred_cpu_variant": preferred_cpu,
-        "preferred_gpu_variant": preferred_gpu,
-        "served": sorted(served),
-        "dropped": dropped,
-        "int8": quantization or None,
-        "variants": parity,
-    }
-    (out_dir / REPORTS_DIR).mkdir(exist_ok=True)
-    (out_dir / REPORTS_DIR / PARITY_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    spec(served, preferred_cpu, preferred_gpu, dropped).write(out_dir)
+    base.spec(served, preferred_cpu, preferred_gpu, dropped).write(out_dir)
     if embedding:
         from models.export.embedding import export_embedding
 
@@ -205,16 +280,7 @@ def export_bundle(
             progress=say,
         )
     _make_world_readable(out_dir)
-    say(
-        "export done in {:.1f}s: {}; CPU serves {}".format(
-            time.perf_counter() - started,
-            ", ".join(
-                f"{v} {'ok' if r['passed'] else ('DROPPED' if r['passed'] is False else r['note'])}"
-                for v, r in parity.items()
-            ),
-            preferred_cpu,
-        )
-    )
+    say(_done_line(time.perf_counter() - started, parity, preferred_cpu))
     return ExportResult(
         bundle_dir=out_dir,
         parity=parity,
@@ -500,231 +566,3 @@ def _make_world_readable(root: Path) -> None:
         if path.is_dir():
             extra |= stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
         os.chmod(path, mode | extra)
-
-
-# --------------------------------------------------------------------------- parity
-
-
-def _parity(
-    model,
-    tokenizer,
-    bundle_dir: Path,
-    variant_paths: dict[str, Path],
-    task: str,
-    labels: list[str],
-    max_length: int,
-    config: ExportConfig,
-    texts: list[str],
-    gold: Sequence[str] | Sequence[Sequence[str]] | None,
-) -> dict[str, dict[str, Any]]:
-    """Every variant against PyTorch, run the way the service runs it: the serving predictor, its tokenizer
-    and dynamic padding, at each batch size in ``config.parity_batch_sizes``. The worst batch size counts."""
-    reference = pytorch_reference(model, tokenizer, texts, max_length, task)
-    return compare_variants(reference, bundle_dir, variant_paths, task, labels, config, texts, gold)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """PyTorch's per-text logits on the parity texts, with the token counts and offsets to line them up."""
-
-    logits: list  # per text: (labels,) or (tokens, labels) for NER
-    lengths: list[int]
-    offsets: list
-
-
-def pytorch_reference(model, tokenizer, texts: list[str], max_length: int, task: str) -> Reference:
-    import torch
-
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
-    offsets = encoded.pop("offset_mapping")
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    logits: list = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), PARITY_CHUNK):
-            chunk = {key: values[start : start + PARITY_CHUNK] for key, values in encoded.items()}
-            batch = model(**tokenizer.pad(chunk, return_tensors="pt")).logits.float().numpy()
-            logits += _per_text(batch, lengths[start : start + PARITY_CHUNK], task)
-    return Reference(logits, lengths, offsets)
-
-
-def compare_variants(
-    reference: Reference,
-    bundle_dir: Path,
-    variant_paths: dict[str, Path],
-    task: str,
-    labels: list[str],
-    config: ExportConfig,
-    texts: list[str],
-    gold: Sequence[str] | Sequence[Sequence[str]] | None,
-) -> dict[str, dict[str, Any]]:
-    """Parity records of the bundle's variants against ``reference`` (see :func:`_parity`)."""
-    texts = list(texts)
-    lengths, offsets = reference.lengths, reference.offsets
-    gold_per_text = _gold_tags(texts, gold, labels) if task == "ner" else gold
-    pytorch_f1 = (
-        _macro_f1(task, reference.logits, gold_per_text, labels, texts, offsets) if gold is not None else None
-    )
-    served = (
-        [_first_token_per_word(t, o) for t, o in zip(texts, offsets, strict=True)] if task == "ner" else None
-    )
-    records: dict[str, dict[str, Any]] = {}
-    for variant, path in variant_paths.items():
-        by_batch: dict[str, dict[str, Any]] = {}
-        for batch_size in config.parity_batch_sizes:
-            outputs = _serving_logits(bundle_dir, variant, texts, batch_size, lengths, task)
-            if outputs is None:
-                break
-            diffs = [float(abs(o - r).max()) for o, r in zip(outputs, reference.logits, strict=True)]
-            same = [o.argmax(-1) == r.argmax(-1) for o, r in zip(outputs, reference.logits, strict=True)]
-            if (
-                served is not None
-            ):  # NER: the service reads a word's tag off its first sub-token only: judge those
-                same = [
-                    s[[t for t in firsts if t is not None]] for s, firsts in zip(same, served, strict=True)
-                ]
-            record = {
-                "max_abs_diff": max(diffs),
-                "label_agreement": float(sum(s.sum() for s in same) / sum(s.size for s in same)),
-            }
-            if gold is not None:
-                record["macro_f1"] = _macro_f1(task, outputs, gold_per_text, labels, texts, offsets)
-            by_batch[str(batch_size)] = record
-        if not by_batch:
-            records[variant] = {"passed": None, "note": FP16_NOT_CHECKED}
-            continue
-        worst = {
-            "max_abs_diff": max(r["max_abs_diff"] for r in by_batch.values()),
-            "label_agreement": min(r["label_agreement"] for r in by_batch.values()),
-        }
-        if gold is not None:
-            worst["macro_f1"] = min(r["macro_f1"] for r in by_batch.values())
-            worst["macro_f1_drop_vs_pytorch"] = pytorch_f1 - worst["macro_f1"]
-        failures = _parity_failures(variant, worst, config)
-        records[variant] = {
-            **worst,
-            "passed": not failures,
-            "failures": failures,
-            "by_batch_size": by_batch,
-            "file_mb": round(path.stat().st_size / 2**20, 2),
-        }
-    return records
-
-
-def _parity_failures(variant: str, worst: dict[str, Any], config: ExportConfig) -> list[str]:
-    """Why a variant may not serve (empty when it may): fp32 must match PyTorch's logits; the others must
-    agree on labels and keep macro-F1 (entity F1 for NER) within the budget."""
-    if variant == "fp32":
-        if worst["max_abs_diff"] > config.parity_atol:
-            return [f"max |logit diff| {worst['max_abs_diff']:.2e} > {config.parity_atol:.0e}"]
-        return []
-    failures = []
-    if worst["label_agreement"] < config.min_label_agreement:
-        failures.append(f"label agreement {worst['label_agreement']:.4f} < {config.min_label_agreement}")
-    drop = worst.get("macro_f1_drop_vs_pytorch")
-    if drop is not None and drop > config.max_accuracy_drop:
-        failures.append(f"macro-F1 drop {100 * drop:.2f} points > {100 * config.max_accuracy_drop:.2f}")
-    return failures
-
-
-def _per_text(logits, lengths: list[int], task: str) -> list:
-    """One row per text: (labels,) for classification, (its own tokens, labels) for NER (padding cut off)."""
-    if task == "classification":
-        return [logits[row] for row in range(len(lengths))]
-    return [logits[row, :n] for row, n in enumerate(lengths)]
-
-
-def _serving_logits(bundle_dir: Path, variant: str, texts: list[str], batch_size: int, lengths, task: str):
-    """Per-text logits of one variant through the serving predictor at ``batch_size`` texts per call, or
-    None when ONNX Runtime cannot run it on the CPU (fp16 kernels)."""
-    from services.predictor import OnnxPredictor
-
-    try:
-        predictor = OnnxPredictor(bundle_dir, variant=variant, providers=["CPUExecutionProvider"])
-        served = [sum(e.attention_mask) for e in predictor.tokenizer.encode_batch(texts[:batch_size])]
-        if served != lengths[: len(served)]:
-            raise ExportError(
-                f"the serving tokenizer splits texts into {served[:5]} tokens, the checkpoint's into "
-                f"{lengths[:5]}; the bundle's tokenizer.json does not match the model"
-            )
-        outputs: list = []
-        for start in range(0, len(texts), batch_size):
-            logits = predictor.logits(texts[start : start + batch_size])
-            outputs += _per_text(logits, lengths[start : start + batch_size], task)
-        return outputs
-    except ExportError:
-        raise
-    except Exception as exc:  # e.g. NOT_IMPLEMENTED: no fp16 kernel for an op on CPU
-        logger.info("export: %s cannot run on the CPU provider: %s", variant, exc)
-        return None
-
-
-def _word_spans(text: str) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for i, char in enumerate(text + " "):
-        if char.isspace():
-            if start is not None:
-                spans.append((start, i))
-                start = None
-        elif start is None:
-            start = i
-    return spans
-
-
-def _first_token_per_word(text: str, offsets) -> list[int | None]:
-    """Index of the first sub-token of each whitespace word (None when truncated away)."""
-    firsts: list[int | None] = []
-    for word_start, _ in _word_spans(text):
-        index = next((t for t, (s, e) in enumerate(offsets) if e > s and s >= word_start), None)
-        firsts.append(index if index is not None and offsets[index][0] == word_start else None)
-    return firsts
-
-
-def _gold_tags(texts, gold, labels) -> list[list[str]] | None:
-    if gold is None:
-        return None
-    result = []
-    for i, (text, tags) in enumerate(zip(texts, gold, strict=True)):
-        tags = tags.split() if isinstance(tags, str) else list(tags)
-        words = _word_spans(text)
-        if len(tags) != len(words):
-            raise ExportError(
-                f"parity_labels[{i}] has {len(tags)} tags but parity_texts[{i}] has {len(words)} "
-                "whitespace-separated words; give one BIO tag per word"
-            )
-        unknown = sorted(set(tags) - set(labels))
-        if unknown:
-            raise ExportError(f"parity_labels[{i}] uses tags {unknown} that are not in labels {labels}")
-        result.append(tags)
-    return result
-
-
-def _macro_f1(task, per_text_logits, gold, labels, texts, offsets) -> float:
-    """Macro-F1 of the argmax labels (classification), or seqeval entity F1 over first sub-tokens (NER)."""
-    if task == "classification":
-        from sklearn.metrics import f1_score
-
-        names = [labels[int(logits.argmax())] for logits in per_text_logits]
-        return float(
-            f1_score(
-                list(gold), names, average="macro", labels=sorted(set(gold) | set(names)), zero_division=0
-            )
-        )
-    from seqeval.metrics import f1_score as entity_f1
-
-    y_true, y_pred = [], []
-    for logits, text, tags, text_offsets in zip(per_text_logits, texts, gold, offsets, strict=True):
-        predicted = logits.argmax(-1)
-        firsts = _first_token_per_word(text, text_offsets)
-        y_true.append(list(tags))
-        y_pred.append([labels[predicted[t]] if t is not None else "O" for t in firsts])
-    return float(entity_f1(y_true, y_pred, average="macro", zero_division=0))
-
-
-def _preferred_cpu_variant(parity: dict[str, dict[str, Any]], config: ExportConfig) -> str:
-    int8 = parity.get("int8")
-    if not int8 or not int8.get("passed"):
-        return "fp32"
-    fp32_f1, int8_f1 = parity["fp32"].get("macro_f1"), int8.get("macro_f1")
-    if fp32_f1 is not None and int8_f1 is not None and fp32_f1 - int8_f1 > config.max_accuracy_drop:
-        return "fp32"
-    return "int8"

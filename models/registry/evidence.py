@@ -2,22 +2,27 @@
 
 The flow calls :func:`build_evidence` and hands the result to ``Registry.register``; the registry stores
 ``Evidence.record()`` (plain JSON) as ``evidence.json`` and in its database, where the gate, the model card,
-the CLI and the UI read it. Fields the stages add later travel as extras (``extra="allow"``), so older and
-newer records both load.
+the CLI and the UI read it back with :meth:`Evidence.from_record`. Fields the stages add later travel as
+extras (``extra="allow"``), and every field has an empty default, so older and newer records both load: a
+version registered by older code (or by hand, with only its metrics) reads with what it lacks empty.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-Number = float | int
+# Strict: a stored "0.8" or true is not a number (the gate treats it as missing), as before the typed model.
+Number = Annotated[float, Strict()] | Annotated[int, Strict()]
 
 
 class Forgetting(BaseModel):
     """MLM loss on domain and general text before/after adaptation, of the encoder that serves."""
+
+    model_config = ConfigDict(extra="allow")  # older records may carry more numbers
 
     domain_loss_before: Number | None = None
     domain_loss_after: Number | None = None
@@ -39,44 +44,151 @@ class ServingVariants(BaseModel):
     """What the version serves and what the export dropped (with the parity numbers that dropped it)."""
 
     served: list[str]
-    preferred_cpu_variant: str
-    dropped: dict[str, DroppedVariant]
+    preferred_cpu_variant: str | None = None  # older records name only what serves
+    dropped: dict[str, DroppedVariant] = Field(default_factory=dict)
 
 
 class Lineage(BaseModel):
-    adapt_checkpoint: str
-    finetuned_from: str
-    adapt_cache_key: str
-    run_dir: str
+    """Where a version came from. The flow sets every field; older or hand-made records may hold fewer or
+    others (kept as extras), so every field may be missing when read back."""
+
+    model_config = ConfigDict(extra="allow")
+
+    adapt_checkpoint: str | None = None
+    finetuned_from: str | None = None
+    adapt_cache_key: str | None = None
+    run_dir: str | None = None
     flow_run_id: str | None = None
     flow_run_name: str | None = None
 
 
-class Evidence(BaseModel):
-    """Everything a registered version is judged and documented by."""
+class ParityResult(BaseModel):
+    """One exported variant against PyTorch (models/export/onnx.py); more numbers travel as extras."""
 
     model_config = ConfigDict(extra="allow")
 
-    metrics: dict[str, Number]  # the scalar metrics the gate compares
-    evaluation: dict[str, Any]  # the full evaluation (per class, slices, calibration, plots)
-    forgetting: Forgetting
-    adaptation: dict[str, Any]
+    passed: bool | None = None
+    failures: list[str] = Field(default_factory=list)
+    max_abs_diff: Number | None = None
+    label_agreement: Number | None = None
+    macro_f1_drop_vs_pytorch: Number | None = None
+
+
+class AdaptationGain(BaseModel):
+    """Base vs adapted encoder on the task (models/evaluation/adaptation_gain.py); details as extras."""
+
+    model_config = ConfigDict(extra="allow")
+
+    gain: Number | None = None
+    kept: str | None = None  # "adapted" or "base"
+    method: str | None = None
+    summary: str | None = None
+
+
+class Evidence(BaseModel):
+    """Everything a registered version is judged and documented by.
+
+    :func:`build_evidence` fills every field; the defaults exist for reading records that lack some.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    metrics: dict[str, Number] = Field(default_factory=dict)  # the scalar metrics the gate compares
+    evaluation: dict[str, Any] = Field(default_factory=dict)  # the full evaluation (per class, slices, plots)
+    forgetting: Forgetting = Field(default_factory=Forgetting)
+    adaptation: dict[str, Any] = Field(default_factory=dict)
     adaptation_gain: dict[str, Any] | None = None
-    parity: dict[str, Any]
-    serving: ServingVariants
-    validation: dict[str, Any]
+    parity: dict[str, Any] = Field(default_factory=dict)
+    serving: ServingVariants | None = None  # None in records older than the export's drop list
+    validation: dict[str, Any] = Field(default_factory=dict)
     profile: dict[str, Any] | None = None
-    data_fingerprint: dict[str, Any]
-    recipe: dict[str, Any]
-    base_model: str
+    data_fingerprint: dict[str, Any] = Field(default_factory=dict)
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    base_model: str | None = None
     finetune_params: dict[str, Any] | None = None
-    lineage: Lineage
-    code_revision: str
-    created_at: str
+    lineage: Lineage | None = None
+    code_revision: str | None = None
+    created_at: str | None = None
 
     def record(self) -> dict[str, Any]:
         """The plain JSON the registry stores (field order kept)."""
         return self.model_dump(mode="json")
+
+    @classmethod
+    def from_record(cls, record: Evidence | Mapping[str, Any] | None) -> Evidence:
+        """Read a stored record tolerantly: a missing field reads as its default, and a value of another shape
+        (a record written by older code or by hand) reads as missing instead of failing the whole record: a
+        bad entry inside a section (one metric, one forgetting number) is dropped from that section, a bad
+        section as a whole when that is not enough. Dropped top-level values stay in ``model_extra`` as
+        ``raw_<field>``."""
+        if isinstance(record, Evidence):
+            return record
+        data = {str(k): v for k, v in (record or {}).items()}
+        while True:
+            try:
+                return cls.model_validate(data)
+            except ValidationError as exc:
+                data = _without_invalid(data, exc)
+
+    # Typed views of the sections stored as open dicts (their JSON is kept exactly as the stages wrote it).
+
+    def parity_results(self) -> dict[str, ParityResult]:
+        """Parity per exported variant; a variant whose record does not parse reads as having no numbers."""
+        results = {}
+        for variant, record in self.parity.items():
+            try:
+                results[str(variant)] = ParityResult.model_validate(record or {})
+            except ValidationError:
+                results[str(variant)] = ParityResult()
+        return results
+
+    def gain(self) -> AdaptationGain | None:
+        """The measured adaptation gain, or None when it was not measured."""
+        if not self.adaptation_gain:
+            return None
+        try:
+            return AdaptationGain.model_validate(self.adaptation_gain)
+        except ValidationError:
+            return AdaptationGain()
+
+    @property
+    def validation_success(self) -> Any:
+        """``validation.success`` as recorded (True when the data contracts held); None when absent."""
+        return self.validation.get("success")
+
+    @property
+    def adaptation_strategy(self) -> str | None:
+        strategy = self.adaptation.get("strategy")
+        return str(strategy) if strategy is not None else None
+
+    @property
+    def task(self) -> str | None:
+        task = self.recipe.get("task")
+        return str(task) if task is not None else None
+
+
+def _without_invalid(data: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
+    """``data`` without what ``exc`` refused: the refused entry of a section when it has one, else the section
+    (kept as ``raw_<field>``). Raises ``exc`` when nothing can be removed (then nothing would change)."""
+    entries: dict[str, set[Any]] = {}
+    sections: set[str] = set()
+    for error in exc.errors():
+        loc = error["loc"]
+        if not loc or str(loc[0]) not in data:
+            continue
+        field, section = str(loc[0]), data[str(loc[0])]
+        if len(loc) >= 2 and isinstance(section, dict) and loc[1] in section:
+            entries.setdefault(field, set()).add(loc[1])
+        else:
+            sections.add(field)
+    if not entries and not sections:
+        raise exc
+    cleaned = {k: v for k, v in data.items() if k not in sections}
+    cleaned |= {f"raw_{field}": data[field] for field in sections}
+    for field, keys in entries.items():
+        if field not in sections:
+            cleaned[field] = {k: v for k, v in data[field].items() if k not in keys}
+    return cleaned
 
 
 def served_forgetting(adaptation: dict[str, Any], base_kept: bool) -> Forgetting:

@@ -1,6 +1,7 @@
 """Promotion gates: may a candidate version take an alias from the incumbent? Pure functions, no database.
 
-A gate compares two *evidence* dicts (the ones the registry stores with every version)::
+A gate compares two versions' evidence (``Evidence``, or the dicts the registry stores, read with
+``Evidence.from_record``)::
 
     decision = decide(candidate_evidence, incumbent_evidence_or_None, GateConfig(metric="macro_f1", tolerance=0.01))
     decision.passed        # True/False
@@ -20,15 +21,18 @@ Rules (all must hold):
   6. with ``gate.min_adaptation_gain`` set: the adapted encoder was kept and its measured task gain is at least
      that much (``adaptation_gain``, models/evaluation/adaptation_gain.py)
 
-Only the standard library is imported here (the registry and the serving process import this module);
-``GateConfig`` comes from models.recipe and is only referenced for typing.
+Besides the standard library only the evidence model (pydantic) is imported here: the registry and the serving
+process import this module. ``GateConfig`` comes from models.recipe and is only referenced for typing.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from models.registry.evidence import Evidence, ParityResult
 
 if TYPE_CHECKING:
     from models.recipe import GateConfig
@@ -68,19 +72,18 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def served_variants(evidence: dict[str, Any]) -> set[str]:
+def served_variants(evidence: Evidence | Mapping[str, Any]) -> set[str]:
     """The ONNX variants a version will serve: ``serving.served`` when the export recorded it, else fp32 plus
     every variant whose parity did not fail (what older exports let the service choose)."""
-    serving = evidence.get("serving") or {}
-    if isinstance(serving.get("served"), list):
-        return {str(v) for v in serving["served"]}
-    parity = evidence.get("parity") or {}
-    return {"fp32"} | {v for v, r in parity.items() if (r or {}).get("passed") is not False}
+    evidence = Evidence.from_record(evidence)
+    if evidence.serving is not None:
+        return set(evidence.serving.served)
+    return {"fp32"} | {v for v, r in evidence.parity_results().items() if r.passed is not False}
 
 
-def _parity_numbers(result: dict[str, Any]) -> str:
-    diff, agreement = _number(result.get("max_abs_diff")), _number(result.get("label_agreement"))
-    drop = _number(result.get("macro_f1_drop_vs_pytorch"))
+def _parity_numbers(result: ParityResult) -> str:
+    diff, agreement = _number(result.max_abs_diff), _number(result.label_agreement)
+    drop = _number(result.macro_f1_drop_vs_pytorch)
     parts = [
         f"max |diff| {diff:.2e}" if diff is not None else "",
         f"label agreement {agreement:.4f}" if agreement is not None else "",
@@ -89,7 +92,130 @@ def _parity_numbers(result: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p) or "no numbers"
 
 
-def decide(candidate: dict[str, Any], incumbent: dict[str, Any] | None, gate: GateConfig) -> GateDecision:
+Check = Callable[[bool, str], None]
+
+
+def _check_floor(check: Check, metric: str, value: float | None, known: list[str], gate: GateConfig) -> None:
+    """1. absolute floor"""
+    if value is None:
+        check(
+            False,
+            f"candidate has no finite value for metric '{metric}' (its metrics: {', '.join(known) or 'none'})",
+        )
+        return
+    ok = value >= gate.min_value
+    verb = "is at or above" if ok else "is below"
+    check(ok, f"{metric} {value:.4f} {verb} the floor {gate.min_value:.4f}")
+
+
+def _check_incumbent(
+    check: Check, reasons: list[str], metric: str, candidate: float, incumbent: float | None, gate: GateConfig
+) -> None:
+    """2. not worse than the incumbent beyond the tolerance"""
+    if incumbent is None:
+        reasons.append(f"incumbent has no '{metric}' value; compared with the floor only")
+        return
+    allowed = incumbent - gate.tolerance
+    if candidate >= allowed:
+        check(
+            True,
+            f"{metric} {candidate:.4f} vs incumbent {incumbent:.4f}: within tolerance "
+            f"{gate.tolerance:.4f} (needs >= {allowed:.4f})",
+        )
+    else:
+        check(
+            False,
+            f"{metric} {candidate:.4f} is worse than the incumbent's {incumbent:.4f} by "
+            f"{incumbent - candidate:.4f}, more than the tolerance {gate.tolerance:.4f}",
+        )
+
+
+def _check_forgetting(check: Check, candidate: Evidence, budget: float) -> None:
+    """3. forgetting budget (rise of general-text MLM loss)"""
+    forgetting = candidate.forgetting
+    delta, note = _number(forgetting.delta), forgetting.note
+    if delta is None and candidate.adaptation_strategy == "scratch":
+        # A model trained from scratch has no earlier general competence to lose: the budget does not apply.
+        check(True, f"forgetting budget not applicable ({note or 'trained from scratch'})")
+    elif delta is None:
+        why = note or "evidence has no forgetting.delta"
+        check(
+            False,
+            f"forgetting was not measured ({why}) but the gate allows at most {budget:.4f}; "
+            "fix what the note says (e.g. add data.general, keep adapt.head_warmup_steps > 0) or unset "
+            "gate.max_forgetting",
+        )
+    else:
+        before, after = _number(forgetting.general_loss_before), _number(forgetting.general_loss_after)
+        detail = f" ({before:.4f} -> {after:.4f})" if before is not None and after is not None else ""
+        ok = delta <= budget
+        verb = "within" if ok else "over"
+        check(ok, f"general-text loss rose by {delta:.4f}{detail}, {verb} the budget {budget:.4f}")
+
+
+def _check_parity(check: Check, reasons: list[str], dropped: list[str], candidate: Evidence) -> None:
+    """4. export parity of what will serve"""
+    parity = candidate.parity_results()
+    served = served_variants(candidate)
+    if not parity:
+        check(False, "no parity results in the evidence, but the gate requires parity (run the export stage)")
+    elif "fp32" not in parity:
+        check(False, "no fp32 parity in the evidence: fp32 is what every bundle serves as the fallback")
+    for variant, result in sorted(parity.items()):
+        numbers = _parity_numbers(result)
+        if variant in served:
+            ok = result.passed is True
+            check(ok, f"parity of served variant '{variant}' {'passed' if ok else 'FAILED'} ({numbers})")
+        else:
+            why = "; ".join(result.failures) or "parity failed"
+            sentence = (
+                f"variant '{variant}' was dropped from serving ({why}; {numbers}); the version serves "
+                f"{', '.join(sorted(served)) or 'nothing'}"
+            )
+            reasons.append(sentence)
+            dropped.append(sentence)
+
+
+def _check_validation(check: Check, candidate: Evidence) -> None:
+    """5. data validation"""
+    if candidate.validation_success is True:
+        check(True, "data validation succeeded")
+    else:
+        detail = "missing" if "success" not in candidate.validation else repr(candidate.validation_success)
+        check(False, f"data validation did not succeed (validation.success is {detail})")
+
+
+def _check_adaptation_gain(check: Check, candidate: Evidence, required: float) -> None:
+    """6. adaptation must have paid for itself on the task"""
+    gain = candidate.gain()
+    value = _number(gain.gain) if gain else None
+    if gain is None or value is None:
+        check(
+            False,
+            f"adaptation gain was not measured but the gate requires at least {required:+.4f}; "
+            "keep adapt.keep_only_if_helps on (and an adapt.strategy other than none) or unset "
+            "gate.min_adaptation_gain",
+        )
+    elif gain.kept != "adapted":
+        check(
+            False,
+            f"the adapted encoder was not kept (gain {value:+.4f}); the gate requires an adapted encoder "
+            f"with a gain of at least {required:+.4f}",
+        )
+    else:
+        ok = value >= required
+        check(
+            ok,
+            f"adaptation gain {value:+.4f} ({gain.method}) is {'at or above' if ok else 'below'} the required "
+            f"{required:+.4f}",
+        )
+
+
+def decide(
+    candidate: Evidence | Mapping[str, Any],
+    incumbent: Evidence | Mapping[str, Any] | None,
+    gate: GateConfig,
+) -> GateDecision:
     """Apply ``gate`` to the candidate's evidence, comparing with the incumbent's evidence when there is one."""
     reasons: list[str] = []
     failures: list[str] = []
@@ -101,128 +227,21 @@ def decide(candidate: dict[str, Any], incumbent: dict[str, Any] | None, gate: Ga
             failures.append(sentence)
 
     metric = gate.metric
-    candidate_metrics = candidate.get("metrics") or {}
-    candidate_value = _number(candidate_metrics.get(metric))
-    incumbent_value = _number((incumbent or {}).get("metrics", {}).get(metric)) if incumbent else None
+    candidate = Evidence.from_record(candidate)
+    incumbent = Evidence.from_record(incumbent) if incumbent is not None else None
+    candidate_value = _number(candidate.metrics.get(metric))
+    incumbent_value = _number(incumbent.metrics.get(metric)) if incumbent is not None else None
 
-    # 1. absolute floor
-    if candidate_value is None:
-        known = ", ".join(sorted(candidate_metrics)) or "none"
-        check(False, f"candidate has no finite value for metric '{metric}' (its metrics: {known})")
-    else:
-        ok = candidate_value >= gate.min_value
-        verb = "is at or above" if ok else "is below"
-        check(ok, f"{metric} {candidate_value:.4f} {verb} the floor {gate.min_value:.4f}")
-
-    # 2. not worse than the incumbent beyond the tolerance
+    _check_floor(check, metric, candidate_value, sorted(candidate.metrics), gate)
     if incumbent is not None and candidate_value is not None:
-        if incumbent_value is None:
-            reasons.append(f"incumbent has no '{metric}' value; compared with the floor only")
-        else:
-            allowed = incumbent_value - gate.tolerance
-            if candidate_value >= allowed:
-                check(
-                    True,
-                    f"{metric} {candidate_value:.4f} vs incumbent {incumbent_value:.4f}: within tolerance "
-                    f"{gate.tolerance:.4f} (needs >= {allowed:.4f})",
-                )
-            else:
-                check(
-                    False,
-                    f"{metric} {candidate_value:.4f} is worse than the incumbent's {incumbent_value:.4f} by "
-                    f"{incumbent_value - candidate_value:.4f}, more than the tolerance {gate.tolerance:.4f}",
-                )
-
-    # 3. forgetting budget (rise of general-text MLM loss)
+        _check_incumbent(check, reasons, metric, candidate_value, incumbent_value, gate)
     if gate.max_forgetting is not None:
-        forgetting = candidate.get("forgetting") or {}
-        delta = _number(forgetting.get("delta"))
-        note = forgetting.get("note")
-        if delta is None and (candidate.get("adaptation") or {}).get("strategy") == "scratch":
-            # A model trained from scratch has no earlier general competence to lose: the budget does not apply.
-            check(True, f"forgetting budget not applicable ({note or 'trained from scratch'})")
-        elif delta is None:
-            why = note or "evidence has no forgetting.delta"
-            check(
-                False,
-                f"forgetting was not measured ({why}) but the gate allows at most {gate.max_forgetting:.4f}; "
-                "fix what the note says (e.g. add data.general, keep adapt.head_warmup_steps > 0) or unset "
-                "gate.max_forgetting",
-            )
-        else:
-            before, after = (
-                _number(forgetting.get("general_loss_before")),
-                _number(forgetting.get("general_loss_after")),
-            )
-            detail = f" ({before:.4f} -> {after:.4f})" if before is not None and after is not None else ""
-            ok = delta <= gate.max_forgetting
-            verb = "within" if ok else "over"
-            check(
-                ok,
-                f"general-text loss rose by {delta:.4f}{detail}, {verb} the budget {gate.max_forgetting:.4f}",
-            )
-
-    # 4. export parity of what will serve
+        _check_forgetting(check, candidate, gate.max_forgetting)
     if gate.require_parity:
-        parity = candidate.get("parity") or {}
-        served = served_variants(candidate)
-        if not parity:
-            check(
-                False,
-                "no parity results in the evidence, but the gate requires parity (run the export stage)",
-            )
-        elif "fp32" not in parity:
-            check(False, "no fp32 parity in the evidence: fp32 is what every bundle serves as the fallback")
-        for variant, result in sorted(parity.items()):
-            result = result or {}
-            numbers = _parity_numbers(result)
-            if variant in served:
-                ok = result.get("passed") is True
-                check(
-                    ok,
-                    f"parity of served variant '{variant}' {'passed' if ok else 'FAILED'} ({numbers})",
-                )
-            else:
-                why = "; ".join(result.get("failures") or []) or "parity failed"
-                sentence = (
-                    f"variant '{variant}' was dropped from serving ({why}; {numbers}); the version serves "
-                    f"{', '.join(sorted(served)) or 'nothing'}"
-                )
-                reasons.append(sentence)
-                dropped.append(sentence)
-
-    # 5. data validation
-    validation = candidate.get("validation") or {}
-    if validation.get("success") is True:
-        check(True, "data validation succeeded")
-    else:
-        detail = "missing" if "success" not in validation else repr(validation.get("success"))
-        check(False, f"data validation did not succeed (validation.success is {detail})")
-
-    # 6. adaptation must have paid for itself on the task
+        _check_parity(check, reasons, dropped, candidate)
+    _check_validation(check, candidate)
     if gate.min_adaptation_gain is not None:
-        gain = candidate.get("adaptation_gain") or {}
-        value = _number(gain.get("gain"))
-        if value is None:
-            check(
-                False,
-                f"adaptation gain was not measured but the gate requires at least {gate.min_adaptation_gain:+.4f}; "
-                "keep adapt.keep_only_if_helps on (and an adapt.strategy other than none) or unset "
-                "gate.min_adaptation_gain",
-            )
-        elif gain.get("kept") != "adapted":
-            check(
-                False,
-                f"the adapted encoder was not kept (gain {value:+.4f}); the gate requires an adapted encoder "
-                f"with a gain of at least {gate.min_adaptation_gain:+.4f}",
-            )
-        else:
-            ok = value >= gate.min_adaptation_gain
-            check(
-                ok,
-                f"adaptation gain {value:+.4f} ({gain.get('method')}) is "
-                f"{'at or above' if ok else 'below'} the required {gate.min_adaptation_gain:+.4f}",
-            )
+        _check_adaptation_gain(check, candidate, gate.min_adaptation_gain)
 
     return GateDecision(
         passed=not failures,

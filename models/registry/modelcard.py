@@ -10,10 +10,12 @@ never registers.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from models.hashing import file_sha256
+from models.registry.evidence import Evidence
 
 DEFAULT_INTENDED_USE = (
     "Domain-specific text {task} for the data the recipe describes. Not evaluated outside that domain or "
@@ -84,9 +86,10 @@ def _sample_hashes() -> set[str]:
     return hashes
 
 
-def uses_sample_data(evidence: dict[str, Any]) -> bool:
+def uses_sample_data(evidence: Evidence | Mapping[str, Any]) -> bool:
     """True when any training or evaluation file is one of data/sample/'s synthetic files (same content)."""
-    files = ((evidence.get("data_fingerprint") or {}).get("files") or {}).values()
+    evidence = Evidence.from_record(evidence)
+    files = (evidence.data_fingerprint.get("files") or {}).values()
     entries = [entry for entry in files if isinstance(entry, dict)]
     if not entries:
         return False
@@ -96,14 +99,14 @@ def uses_sample_data(evidence: dict[str, Any]) -> bool:
     return any(entry.get("sha256") in known for entry in entries)
 
 
-def card_data(name: str, version: int, evidence: dict[str, Any], serving: dict[str, Any]):
+def card_data(name: str, version: int, evidence: Evidence, serving: dict[str, Any]):
     """The card's metadata block as a ``huggingface_hub.ModelCardData``."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    task = serving.get("task") or (evidence.get("recipe") or {}).get("task") or "classification"
+    task = serving.get("task") or evidence.task or "classification"
     pipeline = PIPELINE_TAGS.get(task, "text-classification")
-    metrics = evidence.get("metrics") or {}
-    fingerprint = evidence.get("data_fingerprint") or {}
+    metrics = evidence.metrics
+    fingerprint = evidence.data_fingerprint
     results = [
         EvalResult(
             task_type=pipeline,
@@ -115,10 +118,10 @@ def card_data(name: str, version: int, evidence: dict[str, Any], serving: dict[s
             metric_value=round(float(metrics[metric]), 6),
         )
         for metric in EVAL_METRICS
-        if isinstance(metrics.get(metric), int | float) and not isinstance(metrics.get(metric), bool)
+        if metric in metrics
     ]
-    base = hub_base_model(evidence.get("base_model"))
-    licence = (evidence.get("recipe") or {}).get("license")
+    base = hub_base_model(evidence.base_model)
+    licence = evidence.recipe.get("license")
     return ModelCardData(
         model_name=f"{name}-v{version}",
         base_model=base,
@@ -140,132 +143,114 @@ def card_data(name: str, version: int, evidence: dict[str, Any], serving: dict[s
                 if isinstance(entry, dict)
             }
             or None,
-            "base_model_path": str(evidence["base_model"]) if evidence.get("base_model") else None,
-            "code_revision": evidence.get("code_revision"),
+            "base_model_path": evidence.base_model or None,
+            "code_revision": evidence.code_revision,
         },
     )
 
 
-def render_model_card(
-    name: str,
-    version: int,
-    created_at: str,
-    evidence: dict[str, Any],
-    serving: dict[str, Any] | None,
-    files: dict[str, dict[str, Any]],
-) -> str:
-    """Hugging Face model card: metadata block, then summary, metrics (overall, per class, per slice),
-    forgetting, parity, validation, plots, lineage, intended use, recipe and files."""
-    from huggingface_hub import ModelCard
-
-    serving = serving or {}
+def _summary_section(evidence: Evidence, serving: dict[str, Any], created_at: str) -> list[str]:
     task = serving.get("task", "unknown task")
-    fingerprint = evidence.get("data_fingerprint") or {}
-    lines = [f"# {name} v{version}", ""]
+    lines = []
     if uses_sample_data(evidence):
         lines += [f"> {SYNTHETIC_NOTE}", ""]
     lines += [
         f"- **Task:** {task}" + (f" ({len(serving['labels'])} labels)" if serving.get("labels") else ""),
-        f"- **Base model:** {_fmt(evidence.get('base_model'))}",
-        f"- **Licence:** {_fmt((evidence.get('recipe') or {}).get('license') or 'not stated in the recipe')}",
+        f"- **Base model:** {_fmt(evidence.base_model)}",
+        f"- **Licence:** {_fmt(evidence.recipe.get('license') or 'not stated in the recipe')}",
         f"- **Registered:** {created_at}",
-        f"- **Code revision:** {_fmt(evidence.get('code_revision'))}",
-        f"- **Data fingerprint (sha256):** `{fingerprint.get('sha256', 'unknown')}`",
+        f"- **Code revision:** {_fmt(evidence.code_revision)}",
+        f"- **Data fingerprint (sha256):** `{evidence.data_fingerprint.get('sha256', 'unknown')}`",
         "",
     ]
     if serving.get("labels"):
         lines += ["Labels: " + ", ".join(f"`{label}`" for label in serving["labels"]), ""]
+    return lines
 
-    lines += ["## Metrics", ""]
-    metrics = evidence.get("metrics") or {}
+
+def _metrics_section(evidence: Evidence) -> list[str]:
+    lines = ["## Metrics", ""]
+    metrics = evidence.metrics
     lines += _table(("metric", "value"), sorted(metrics.items())) if metrics else ["Not recorded.", ""]
-    evaluation = evidence.get("evaluation") or {}
     for key, title, first in (
         ("per_class", "Per class", "class"),
         ("per_type", "Per entity type", "type"),
         ("per_slice", "Per slice", "slice"),
     ):
-        if isinstance(evaluation.get(key), dict) and evaluation[key]:
-            lines += [f"### {title}", ""] + _nested_table(first, evaluation[key])
+        section = evidence.evaluation.get(key)
+        if isinstance(section, dict) and section:
+            lines += [f"### {title}", ""] + _nested_table(first, section)
+    return lines
 
-    forgetting = {k: v for k, v in (evidence.get("forgetting") or {}).items() if v is not None}
-    lines += ["## Forgetting (general-text MLM loss)", ""]
+
+def _adaptation_section(evidence: Evidence) -> list[str]:
+    forgetting = evidence.forgetting.model_dump(exclude_none=True)
+    lines = ["## Forgetting (general-text MLM loss)", ""]
     lines += _table(("measure", "value"), sorted(forgetting.items())) if forgetting else ["Not measured.", ""]
-    before, after = forgetting.get("domain_loss_before"), forgetting.get("domain_loss_after")
-    if isinstance(before, int | float) and isinstance(after, int | float):
+    before, after = evidence.forgetting.domain_loss_before, evidence.forgetting.domain_loss_after
+    if before is not None and after is not None:
         lines += [
             f"Domain MLM loss after adaptation: {_fmt(before)} → {_fmt(after)} ({_fmt(before - after)} lower).",
             "",
         ]
-    gain = evidence.get("adaptation_gain") or {}
+    gain = evidence.gain()
     lines += ["## Adaptation gain on the task", ""]
     lines += (
-        [gain["summary"], ""]
-        if gain.get("summary")
+        [gain.summary, ""]
+        if gain is not None and gain.summary
         else ["Not measured (no adaptation, or the check was off).", ""]
     )
+    return lines
 
-    parity = evidence.get("parity") or {}
-    lines += ["## Export parity (ONNX vs PyTorch)", ""]
-    lines += _nested_table("variant", parity) if parity else ["Not measured.", ""]
 
-    validation = evidence.get("validation") or {}
-    lines += ["## Data validation", ""]
-    if validation:
-        lines += [
-            f"Success: **{validation.get('success')}**"
-            + (f" — {validation['summary']}" if validation.get("summary") else ""),
-            "",
-        ]
-        checks = validation.get("checks")
-        if isinstance(checks, list) and checks:
-            rows = [
-                (
-                    c.get("suite"),
-                    c.get("name"),
-                    c.get("status"),
-                    f"{c.get('failing_count')} / {c.get('total')}",
-                )
-                for c in checks
-                if isinstance(c, dict)
-            ]
-            lines += _table(("suite", "check", "status", "failing / total"), rows)
-        else:
-            details = {k: v for k, v in validation.items() if k not in ("success", "summary")}
-            if details:
-                lines += _table(("field", "value"), sorted(details.items()))
-    else:
-        lines += ["Not recorded.", ""]
-
-    plots = sorted(path for path in files if path.startswith("reports/") and path.endswith(".png"))
-    if plots:
-        lines += ["## Plots", ""]
-        lines += [f"![{Path(path).stem}]({path})\n" for path in plots]
-
-    lines += ["## Lineage", ""]
-    lineage = evidence.get("lineage") or {}
-    lines += _table(("field", "value"), sorted(lineage.items())) if lineage else ["Not recorded.", ""]
-
+def _validation_section(validation: dict[str, Any]) -> list[str]:
+    lines = ["## Data validation", ""]
+    if not validation:
+        return lines + ["Not recorded.", ""]
     lines += [
-        "## Intended use",
-        "",
-        str(evidence.get("intended_use") or DEFAULT_INTENDED_USE.format(task=task)),
+        f"Success: **{validation.get('success')}**"
+        + (f" — {validation['summary']}" if validation.get("summary") else ""),
         "",
     ]
-    if evidence.get("limitations"):
-        lines += ["## Limitations", "", str(evidence["limitations"]), ""]
+    checks = validation.get("checks")
+    if isinstance(checks, list) and checks:
+        rows = [
+            (c.get("suite"), c.get("name"), c.get("status"), f"{c.get('failing_count')} / {c.get('total')}")
+            for c in checks
+            if isinstance(c, dict)
+        ]
+        lines += _table(("suite", "check", "status", "failing / total"), rows)
+    else:
+        details = {k: v for k, v in validation.items() if k not in ("success", "summary")}
+        if details:
+            lines += _table(("field", "value"), sorted(details.items()))
+    return lines
 
-    if evidence.get("recipe"):
+
+def _use_and_recipe_sections(evidence: Evidence, task: str) -> list[str]:
+    extras = evidence.model_extra or {}
+    lines = [
+        "## Intended use",
+        "",
+        str(extras.get("intended_use") or DEFAULT_INTENDED_USE.format(task=task)),
+        "",
+    ]
+    if extras.get("limitations"):
+        lines += ["## Limitations", "", str(extras["limitations"]), ""]
+    if evidence.recipe:
         lines += [
             "## Recipe",
             "",
             "```json",
-            json.dumps(evidence["recipe"], indent=2, sort_keys=True),
+            json.dumps(evidence.recipe, indent=2, sort_keys=True),
             "```",
             "",
         ]
+    return lines
 
-    lines += [
+
+def _files_section(files: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
         "## Files",
         "",
         "Verified against `manifest.json` (sha256) every time the registry loads this version.",
@@ -274,6 +259,38 @@ def render_model_card(
     file_rows: list[tuple[Any, ...]] = [
         (f"`{path}`", entry["size"], entry["sha256"][:16]) for path, entry in sorted(files.items())
     ]
-    lines += _table(("file", "bytes", "sha256 (prefix)"), file_rows)
+    return lines + _table(("file", "bytes", "sha256 (prefix)"), file_rows)
+
+
+def render_model_card(
+    name: str,
+    version: int,
+    created_at: str,
+    evidence: Evidence | Mapping[str, Any],
+    serving: dict[str, Any] | None,
+    files: dict[str, dict[str, Any]],
+) -> str:
+    """Hugging Face model card: metadata block, then summary, metrics (overall, per class, per slice),
+    forgetting, parity, validation, plots, lineage, intended use, recipe and files."""
+    from huggingface_hub import ModelCard
+
+    evidence = Evidence.from_record(evidence)
+    serving = serving or {}
+    lines = [f"# {name} v{version}", ""]
+    lines += _summary_section(evidence, serving, created_at)
+    lines += _metrics_section(evidence)
+    lines += _adaptation_section(evidence)
+    lines += ["## Export parity (ONNX vs PyTorch)", ""]
+    lines += _nested_table("variant", evidence.parity) if evidence.parity else ["Not measured.", ""]
+    lines += _validation_section(evidence.validation)
+    plots = sorted(path for path in files if path.startswith("reports/") and path.endswith(".png"))
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{Path(path).stem}]({path})\n" for path in plots]
+    lines += ["## Lineage", ""]
+    lineage = evidence.lineage.model_dump(exclude_unset=True) if evidence.lineage else {}
+    lines += _table(("field", "value"), sorted(lineage.items())) if lineage else ["Not recorded.", ""]
+    lines += _use_and_recipe_sections(evidence, serving.get("task", "unknown task"))
+    lines += _files_section(files)
     data = card_data(name, version, evidence, serving)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))

@@ -96,53 +96,22 @@ def _fill_masks(
     return fills
 
 
-def augment_training_set(
-    recipe: Recipe,
-    mlm_dir: Path,
-    train_df: pd.DataFrame,
-    fraction: float | None = None,
-    *,
-    mask_fraction: float = 0.15,
-    top_k: int = 10,
-    n_examples: int = 5,
-    progress: Callable[[str], None] | None = None,
-) -> AugmentationResult:
-    """Synthetic rows (at most ``fraction * len(train_df)``) made by MLM refilling of masked words."""
-    import pandas as pd
-
-    emit = progress or logger.info
-    fraction = recipe.finetune.augment_fraction if fraction is None else fraction
+def _check_inputs(recipe: Recipe, mlm_dir: Path, train_df: pd.DataFrame, fraction: float) -> None:
     if not 0.0 <= fraction <= 1.0:
         raise AugmentationError(f"fraction must be between 0 and 1, got {fraction}")
     if not (Path(mlm_dir) / "config.json").is_file():
         raise AugmentationError(f"{mlm_dir} is not a Hugging Face model directory (no config.json)")
-    is_ner = recipe.task == "ner"
-    needed = ["tokens", "tags"] if is_ner else ["text", "label"]
+    needed = ["tokens", "tags"] if recipe.task == "ner" else ["text", "label"]
     missing = [c for c in needed if c not in train_df.columns]
     if missing:
         raise AugmentationError(f"the training frame lacks column(s) {missing}; load it with models.data")
-    cap = int(fraction * len(train_df))
-    empty = train_df.iloc[0:0].copy()
-    if cap == 0:
-        return AugmentationResult(
-            empty,
-            {
-                "n_source": len(train_df),
-                "n_synthetic": 0,
-                "fraction": fraction,
-                "mlm_head_trained": None,
-                "examples": [],
-            },
-        )
 
-    rng = random.Random(recipe.seed)
+
+def _mask_rows(train_df: pd.DataFrame, is_ner: bool, cap: int, mask_fraction: float, mask_token: str, rng):
+    """Up to ``cap`` rows in random order with some maskable words masked: (row indices, masked texts,
+    original words, masked positions)."""
     order = list(range(len(train_df)))
     rng.shuffle(order)
-    tokenizer, model, head_trained = load_mlm(Path(mlm_dir))
-    if not head_trained:
-        emit(
-            f"augmentation: {mlm_dir} has no trained MLM head; fills come from a fresh head and will be noisy"
-        )
     sources: list[int] = []
     masked_texts: list[str] = []
     originals: list[Any] = []
@@ -157,16 +126,16 @@ def augment_training_set(
             continue
         count = max(1, round(mask_fraction * len(words)))
         positions = sorted(rng.sample(candidates, min(count, len(candidates))))
-        masked = [tokenizer.mask_token if i in positions else w for i, w in enumerate(words)]
+        masked = [mask_token if i in positions else w for i, w in enumerate(words)]
         sources.append(index)
         masked_texts.append(" ".join(masked))
         originals.append([words[i] for i in positions])
         positions_per_row.append(positions)
-    emit(f"augmentation: refilling {len(sources)} rows with MLM predictions (top-{top_k})")
-    # masked copies are longer than their source in word-pieces; 'auto' leaves the length to the data
-    limit = 512 if recipe.finetune.max_length == "auto" else min(512, recipe.finetune.max_length * 2)
-    fills = _fill_masks(tokenizer, model, masked_texts, originals, top_k, rng, limit)
+    return sources, masked_texts, originals, positions_per_row
 
+
+def _synthetic_rows(train_df: pd.DataFrame, is_ner: bool, sources, positions_per_row, fills, n_examples: int):
+    """The source rows with their masked words replaced (rows left unchanged dropped), and a few examples."""
     synthetic: list[Any] = []
     examples: list[Any] = []
     for index, positions, chosen in zip(sources, positions_per_row, fills, strict=True):
@@ -190,6 +159,55 @@ def augment_training_set(
                     "label": None if is_ner else str(row["label"]),
                 }
             )
+    return synthetic, examples
+
+
+def augment_training_set(
+    recipe: Recipe,
+    mlm_dir: Path,
+    train_df: pd.DataFrame,
+    fraction: float | None = None,
+    *,
+    mask_fraction: float = 0.15,
+    top_k: int = 10,
+    n_examples: int = 5,
+    progress: Callable[[str], None] | None = None,
+) -> AugmentationResult:
+    """Synthetic rows (at most ``fraction * len(train_df)``) made by MLM refilling of masked words."""
+    import pandas as pd
+
+    emit = progress or logger.info
+    fraction = recipe.finetune.augment_fraction if fraction is None else fraction
+    _check_inputs(recipe, mlm_dir, train_df, fraction)
+    is_ner = recipe.task == "ner"
+    cap = int(fraction * len(train_df))
+    empty = train_df.iloc[0:0].copy()
+    if cap == 0:
+        return AugmentationResult(
+            empty,
+            {
+                "n_source": len(train_df),
+                "n_synthetic": 0,
+                "fraction": fraction,
+                "mlm_head_trained": None,
+                "examples": [],
+            },
+        )
+
+    rng = random.Random(recipe.seed)
+    tokenizer, model, head_trained = load_mlm(Path(mlm_dir))
+    if not head_trained:
+        emit(
+            f"augmentation: {mlm_dir} has no trained MLM head; fills come from a fresh head and will be noisy"
+        )
+    sources, masked_texts, originals, positions_per_row = _mask_rows(
+        train_df, is_ner, cap, mask_fraction, tokenizer.mask_token, rng
+    )
+    emit(f"augmentation: refilling {len(sources)} rows with MLM predictions (top-{top_k})")
+    # masked copies are longer than their source in word-pieces; 'auto' leaves the length to the data
+    limit = 512 if recipe.finetune.max_length == "auto" else min(512, recipe.finetune.max_length * 2)
+    fills = _fill_masks(tokenizer, model, masked_texts, originals, top_k, rng, limit)
+    synthetic, examples = _synthetic_rows(train_df, is_ner, sources, positions_per_row, fills, n_examples)
     rows = pd.DataFrame(synthetic, columns=train_df.columns).reset_index(drop=True) if synthetic else empty
     report = {
         "n_source": len(train_df),

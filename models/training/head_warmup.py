@@ -16,13 +16,14 @@ classifier train.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from models.progress import advance
 from models.training.forgetting import mlm_head
@@ -210,6 +211,114 @@ def _init_bias_to_prior(head, trained: list, labels) -> bool:
     return True
 
 
+def _head_to_train(model: PreTrainedModel, parameter_names: list[str], steps: int):
+    """(the MLM head, its parameters by name) after checking the warm-up can run; HeadWarmupError if not."""
+    if steps <= 0:
+        raise HeadWarmupError("head warm-up needs steps > 0; set adapt.head_warmup_steps to 0 to skip it")
+    by_name = dict(model.named_parameters(remove_duplicate=False))
+    unknown = [name for name in parameter_names if name not in by_name]
+    if unknown or not parameter_names:
+        raise HeadWarmupError(f"no such head parameters to warm up: {unknown or parameter_names}")
+    head = mlm_head(model)
+    if head is None:
+        raise HeadWarmupError(
+            f"cannot find the MLM head of {type(model).__name__} (no cls.predictions/lm_head)"
+        )
+    return head, by_name
+
+
+@dataclass
+class _Targets:
+    """Cached encoder outputs and masked targets, split into the rows the head fits and the held-out rows."""
+
+    hidden: Any  # fit rows
+    labels: Any
+    hidden_all: Any
+    labels_all: Any
+    heldout_rows: Any
+    held: int
+    pooled: Any
+    nsp_labels: Any
+
+
+def _split_targets(hidden, labels, pooled, nsp_labels, generator) -> _Targets:
+    import torch
+
+    order = torch.randperm(len(labels), generator=generator)
+    held = int(len(labels) * HELDOUT_SHARE) if len(labels) >= 100 else 0
+    heldout_rows, fit_rows = order[:held], order[held:]
+    return _Targets(
+        hidden[fit_rows], labels[fit_rows], hidden, labels, heldout_rows, held, pooled, nsp_labels
+    )
+
+
+def _optimise_head(
+    head, nsp_head, trained: list, targets: _Targets, generator, *, steps, learning_rate, batch_size, say
+):
+    """The AdamW steps; (loss curve, held-out curve, best (loss, step, weights) or None)."""
+    import torch
+
+    hidden, labels, pooled, nsp_labels = targets.hidden, targets.labels, targets.pooled, targets.nsp_labels
+    mlm_batches = _Batches(len(labels), TOKENS_PER_STEP, generator)
+    nsp_batches = _Batches(len(nsp_labels), batch_size, generator) if nsp_head is not None else None
+    optimizer = torch.optim.AdamW(trained, lr=learning_rate, weight_decay=0.0)
+    ramp = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / ramp, max(0.0, (steps - step) / max(1, steps - ramp)))
+    )
+    window = max(1, steps // 20)
+    curve: list[tuple[int, float]] = []
+    heldout_curve: list[tuple[int, float]] = []
+    best: tuple[float, int, list] | None = None
+    window_losses: list[float] = []
+    for step in range(1, steps + 1):
+        rows = mlm_batches.next().to(hidden.device)
+        loss = torch.nn.functional.cross_entropy(head(hidden[rows]).float(), labels[rows])
+        if nsp_batches is not None and nsp_head is not None:  # both set, or neither
+            pairs = nsp_batches.next().to(pooled.device)
+            loss = loss + torch.nn.functional.cross_entropy(
+                nsp_head(pooled[pairs]).float(), nsp_labels[pairs]
+            )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_losses.append(loss.item())
+        advance("[adapt:head-warmup] steps", step, steps)
+        if step % window == 0 or step == steps or step == 1:
+            curve.append((step, sum(window_losses) / len(window_losses)))
+            window_losses = []
+            if targets.held:
+                loss_now = _heldout_loss(head, targets.hidden_all, targets.labels_all, targets.heldout_rows)
+                heldout_curve.append((step, loss_now))
+                if best is None or loss_now < best[0]:
+                    best = (loss_now, step, [p.detach().clone() for p in trained])
+        if step % max(1, steps // 4) == 0 or step == steps:
+            heldout_note = f", held-out {heldout_curve[-1][1]:.4g}" if heldout_curve else ""
+            say(f"[adapt:head-warmup] step {step}/{steps} loss {curve[-1][1]:.4g}{heldout_note}")
+    return curve, heldout_curve, best
+
+
+@contextlib.contextmanager
+def _training_only(model: PreTrainedModel, trained: list) -> Iterator[None]:
+    """Only ``trained`` gets gradients, the model in eval mode (a frozen encoder: no dropout in the cached
+    features; BERT's heads have no dropout either); every ``requires_grad`` and the mode restored afterwards."""
+    was_training = model.training
+    flags = {name: p.requires_grad for name, p in model.named_parameters(remove_duplicate=False)}
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    for parameter in trained:
+        parameter.requires_grad = True
+    model.eval()
+    try:
+        yield
+    finally:
+        for name, parameter in model.named_parameters(remove_duplicate=False):
+            parameter.requires_grad = flags[name]
+        model.train(was_training)
+
+
 def warm_up_head(
     model: PreTrainedModel,
     parameter_names: list[str],
@@ -235,32 +344,15 @@ def warm_up_head(
     import torch
 
     say = progress or (lambda _line: None)
-    if steps <= 0:
-        raise HeadWarmupError("head warm-up needs steps > 0; set adapt.head_warmup_steps to 0 to skip it")
-    by_name = dict(model.named_parameters(remove_duplicate=False))
-    unknown = [name for name in parameter_names if name not in by_name]
-    if unknown or not parameter_names:
-        raise HeadWarmupError(f"no such head parameters to warm up: {unknown or parameter_names}")
-    head = mlm_head(model)
-    if head is None:
-        raise HeadWarmupError(
-            f"cannot find the MLM head of {type(model).__name__} (no cls.predictions/lm_head)"
-        )
+    head, by_name = _head_to_train(model, parameter_names, steps)
     count = min(steps * batch_size, _sequence_count(domain_features + general_features))
     features, n_domain, n_general = _mix(domain_features, general_features, count, seed)
     if not features:
         raise HeadWarmupError("head warm-up has no text: give the corpus (or task texts) some lines")
 
     started = time.perf_counter()
-    was_training = model.training
-    flags = {name: p.requires_grad for name, p in model.named_parameters(remove_duplicate=False)}
     trained = [by_name[name] for name in parameter_names]
-    for parameter in model.parameters():
-        parameter.requires_grad = False
-    for parameter in trained:
-        parameter.requires_grad = True
-    model.eval()  # frozen encoder: no dropout in the cached features; BERT's heads have no dropout either
-    try:
+    with _training_only(model, trained):
         say(
             f"[adapt:head-warmup] encoding {len(features)} masked sequences ({n_domain} domain, {n_general} general)"
         )
@@ -268,69 +360,34 @@ def warm_up_head(
         if not len(labels):
             raise HeadWarmupError("head warm-up drew no masked tokens: the texts are too short to mask")
         generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(labels), generator=generator)
-        held = int(len(labels) * HELDOUT_SHARE) if len(labels) >= 100 else 0
-        heldout_rows, fit_rows = order[:held], order[held:]
-        hidden_all, labels_all = hidden, labels
-        hidden, labels = hidden_all[fit_rows], labels_all[fit_rows]
-        prior_initialised = _init_bias_to_prior(head, trained, labels)
+        targets = _split_targets(hidden, labels, pooled, nsp_labels, generator)
+        prior_initialised = _init_bias_to_prior(head, trained, targets.labels)
         nsp_head = (
             getattr(getattr(model, "cls", None), "seq_relationship", None) if pooled is not None else None
         )
-        mlm_batches = _Batches(len(labels), TOKENS_PER_STEP, generator)
-        nsp_batches = _Batches(len(nsp_labels), batch_size, generator) if nsp_head is not None else None
-        optimizer = torch.optim.AdamW(trained, lr=learning_rate, weight_decay=0.0)
-        ramp = max(1, steps // 10)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min((step + 1) / ramp, max(0.0, (steps - step) / max(1, steps - ramp)))
+        curve, heldout_curve, best = _optimise_head(
+            head,
+            nsp_head,
+            trained,
+            targets,
+            generator,
+            steps=steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            say=say,
         )
-        window = max(1, steps // 20)
-        curve: list[tuple[int, float]] = []
-        heldout_curve: list[tuple[int, float]] = []
-        best: tuple[float, int, list] | None = None
-        window_losses: list[float] = []
-        for step in range(1, steps + 1):
-            rows = mlm_batches.next().to(hidden.device)
-            loss = torch.nn.functional.cross_entropy(head(hidden[rows]).float(), labels[rows])
-            if nsp_batches is not None and nsp_head is not None:  # both set, or neither
-                pairs = nsp_batches.next().to(pooled.device)
-                loss = loss + torch.nn.functional.cross_entropy(
-                    nsp_head(pooled[pairs]).float(), nsp_labels[pairs]
-                )
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            window_losses.append(loss.item())
-            advance("[adapt:head-warmup] steps", step, steps)
-            if step % window == 0 or step == steps or step == 1:
-                curve.append((step, sum(window_losses) / len(window_losses)))
-                window_losses = []
-                if held:
-                    loss_now = _heldout_loss(head, hidden_all, labels_all, heldout_rows)
-                    heldout_curve.append((step, loss_now))
-                    if best is None or loss_now < best[0]:
-                        best = (loss_now, step, [p.detach().clone() for p in trained])
-            if step % max(1, steps // 4) == 0 or step == steps:
-                heldout_note = f", held-out {heldout_curve[-1][1]:.4g}" if heldout_curve else ""
-                say(f"[adapt:head-warmup] step {step}/{steps} loss {curve[-1][1]:.4g}{heldout_note}")
         if best is not None and best[1] != steps:  # the head memorised its targets after this step
             with torch.no_grad():
                 for parameter, kept in zip(trained, best[2], strict=True):
                     parameter.copy_(kept)
             say(f"[adapt:head-warmup] kept the head of step {best[1]} (held-out loss {best[0]:.4g})")
-    finally:
-        for name, parameter in model.named_parameters(remove_duplicate=False):
-            parameter.requires_grad = flags[name]
-        model.train(was_training)
     return HeadWarmupResult(
         steps=steps,
         learning_rate=learning_rate,
         sequences=len(features),
         domain_sequences=n_domain,
         general_sequences=n_general,
-        masked_tokens=len(labels_all),
+        masked_tokens=len(labels),
         trained_parameters=sum(p.numel() for p in trained),
         parameter_names=list(parameter_names),
         loss_curve=curve,

@@ -71,7 +71,7 @@ def search_hyperparameters(
 ) -> SearchResult:
     """Run the Optuna study (TPE, seeded) and return the best parameters and the trials table.
 
-    ``train`` fits one trial (``models.training.finetune.train_task_model``; passed in so search does not import the
+    ``train`` fits one trial (``models.training.trainer.train_task_model``; passed in so search does not import the
     fine-tuning module that calls it)."""
     import optuna
 

@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from models import settings
 from models.htmlpage import STYLE, markdown_to_html, split_front_matter
+from models.registry.evidence import Evidence
 from models.registry.store import (
     MODEL_CARD,
     ChecksumError,
@@ -110,9 +111,9 @@ def short(value: Any, length: int = 12) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ evidence
-def evaluation_tables(evidence: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+def evaluation_tables(evidence: Evidence) -> dict[str, dict[str, dict[str, Any]]]:
     """Per-class (or per entity type) and per-slice tables from the stored evaluation."""
-    evaluation = evidence.get("evaluation") or {}
+    evaluation = evidence.evaluation
     tables = {}
     for key, title in (
         ("per_class", "per class"),
@@ -134,26 +135,24 @@ def table_columns(rows: dict[str, dict[str, Any]]) -> list[str]:
     return columns
 
 
-def adaptation_gain(evidence: dict[str, Any]) -> dict[str, Any] | None:
+def adaptation_gain(evidence: Evidence) -> dict[str, Any] | None:
     """What adaptation did: the domain MLM loss before/after, and its measured gain on the task (the base vs
     the adapted encoder, models/evaluation/adaptation_gain.py) with which encoder was kept, when measured."""
-    forgetting = evidence.get("forgetting") or {}
-    before, after = forgetting.get("domain_loss_before"), forgetting.get("domain_loss_after")
-    task = evidence.get("adaptation_gain") or None
-    domain = isinstance(before, int | float) and isinstance(after, int | float)
-    if not domain and not task:
+    before, after = evidence.forgetting.domain_loss_before, evidence.forgetting.domain_loss_after
+    task = evidence.adaptation_gain or None
+    if (before is None or after is None) and not task:
         return None
     return {
-        "domain_loss_before": before if domain else None,
-        "domain_loss_after": after if domain else None,
-        "gain": before - after if domain else None,  # type: ignore[operator]  # domain: both are numbers
+        "domain_loss_before": before if after is not None else None,
+        "domain_loss_after": after if before is not None else None,
+        "gain": before - after if before is not None and after is not None else None,
         "task": task,
     }
 
 
-def validation_summary(evidence: dict[str, Any]) -> dict[str, Any] | None:
-    validation = evidence.get("validation")
-    if not isinstance(validation, dict) or not validation:
+def validation_summary(evidence: Evidence) -> dict[str, Any] | None:
+    validation = evidence.validation
+    if not validation:
         return None
     checks = validation.get("checks") or []
     counts = {"pass": 0, "warn": 0, "fail": 0}
@@ -216,7 +215,8 @@ def manifest_files(mv: ModelVersion) -> list[str]:
 
 
 def run_dir(mv: ModelVersion) -> Path | None:
-    folder = (mv.evidence.get("lineage") or {}).get("run_dir")
+    lineage = Evidence.from_record(mv.evidence).lineage
+    folder = lineage.run_dir if lineage else None
     return Path(folder) if folder else None
 
 
@@ -331,6 +331,7 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
     def version_page(request: Request) -> Response:
         name = check_name(request.path_params["name"])
         mv = version_of(name, request.path_params["version"])
+        evidence = Evidence.from_record(mv.evidence)
         files = manifest_files(mv)
         card_meta, card_body, card_error = "", "", ""
         if MODEL_CARD in files:
@@ -345,11 +346,13 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
             request,
             "version.html",
             mv=mv,
-            ev=mv.evidence,
-            tables=evaluation_tables(mv.evidence),
+            ev=evidence,
+            forgetting=evidence.forgetting.model_dump(exclude_unset=True),
+            lineage=evidence.lineage.model_dump(exclude_unset=True) if evidence.lineage else {},
+            tables=evaluation_tables(evidence),
             table_columns=table_columns,
-            gain=adaptation_gain(mv.evidence),
-            validation=validation_summary(mv.evidence),
+            gain=adaptation_gain(evidence),
+            validation=validation_summary(evidence),
             plots=[f for f in files if f.endswith(".png")],
             files=files,
             run_files=run_files(mv),
@@ -365,7 +368,8 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
         a = version_of(name, request.path_params["a"])
         b = version_of(name, request.path_params["b"])
         diff = registry.diff(name, a.version, b.version)
-        ta, tb = evaluation_tables(a.evidence), evaluation_tables(b.evidence)
+        ta = evaluation_tables(Evidence.from_record(a.evidence))
+        tb = evaluation_tables(Evidence.from_record(b.evidence))
         side_tables = {}
         for title in dict.fromkeys([*ta, *tb]):
             rows = dict.fromkeys([*(ta.get(title) or {}), *(tb.get(title) or {})])
@@ -407,8 +411,8 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
 
         name = check_name(request.path_params["name"])
         mv = version_of(name, request.path_params["version"])
-        validation = mv.evidence.get("validation")
-        if not isinstance(validation, dict) or "checks" not in validation:
+        validation = Evidence.from_record(mv.evidence).validation
+        if "checks" not in validation:
             raise HTTPException(404, f"{name} v{mv.version} has no recorded validation checks")
         body = render_validation_html(validation, title=f"Data validation — {name} v{mv.version}")
         return page(request, "validation.html", mv=mv, body=body)

@@ -196,7 +196,7 @@ def test_scratch_rejects_heads_that_do_not_divide_hidden(tiny_base_model, tmp_pa
 def test_mlm_nsp_trains_pretraining_heads(tiny_base_model, tmp_path):
     from safetensors import safe_open
 
-    from models.training.adapt import build_nsp_pairs
+    from models.training.mlm import build_nsp_pairs
 
     pairs = build_nsp_pairs(CORPUS, seed=1)
     assert {label for _, _, label in pairs} == {0, 1}
@@ -495,7 +495,7 @@ def test_new_head_without_warmup_reports_no_forgetting(tiny_base_model, tmp_path
 
 
 def test_nsp_sentence_split_keeps_abbreviations_and_initials_inside_sentences():
-    from models.training.adapt import split_sentences
+    from models.training.mlm import split_sentences
 
     document = (
         "Sales in the U.S. rose 5%. Mr. Smith of Acme Corp. said so on Jan. 5. Profit fell! "

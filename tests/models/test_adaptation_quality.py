@@ -25,7 +25,7 @@ def _one_thread():
 
 
 def test_auto_max_length_covers_99_percent_rounded_up_to_a_multiple_of_8_within_limits():
-    from models.training.finetune import choose_max_length
+    from models.training.task_model import choose_max_length
 
     lengths = [10] * 990 + [100] * 10  # 99% are 10 tokens: the long tail is cut, the bulk is not
     assert choose_max_length(lengths, 512) == 16  # 10 -> 16 (the floor)
@@ -38,7 +38,8 @@ def test_auto_max_length_is_measured_on_train_recorded_with_the_model_and_used_b
     tiny_base_model, tmp_path
 ):
     from models.evaluation.evaluate import evaluate_model
-    from models.training.finetune import finetune, model_max_length
+    from models.training.finetune import finetune
+    from models.training.task_model import model_max_length
 
     recipe = make_recipe(tiny_base_model, max_length="auto", max_steps=2)
     frame = classification_frame(70)  # 210 rows
@@ -54,7 +55,7 @@ def test_auto_max_length_is_measured_on_train_recorded_with_the_model_and_used_b
 
 
 def test_model_without_a_recorded_length_is_a_clear_error_under_auto(tiny_base_model, tmp_path):
-    from models.training.finetune import FinetuneError, model_max_length
+    from models.training.task_model import FinetuneError, model_max_length
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -68,7 +69,7 @@ def test_model_without_a_recorded_length_is_a_clear_error_under_auto(tiny_base_m
 def test_auto_max_length_for_ner_counts_word_pieces_of_the_sentences(tiny_base_model):
     from transformers import AutoTokenizer
 
-    from models.training.finetune import token_lengths
+    from models.training.task_model import token_lengths
 
     recipe = make_recipe(tiny_base_model, task="ner", max_length="auto")
     lengths = token_lengths(recipe, AutoTokenizer.from_pretrained(tiny_base_model), ner_frame(3))

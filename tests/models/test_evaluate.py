@@ -193,7 +193,7 @@ def test_multi_label_evaluation(tiny_base_model, tmp_path):
 
 
 def test_compare_with_production_gives_signed_deltas():
-    from models.evaluation.evaluate import compare_with_production
+    from models.evaluation.report import compare_with_production
 
     candidate = {"accuracy": 0.9, "macro_f1": 0.85, "ece": 0.05, "per_class": {}}
     production = {"accuracy": 0.88, "macro_f1": 0.86, "ece": 0.08}
@@ -210,7 +210,8 @@ def test_compare_with_production_gives_signed_deltas():
 
 
 def test_report_holds_the_tables_and_relative_plot_links(tiny_base_model, tmp_path):
-    from models.evaluation.evaluate import compare_with_production, evaluate_model, write_report
+    from models.evaluation.evaluate import evaluate_model
+    from models.evaluation.report import compare_with_production, write_report
 
     model_dir = save_task_model(tiny_base_model, tmp_path / "model", CLASSES)
     result = evaluate_model(make_recipe(), model_dir, sentiment_frame(), tmp_path / "eval")

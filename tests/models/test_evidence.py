@@ -66,3 +66,56 @@ def test_built_evidence_records_the_keys_the_gate_card_and_registry_read(
     assert record["profile"] == {"rows": 3} and record["recipe"]["name"] == recipe.name
     assert record["lineage"]["flow_run_id"] is None
     assert Evidence.model_validate(record | {"later_field": 1}).record()["later_field"] == 1  # extras travel
+
+
+def test_stored_records_read_back_typed_even_when_old_or_hand_made():
+    """Versions registered by older code (or by hand) hold fewer fields or other shapes: they still load, what
+    they lack reads as empty, and a value of the wrong shape reads as missing instead of failing the record."""
+    old = {
+        "metrics": {"macro_f1": 0.8, "note": "n/a"},
+        "forgetting": {"delta": "big", "note": "measured by hand", "forgetting_delta": 0.2},
+        "serving": {"served": ["fp32"]},
+        "parity": {"fp32": {"passed": True, "max_abs_diff": "tiny"}, "int8": None},
+        "lineage": {"run_id": "r1"},
+        "validation": {"success": True},
+    }
+    evidence = Evidence.from_record(old)
+    assert evidence.metrics == {"macro_f1": 0.8}  # the one non-number dropped, not the whole section
+    assert evidence.forgetting.delta is None and evidence.forgetting.note == "measured by hand"
+    assert evidence.forgetting.model_extra == {"forgetting_delta": 0.2}
+    assert (
+        evidence.serving is not None
+        and evidence.serving.served == ["fp32"]
+        and evidence.serving.dropped == {}
+    )
+    parity = evidence.parity_results()
+    assert (
+        parity["fp32"].passed is True
+        and parity["fp32"].max_abs_diff is None
+        and parity["int8"].passed is None
+    )
+    assert evidence.lineage is not None and evidence.lineage.model_dump(exclude_unset=True) == {
+        "run_id": "r1"
+    }
+    assert (
+        evidence.validation_success is True and evidence.gain() is None and evidence.lineage.run_dir is None
+    )
+    assert Evidence.from_record(None).metrics == {} and Evidence.from_record({}).serving is None
+    wrong = Evidence.from_record({"lineage": 5, "metrics": {"macro_f1": 0.5}})
+    assert (
+        wrong.lineage is None
+        and wrong.model_extra == {"raw_lineage": 5}
+        and wrong.metrics == {"macro_f1": 0.5}
+    )
+
+
+def test_the_gate_decides_on_an_old_incumbent_record():
+    """The incumbent a new version is compared with may be years old: its dict evidence still gives its metric."""
+    from models.recipe import GateConfig
+    from models.registry.gate import decide
+
+    candidate = {"metrics": {"macro_f1": 0.81}, "validation": {"success": True}}
+    incumbent = {"metrics": {"macro_f1": 0.80, "broken": "x"}, "forgetting": {"delta": "?"}}
+    decision = decide(candidate, incumbent, GateConfig(tolerance=0.0))
+    assert decision.passed and decision.incumbent_value == 0.80
+    assert decide(Evidence.from_record(candidate), None, GateConfig()).candidate_value == 0.81

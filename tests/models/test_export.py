@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.export.onnx import ExportError, ExportResult, _preferred_cpu_variant, export_bundle
+from models.export.onnx import ExportError, ExportResult, export_bundle
+from models.export.parity import preferred_cpu_variant
 from models.recipe import ExportConfig
 from models.registry.bundle import ServingSpec
 
@@ -130,14 +131,14 @@ def test_int8_options_choose_which_nodes_stay_fp32(classifier_dir, tmp_path):
 def test_a_variant_that_fails_parity_is_dropped_from_serving_with_its_numbers(
     classifier_dir, tmp_path, monkeypatch
 ):
-    import models.export.onnx as export
+    import models.export.parity as parity
 
-    real = export._parity_failures
+    real = parity.parity_failures
 
     def int8_fails(variant, worst, config):
         return ["label agreement 0.9000 < 0.99"] if variant == "int8" else real(variant, worst, config)
 
-    monkeypatch.setattr(export, "_parity_failures", int8_fails)
+    monkeypatch.setattr(parity, "parity_failures", int8_fails)
     result = _export(classifier_dir, tmp_path / "out", parity_texts=TEXTS)
     assert result.dropped == {"int8": "label agreement 0.9000 < 0.99"}
     assert set(result.variants) == {"fp32"} and result.preferred_cpu_variant == "fp32"
@@ -166,17 +167,17 @@ def test_the_serving_predictor_never_picks_a_variant_the_bundle_does_not_serve(e
 
 
 def test_parity_failures_name_each_broken_budget():
-    from models.export.onnx import _parity_failures
+    from models.export.parity import parity_failures
 
     config = ExportConfig(min_label_agreement=0.99, max_accuracy_drop=0.005, parity_atol=1e-3)
     ok = {"max_abs_diff": 0.05, "label_agreement": 0.995, "macro_f1_drop_vs_pytorch": 0.003}
-    assert _parity_failures("int8", ok, config) == []
+    assert parity_failures("int8", ok, config) == []
     bad = {"max_abs_diff": 0.3, "label_agreement": 0.955, "macro_f1_drop_vs_pytorch": 0.012}
-    assert _parity_failures("int8", bad, config) == [
+    assert parity_failures("int8", bad, config) == [
         "label agreement 0.9550 < 0.99",
         "macro-F1 drop 1.20 points > 0.50",
     ]
-    assert _parity_failures("fp32", {"max_abs_diff": 2e-3}, config) == ["max |logit diff| 2.00e-03 > 1e-03"]
+    assert parity_failures("fp32", {"max_abs_diff": 2e-3}, config) == ["max |logit diff| 2.00e-03 > 1e-03"]
 
 
 def test_serving_spec_and_bundle_files(exported):
@@ -236,16 +237,12 @@ def test_int8_is_preferred_only_within_the_accuracy_budget():
     config = ExportConfig(max_accuracy_drop=0.01)
     fp32 = {"passed": True, "macro_f1": 0.90}
     assert (
-        _preferred_cpu_variant({"fp32": fp32, "int8": {"passed": True, "macro_f1": 0.895}}, config) == "int8"
+        preferred_cpu_variant({"fp32": fp32, "int8": {"passed": True, "macro_f1": 0.895}}, config) == "int8"
     )
-    assert (
-        _preferred_cpu_variant({"fp32": fp32, "int8": {"passed": True, "macro_f1": 0.85}}, config) == "fp32"
-    )
-    assert (
-        _preferred_cpu_variant({"fp32": fp32, "int8": {"passed": False, "macro_f1": 0.9}}, config) == "fp32"
-    )
-    assert _preferred_cpu_variant({"fp32": {"passed": True}, "int8": {"passed": True}}, config) == "int8"
-    assert _preferred_cpu_variant({"fp32": fp32}, config) == "fp32"
+    assert preferred_cpu_variant({"fp32": fp32, "int8": {"passed": True, "macro_f1": 0.85}}, config) == "fp32"
+    assert preferred_cpu_variant({"fp32": fp32, "int8": {"passed": False, "macro_f1": 0.9}}, config) == "fp32"
+    assert preferred_cpu_variant({"fp32": {"passed": True}, "int8": {"passed": True}}, config) == "int8"
+    assert preferred_cpu_variant({"fp32": fp32}, config) == "fp32"
 
 
 def _export(model_dir: Path, out: Path, **overrides):

@@ -134,7 +134,7 @@ def test_ner_finetune_uses_o_then_bio_tags_per_entity_type(tiny_base_model, tmp_
 def test_ner_alignment_labels_only_the_first_word_piece(tiny_base_model):
     from transformers import AutoTokenizer
 
-    from models.training.finetune import IGNORE_INDEX, align_ner_labels
+    from models.training.task_model import IGNORE_INDEX, align_ner_labels
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
     words, tags = ["Ruskola", "profit", "rose"], ["B-ORG", "O", "O"]
@@ -151,7 +151,7 @@ def test_ner_alignment_labels_only_the_first_word_piece(tiny_base_model):
 
 
 def test_masked_lm_encoder_weights_are_loaded_and_pooler_comes_from_base(tiny_base_model, tmp_path):
-    from models.training.finetune import load_task_model
+    from models.training.task_model import load_task_model
 
     adapted = save_masked_lm(tiny_base_model, tmp_path / "adapted")
 
@@ -168,7 +168,8 @@ def test_encoder_dir_without_encoder_weights_is_rejected(tiny_base_model, tmp_pa
 
     from safetensors.torch import save_file
 
-    from models.training.finetune import FinetuneError, finetune
+    from models.training.finetune import finetune
+    from models.training.task_model import FinetuneError
 
     empty = tmp_path / "empty"
     shutil.copytree(tiny_base_model, empty)
@@ -183,7 +184,8 @@ def test_encoder_dir_without_encoder_weights_is_rejected(tiny_base_model, tmp_pa
 
 
 def test_unknown_labels_are_named_in_the_error(tiny_base_model, tmp_path):
-    from models.training.finetune import FinetuneError, finetune
+    from models.training.finetune import finetune
+    from models.training.task_model import FinetuneError
 
     frame = classification_frame(2)
     frame.loc[0, "label"] = "bullish"
@@ -192,7 +194,7 @@ def test_unknown_labels_are_named_in_the_error(tiny_base_model, tmp_path):
 
 
 def test_head_and_encoder_learning_rates_differ_with_layer_decay(tiny_base_model):
-    from models.training.finetune import load_task_model, optimizer_param_groups
+    from models.training.task_model import load_task_model, optimizer_param_groups
 
     recipe = make_recipe(tiny_base_model, learning_rate=1e-4, head_learning_rate=2e-3, layer_lr_decay=0.5)
     model, _ = load_task_model(recipe, tiny_base_model)
@@ -212,7 +214,8 @@ def test_head_and_encoder_learning_rates_differ_with_layer_decay(tiny_base_model
 def test_unfreezing_callback_unfreezes_one_more_block_per_scheduled_epoch(tiny_base_model):
     from transformers import TrainerControl, TrainerState
 
-    from models.training.finetune import gradual_unfreezing_callback, load_task_model
+    from models.training.task_model import load_task_model
+    from models.training.trainer import gradual_unfreezing_callback
 
     model, _ = load_task_model(make_recipe(tiny_base_model), tiny_base_model)
     callback = gradual_unfreezing_callback([1, 2])
@@ -260,12 +263,8 @@ def test_class_weights_are_inverse_frequency_and_used_in_the_loss(tiny_base_mode
     import torch.nn.functional as F
     from transformers import TrainingArguments
 
-    from models.training.finetune import (
-        _trainer_class,
-        class_weight_vector,
-        load_task_model,
-        optimizer_param_groups,
-    )
+    from models.training.task_model import class_weight_vector, load_task_model, optimizer_param_groups
+    from models.training.trainer import _trainer_class
 
     recipe = make_recipe(tiny_base_model, class_weights=True)
     encoded = [{"labels": 0}] * 2 + [{"labels": 1}] * 6 + [{"labels": 2}] * 4

@@ -80,7 +80,7 @@ def ui_evidence(macro_f1: float, run_dir: Path, **extra) -> dict:
 
 def populate(root: Path) -> Registry:
     """finsent v1 (promoted), v2 (promoted over v1), v3 (refused by the gate); newsner v1 (no alias)."""
-    from models.evaluation.evaluate import plot_confusion_matrix, plot_reliability
+    from models.evaluation.plots import plot_confusion_matrix, plot_reliability
 
     registry = Registry(f"sqlite:///{root / 'registry.db'}", root / "artifacts")
     for version, f1 in enumerate((0.80, 0.86, 0.50), start=1):

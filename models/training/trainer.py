@@ -1,0 +1,521 @@
+"""One training run of a task model with the Hugging Face Trainer: the callbacks (gradual unfreezing,
+progress lines), the Trainer with our optimizer and weighted loss, metrics, and the step plan for a time budget.
+
+Used by models/training/finetune.py, the search and the adaptation-gain check.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from models.training.task_model import (
+    IGNORE_INDEX,
+    class_weight_vector,
+    encode_frame,
+    encoder_units,
+    load_task_model,
+    optimizer_param_groups,
+    resolve_max_length,
+    task_labels,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from models.recipe import FinetuneConfig, Recipe
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+BUDGET_SAFETY = (
+    0.85  # share of the fine-tuning budget planned for steps; evaluation and checkpoints take the rest
+)
+CALIBRATION_STEPS = 3
+
+
+@dataclass
+class TrainRun:
+    """What one training run leaves behind (used by finetune, the search and the augmentation study)."""
+
+    trainer: Any
+    model: Any
+    tokenizer: Any
+    history: list[dict]
+    details: dict
+    seconds: float
+
+
+@functools.cache
+def _callbacks():
+    """TrainerCallback subclasses, defined lazily so importing this module stays light."""
+    from transformers import TrainerCallback
+
+    class GradualUnfreezing(TrainerCallback):
+        """Start with only the top encoder layer (plus head) trainable; after each epoch listed in
+        ``schedule`` unfreeze the next block down (layers, then embeddings)."""
+
+        def __init__(self, schedule: list[int], initially_trainable: int = 1):
+            self.schedule = sorted(int(e) for e in schedule)
+            self.initially_trainable = initially_trainable
+            self.trainable_units = initially_trainable
+            self.log: list[dict] = []
+
+        def apply(self, model, epoch: float) -> None:
+            units = encoder_units(model)
+            for index, (_, module) in enumerate(units):
+                for parameter in module.parameters():
+                    parameter.requires_grad = index < self.trainable_units
+            self.log.append(
+                {
+                    "epoch": round(float(epoch), 3),
+                    "trainable_units": [name for name, _ in units[: self.trainable_units]],
+                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                }
+            )
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.trainable_units = self.initially_trainable
+            self.apply(model, 0.0)
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            finished = int(round(state.epoch or 0))
+            due = sum(1 for e in self.schedule if e == finished)
+            if due:
+                self.trainable_units = min(self.trainable_units + due, len(encoder_units(model)))
+                self.apply(model, state.epoch or finished)
+
+    class ProgressLines(TrainerCallback):
+        """One readable line per training log (epoch, step, loss) and per evaluation (loss, macro-F1)."""
+
+        def __init__(self, emit: Progress):
+            self.emit = emit
+            self.started = time.monotonic()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            from models.progress import advance
+
+            advance("[fine-tune] steps", state.global_step, state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            from models.progress import eta
+
+            logs = logs or {}
+            epoch = logs.get("epoch", state.epoch or 0.0)
+            if "loss" in logs:
+                left = eta(time.monotonic() - self.started, state.global_step, state.max_steps)
+                self.emit(
+                    f"epoch {epoch:.2f} step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}{left}"
+                )
+            if "eval_macro_f1" in logs:
+                self.emit(
+                    f"epoch {epoch:.2f} step {state.global_step}/{state.max_steps} eval loss "
+                    f"{logs.get('eval_loss', float('nan')):.4f} macro-F1 {logs['eval_macro_f1']:.4f} "
+                    f"accuracy {logs.get('eval_accuracy', float('nan')):.4f}"
+                )
+
+    return GradualUnfreezing, ProgressLines
+
+
+def gradual_unfreezing_callback(schedule: list[int], initially_trainable: int = 1):
+    """A TrainerCallback doing gradual unfreezing (see ``_callbacks``); its ``log`` records each change."""
+    return _callbacks()[0](schedule, initially_trainable)
+
+
+@functools.cache
+def _trainer_class():
+    import torch
+    from transformers import Trainer
+
+    class TaskTrainer(Trainer):
+        """Trainer with our parameter groups (separate LRs, layer decay) and an optional weighted loss."""
+
+        def __init__(
+            self,
+            *args,
+            param_groups: list[dict],
+            class_weights: list[float] | None,
+            multi_label: bool,
+            **kwargs,
+        ):
+            super().__init__(*args, **kwargs)
+            self.param_groups = param_groups
+            self.class_weights = class_weights
+            self.multi_label = multi_label
+            if class_weights is not None:
+                self.model_accepts_loss_kwargs = False  # our loss averages itself per batch
+
+        def create_optimizer(self):
+            if self.optimizer is None:
+                self.optimizer = torch.optim.AdamW(self.param_groups, betas=(0.9, 0.999), eps=1e-8)
+            return self.optimizer
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.class_weights is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs.logits.float()
+            weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32)
+            if self.multi_label:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits, labels.float(), pos_weight=weights
+                )
+            else:
+                loss = torch.nn.functional.cross_entropy(
+                    logits.view(-1, logits.shape[-1]),
+                    labels.view(-1),
+                    weight=weights,
+                    ignore_index=IGNORE_INDEX,
+                )
+            return (loss, outputs) if return_outputs else loss
+
+    return TaskTrainer
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+
+
+def _metrics_function(recipe: Recipe, multi_label: bool):
+    """compute_metrics for the Trainer: accuracy and macro-F1 (entity-level for NER)."""
+    import numpy as np
+
+    labels = task_labels(recipe)
+
+    def classification(prediction) -> dict:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        logits, gold = prediction.predictions, prediction.label_ids
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        if multi_label:
+            predicted = (logits > 0).astype(int)
+            gold = gold.astype(int)
+            return {
+                "accuracy": float(accuracy_score(gold, predicted)),
+                "macro_f1": float(f1_score(gold, predicted, average="macro", zero_division=0)),
+            }
+        predicted = logits.argmax(-1)
+        return {
+            "accuracy": float(accuracy_score(gold, predicted)),
+            "macro_f1": float(
+                f1_score(gold, predicted, average="macro", labels=list(range(len(labels))), zero_division=0)
+            ),
+        }
+
+    def ner(prediction) -> dict:
+        from seqeval.metrics import f1_score
+        from seqeval.scheme import IOB2
+
+        logits, gold = prediction.predictions, prediction.label_ids
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        predicted = logits.argmax(-1)
+        true_tags, pred_tags = [], []
+        correct = total = 0
+        for p_row, g_row in zip(predicted, gold, strict=True):
+            keep = g_row != IGNORE_INDEX
+            true_tags.append([labels[i] for i in g_row[keep]])
+            pred_tags.append([labels[i] for i in p_row[keep]])
+            correct += int(np.sum(p_row[keep] == g_row[keep]))
+            total += int(np.sum(keep))
+        return {
+            "accuracy": correct / max(total, 1),
+            "macro_f1": float(
+                f1_score(true_tags, pred_tags, average="macro", mode="strict", scheme=IOB2, zero_division=0)
+            ),
+            "entity_f1": float(f1_score(true_tags, pred_tags, mode="strict", scheme=IOB2, zero_division=0)),
+        }
+
+    return ner if recipe.task == "ner" else classification
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def _device_and_precision() -> tuple[str, dict]:
+    import torch
+
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "cuda", {"bf16": True}
+        return "cuda", {"fp16": True}
+    return "cpu", {"use_cpu": True}
+
+
+def plan_steps_for_budget(
+    model, collator, rows: list[dict], config: FinetuneConfig, steps_per_epoch: int, minutes: float, seed: int
+) -> dict:
+    """How many optimizer steps fit ``minutes`` here: forward + backward timed on a few real batches.
+
+    The timed batches are random rows grouped by length, as training batches are. At least one epoch is
+    always planned: a model that has not seen its data once is no model.
+    """
+    import random
+
+    from models.training.calibration import time_forward_backward
+
+    rng = random.Random(seed)
+    sample = rng.sample(rows, min(len(rows), config.batch_size * (CALIBRATION_STEPS + 1)))
+    # training groups rows of similar length (group_by_length), so the timed batches do too
+    sample.sort(key=lambda row: len(row["input_ids"]))
+    batches = [sample[i : i + config.batch_size] for i in range(0, len(sample), config.batch_size)]
+    rng.shuffle(batches)
+    per_step = time_forward_backward(model, (collator(b) for b in batches)).seconds_per_batch
+    wanted = max(1, math.ceil(config.epochs * steps_per_epoch))
+    affordable = int(minutes * 60 * BUDGET_SAFETY / per_step) if per_step > 0 else wanted
+    planned = min(wanted, max(steps_per_epoch, affordable))
+    return {
+        "minutes": minutes,
+        "seconds_per_step": round(per_step, 4),
+        "steps_wanted": wanted,
+        "steps_affordable": affordable,
+        "planned_steps": planned,
+        "epochs_planned": round(planned / steps_per_epoch, 2),
+    }
+
+
+@dataclass
+class _Inputs:
+    """The model, tokenizer and encoded rows one training run starts from."""
+
+    tokenizer: Any
+    model: Any
+    load_info: dict
+    train_rows: list[dict]
+    monitor_rows: list[dict] | None
+    weights: list[float] | None
+    multi_label: bool
+    collator: Any
+
+
+def _prepare_inputs(
+    recipe: Recipe,
+    config: FinetuneConfig,
+    encoder_dir: Path,
+    train_df: pd.DataFrame,
+    monitor_df: pd.DataFrame | None,
+) -> _Inputs:
+    from transformers import AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    multi_label = bool(config.multi_label and recipe.task == "classification")
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    model, load_info = load_task_model(recipe, encoder_dir, multi_label=multi_label)
+    train_rows = encode_frame(recipe, config, tokenizer, train_df)
+    monitor_rows = encode_frame(recipe, config, tokenizer, monitor_df) if monitor_df is not None else None
+    weights = class_weight_vector(recipe, config, train_rows) if config.class_weights else None
+    collator = (
+        DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX)
+        if recipe.task == "ner"
+        else DataCollatorWithPadding(tokenizer)
+    )
+    return _Inputs(tokenizer, model, load_info, train_rows, monitor_rows, weights, multi_label, collator)
+
+
+def _plan_max_steps(
+    recipe: Recipe,
+    config: FinetuneConfig,
+    inputs: _Inputs,
+    steps_per_epoch: int,
+    time_budget_minutes: float | None,
+    emit: Progress,
+) -> tuple[int, dict | None]:
+    """``config.max_steps``, or with a time budget (and no fixed step count) the steps that fit it here."""
+    if time_budget_minutes is None or config.max_steps > 0:
+        return config.max_steps, None
+    budget = plan_steps_for_budget(
+        inputs.model,
+        inputs.collator,
+        inputs.train_rows,
+        config,
+        steps_per_epoch,
+        time_budget_minutes,
+        recipe.seed,
+    )
+    if budget["planned_steps"] >= budget["steps_wanted"]:
+        emit(
+            f"[finetune] budget: all {budget['steps_wanted']} steps fit {time_budget_minutes:g} min at "
+            f"{budget['seconds_per_step']:.2f} s/step"
+        )
+        return config.max_steps, budget
+    max_steps = budget["planned_steps"]
+    emit(
+        f"[finetune] budget: {time_budget_minutes:g} min at {budget['seconds_per_step']:.2f} s/step fits "
+        f"{max_steps} of {budget['steps_wanted']} steps ({max_steps / steps_per_epoch:.1f} of "
+        f"{config.epochs:g} epochs); the learning-rate schedule is planned for {max_steps} steps "
+        "(raise finetune.time_budget_minutes, or set it to null, to train every epoch)"
+    )
+    return max_steps, budget
+
+
+def _training_arguments(
+    recipe: Recipe,
+    config: FinetuneConfig,
+    checkpoints: Path,
+    *,
+    max_steps: int,
+    steps_per_epoch: int,
+    monitored: bool,
+    early_stopping: bool,
+    precision: dict,
+):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=max(64, config.batch_size),
+        learning_rate=config.learning_rate,  # per-group LRs come from our optimizer; this one is unused
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        lr_scheduler_type="linear",
+        eval_strategy="epoch" if monitored else "no",
+        save_strategy="epoch" if early_stopping else "no",
+        save_total_limit=1 if early_stopping else None,
+        save_only_model=True,
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model="macro_f1" if early_stopping else None,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=max(1, steps_per_epoch // 4),
+        group_by_length=True,  # batches of similar length: dynamic padding then wastes little compute
+        dataloader_num_workers=0,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to="none",
+        disable_tqdm=True,
+        **precision,
+    )
+
+
+def _training_callbacks(config: FinetuneConfig, emit: Progress, early_stopping: bool) -> tuple[list, Any]:
+    """Progress lines, gradual unfreezing and early stopping as configured; also the unfreezing callback."""
+    from transformers import EarlyStoppingCallback
+
+    _, progress_class = _callbacks()
+    callbacks = [progress_class(emit)]
+    unfreezing = None
+    if config.unfreeze_schedule:
+        unfreezing = gradual_unfreezing_callback(config.unfreeze_schedule)
+        callbacks.append(unfreezing)
+    if early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    return callbacks, unfreezing
+
+
+def _build_trainer(recipe: Recipe, config: FinetuneConfig, inputs: _Inputs, args, callbacks: list):
+    """The Trainer with our parameter groups; also the groups' summary (name, lr, weight decay, size)."""
+    groups = optimizer_param_groups(inputs.model, config, fresh_pooler=inputs.load_info["pooler"] == "fresh")
+    # summarised now: the scheduler rewrites each group's "lr" in place while training
+    group_summary = [
+        {"name": g["name"], "lr": g["lr"], "weight_decay": g["weight_decay"], "n_params": len(g["params"])}
+        for g in groups
+    ]
+    trainer = _trainer_class()(
+        model=inputs.model,
+        args=args,
+        train_dataset=inputs.train_rows,
+        eval_dataset=inputs.monitor_rows,
+        data_collator=inputs.collator,
+        processing_class=inputs.tokenizer,
+        compute_metrics=_metrics_function(recipe, inputs.multi_label) if inputs.monitor_rows else None,
+        callbacks=callbacks,
+        param_groups=groups,
+        class_weights=inputs.weights,
+        multi_label=inputs.multi_label,
+    )
+    return trainer, group_summary
+
+
+def train_task_model(
+    recipe: Recipe,
+    config: FinetuneConfig,
+    encoder_dir: Path,
+    train_df: pd.DataFrame,
+    monitor_df: pd.DataFrame | None,
+    work_dir: Path,
+    progress: Progress | None = None,
+    *,
+    select_best: bool = False,
+    time_budget_minutes: float | None = None,
+) -> TrainRun:
+    """Train once with ``config``; evaluate on ``monitor_df`` every epoch (loss, accuracy, macro-F1).
+
+    With ``select_best`` (and patience > 0) the best epoch by macro-F1 on ``monitor_df`` is restored and
+    training stops after ``early_stopping_patience`` epochs without gain. With ``time_budget_minutes`` the
+    steps are planned to fit that time on this machine (see ``plan_steps_for_budget``). Checkpoints live in
+    ``work_dir/checkpoints`` and are deleted afterwards.
+    """
+    from transformers import PrinterCallback, set_seed
+
+    emit = progress or logger.info
+    started = time.perf_counter()
+    set_seed(recipe.seed)
+    if config.max_length == "auto":
+        config = config.model_copy(
+            update={"max_length": resolve_max_length(recipe, encoder_dir, train_df).finetune.max_length}
+        )
+    inputs = _prepare_inputs(recipe, config, encoder_dir, train_df, monitor_df)
+    train_rows, monitor_rows = inputs.train_rows, inputs.monitor_rows
+    device, precision = _device_and_precision()
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / config.batch_size))
+    early_stopping = bool(select_best and config.early_stopping_patience > 0 and monitor_rows)
+    checkpoints = Path(work_dir) / "checkpoints"
+    max_steps, budget = _plan_max_steps(recipe, config, inputs, steps_per_epoch, time_budget_minutes, emit)
+    args = _training_arguments(
+        recipe,
+        config,
+        checkpoints,
+        max_steps=max_steps,
+        steps_per_epoch=steps_per_epoch,
+        monitored=bool(monitor_rows),
+        early_stopping=early_stopping,
+        precision=precision,
+    )
+    callbacks, unfreezing = _training_callbacks(config, emit, early_stopping)
+    trainer, group_summary = _build_trainer(recipe, config, inputs, args, callbacks)
+    trainer.remove_callback(PrinterCallback)  # ProgressLines replaces the raw dict printing
+    emit(
+        f"fine-tuning {recipe.task} on {len(train_rows)} rows, {steps_per_epoch} steps/epoch, device {device}"
+        + (f" ({next(iter(precision))})" if device == "cuda" else "")
+    )
+    with warnings.catch_warnings():
+        # checkpoint rotation on some filesystems; harmless and noisy in the progress output
+        warnings.filterwarnings("ignore", message="mtime may not be reliable")
+        trainer.train()
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    details = {
+        "device": device,
+        "precision": next(iter(precision)) if device == "cuda" else "fp32",
+        "n_train": len(train_rows),
+        "n_monitor": len(monitor_rows) if monitor_rows else 0,
+        "steps_per_epoch": steps_per_epoch,
+        "global_steps": trainer.state.global_step,
+        "best_metric": trainer.state.best_metric,
+        "optimizer_groups": group_summary,
+        "class_weight_values": inputs.weights,
+        "unfreezing": unfreezing.log if unfreezing else None,
+        "time_budget": budget,
+        "encoder_loading": inputs.load_info,
+    }
+    return TrainRun(
+        trainer,
+        trainer.model,
+        inputs.tokenizer,
+        list(trainer.state.log_history),
+        details,
+        time.perf_counter() - started,
+    )
