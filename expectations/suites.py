@@ -94,7 +94,7 @@ def _light_corpus_suite(cfg: ValidationConfig, name: str) -> Suite:
     )
 
 
-def _length_checks(cfg: ValidationConfig, gxe) -> list[Check]:
+def _corpus_length_checks(cfg: ValidationConfig, gxe) -> list[Check]:
     return [
         Check(
             "length_chars",
@@ -159,7 +159,7 @@ def corpus_suite(cfg: ValidationConfig, name: str = "corpus", light: bool = Fals
             cleanable=True,
         ),
         _bad_chars_check(cfg),
-        *_length_checks(cfg, gxe),
+        *_corpus_length_checks(cfg, gxe),
         Check(
             "pii_rate",
             "rows",

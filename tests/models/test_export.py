@@ -116,11 +116,18 @@ def test_int8_options_choose_which_nodes_stay_fp32(classifier_dir, tmp_path):
     nothing_kept = {"activation_matmuls": 0, "head": 0, "last_layers": 0, "ffn_output": 0}
     assert int8_exclusions(plain, everything) == ([], nothing_kept)
     names, kept = int8_exclusions(plain, ExportConfig(int8_fp32_last_layers=1))
-    assert kept == {"activation_matmuls": 2, "head": 2, "last_layers": 8, "ffn_output": 0}  # layer 0's 2; layer 1's 8
+    assert kept == {
+        "activation_matmuls": 2,
+        "head": 2,
+        "last_layers": 8,
+        "ffn_output": 0,
+    }  # layer 0's 2; layer 1's 8
     assert "/classifier/Gemm_MatMul" in names and "/bert/pooler/dense/Gemm_MatMul" in names
     assert all("/layer.1/" in n for n in names if "/layer.0/" not in n and "Gemm" not in n)
     assert not any("/layer.0/" in n and "dense" in n for n in names)
-    ffn_names, ffn_kept = int8_exclusions(plain, ExportConfig(int8_fp32_ffn_output=True, int8_fp32_head=False))
+    ffn_names, ffn_kept = int8_exclusions(
+        plain, ExportConfig(int8_fp32_ffn_output=True, int8_fp32_head=False)
+    )
     # one feed-forward output projection per layer; attention's own output projection stays int8
     assert ffn_kept["ffn_output"] == 2
     assert sorted(n for n in ffn_names if "/output/dense/" in n) == [
