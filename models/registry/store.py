@@ -377,6 +377,28 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _check_idempotency_key(key: Any) -> None:
+    if key is not None and (not isinstance(key, str) or not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY):
+        raise RegistryError(
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters, got {key!r}"
+        )
+
+
+def _evidence_record(evidence: Any) -> dict[str, Any]:
+    """An Evidence, or its record (a dict) as stored, as plain JSON whose metrics are numbers."""
+    supplied: Any = evidence.record() if hasattr(evidence, "record") else evidence
+    if not isinstance(supplied, dict):
+        raise RegistryError(f"evidence must be an Evidence or a dict, got {type(supplied).__name__}")
+    record: dict[str, Any] = _jsonable(supplied)
+    metrics = record.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise RegistryError("evidence['metrics'] must be a dict of metric name -> number")
+    for key, value in metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise RegistryError(f"evidence['metrics'][{key!r}] must be a number, got {value!r}")
+    return record
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict) and value:
         out: dict[str, Any] = {}
@@ -621,33 +643,74 @@ class Registry:
         is being registered with it right now, wait for that one.
         """
         check_name(name)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str)
-            or not idempotency_key.strip()
-            or len(idempotency_key) > MAX_IDEMPOTENCY_KEY
-        ):
-            raise RegistryError(
-                f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters, "
-                f"got {idempotency_key!r}"
-            )
+        _check_idempotency_key(idempotency_key)
         bundle = Path(bundle_dir).expanduser().resolve()
         files = scan_bundle(bundle)
-        # An Evidence, or its record (a dict) as stored.
-        supplied: Any = evidence.record() if hasattr(evidence, "record") else evidence
-        if not isinstance(supplied, dict):
-            raise RegistryError(f"evidence must be an Evidence or a dict, got {type(supplied).__name__}")
-        record: dict[str, Any] = _jsonable(supplied)
-        metrics = record.get("metrics") or {}
-        if not isinstance(metrics, dict):
-            raise RegistryError("evidence['metrics'] must be a dict of metric name -> number")
-        for key, value in metrics.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise RegistryError(f"evidence['metrics'][{key!r}] must be a number, got {value!r}")
-        fingerprint = record.get("data_fingerprint") or {}
+        record = _evidence_record(evidence)
 
         self.cleanup()
         token, owner = _new_owner()
         created = _now()
+        allocated = self._allocate(name, record, token, owner, created, idempotency_key)
+        if isinstance(allocated, ModelVersion):
+            return allocated
+        row_id, version, artifact_path = allocated
+        work = self.artifacts.staging / token
+        staged = work / "bundle"
+        heartbeat = _Heartbeat(self, row_id, owner)
+        heartbeat.start()
+        try:
+            entries, manifest_sha = self._assemble(bundle, files, staged, name, version, created, record)
+            self.artifacts.publish(staged, artifact_path, self._stage)
+            self._stage("moved")
+
+            if not self._mark_ready(row_id, owner, manifest_sha, entries):
+                raise RegistryError(
+                    f"registration of {name} v{version} was removed as abandoned by another process (no "
+                    f"heartbeat for {self.lease_s:.0f} s) before it finished; register again"
+                )
+            self._stage("marked-ready")
+        except BaseException as error:
+            heartbeat.stop()
+            state = self._settle_failed(row_id, owner)
+            if state == READY and isinstance(error, Exception):
+                # The commit went through and only its answer was lost: the version is complete.
+                log.warning(
+                    "%s v%d: %s after the version was committed; it is registered", name, version, error
+                )
+            elif state in (REMOVING, "gone"):
+                shutil.rmtree(work, ignore_errors=True)
+                if state == REMOVING:
+                    self._remove_files_and_row(row_id, artifact_path)
+                raise
+            else:  # ready but interrupted, or unknown: leave the files; cleanup() decides by the row later
+                raise
+        finally:
+            heartbeat.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        log.info(
+            "registered %s v%d at %s (manifest sha256 %s)",
+            name,
+            version,
+            self.artifacts.url(artifact_path),
+            manifest_sha[:12],
+        )
+        return self.get_version(name, version)
+
+    def _allocate(
+        self,
+        name: str,
+        record: dict[str, Any],
+        token: str,
+        owner: str,
+        created: datetime,
+        idempotency_key: str | None,
+    ) -> ModelVersion | tuple[int, int, str]:
+        """Insert this registration's ``pending`` row with the next number: (row id, version, artifact path).
+        With ``idempotency_key``: the version already registered with it instead, once any registration with
+        it in flight has finished (or its lease ran out)."""
+        metrics = record.get("metrics") or {}
+        fingerprint = record.get("data_fingerprint") or {}
 
         def allocate(session: Session) -> tuple[str, Any]:
             if idempotency_key is not None:
@@ -683,7 +746,7 @@ class Registry:
         while True:
             kind, value = self._write(allocate, retry_conflicts=True)
             if kind == "new":
-                break
+                return value
             if kind == "done":
                 log.info(
                     "%s v%d was already registered with key %r; returning it", name, value, idempotency_key
@@ -697,62 +760,27 @@ class Registry:
             time.sleep(min(1.0, self.lease_s / 8))
             self.cleanup()
 
-        row_id, version, artifact_path = value
-        work = self.artifacts.staging / token
-        staged = work / "bundle"
-        heartbeat = _Heartbeat(self, row_id, owner)
-        heartbeat.start()
-        try:
-            entries, manifest_sha = self._assemble(bundle, files, staged, name, version, created, record)
-            self.artifacts.publish(staged, artifact_path, self._stage)
-            self._stage("moved")
+    def _mark_ready(
+        self, row_id: int, owner: str, manifest_sha: str, entries: dict[str, dict[str, Any]]
+    ) -> bool:
+        """Turn our pending row ``ready`` (the commit that makes the version visible); False when it is no longer
+        ours (removed as abandoned)."""
 
-            def mark_ready(session: Session) -> int:
-                result = session.execute(
-                    update(VersionRow)
-                    .where(VersionRow.id == row_id, VersionRow.status == PENDING, VersionRow.owner == owner)
-                    .values(
-                        status=READY,
-                        ready_at=_now(),
-                        manifest_sha256=manifest_sha,
-                        size_bytes=sum(entry["size"] for entry in entries.values()),
-                        file_count=len(entries),
-                    )
+        def mark_ready(session: Session) -> int:
+            result = session.execute(
+                update(VersionRow)
+                .where(VersionRow.id == row_id, VersionRow.status == PENDING, VersionRow.owner == owner)
+                .values(
+                    status=READY,
+                    ready_at=_now(),
+                    manifest_sha256=manifest_sha,
+                    size_bytes=sum(entry["size"] for entry in entries.values()),
+                    file_count=len(entries),
                 )
-                return result.rowcount  # type: ignore[attr-defined]
+            )
+            return result.rowcount  # type: ignore[attr-defined]
 
-            if self._write(mark_ready) != 1:
-                raise RegistryError(
-                    f"registration of {name} v{version} was removed as abandoned by another process (no "
-                    f"heartbeat for {self.lease_s:.0f} s) before it finished; register again"
-                )
-            self._stage("marked-ready")
-        except BaseException as error:
-            heartbeat.stop()
-            state = self._settle_failed(row_id, owner)
-            if state == READY and isinstance(error, Exception):
-                # The commit went through and only its answer was lost: the version is complete.
-                log.warning(
-                    "%s v%d: %s after the version was committed; it is registered", name, version, error
-                )
-            elif state in (REMOVING, "gone"):
-                shutil.rmtree(work, ignore_errors=True)
-                if state == REMOVING:
-                    self._remove_files_and_row(row_id, artifact_path)
-                raise
-            else:  # ready but interrupted, or unknown: leave the files; cleanup() decides by the row later
-                raise
-        finally:
-            heartbeat.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        log.info(
-            "registered %s v%d at %s (manifest sha256 %s)",
-            name,
-            version,
-            self.artifacts.url(artifact_path),
-            manifest_sha[:12],
-        )
-        return self.get_version(name, version)
+        return self._write(mark_ready) == 1
 
     def _assemble(
         self,

@@ -213,3 +213,15 @@ def test_dapt_models_register_imports_a_bundle_into_s3_and_refuses_a_bad_one(s3,
     assert _objects(s3, root) and {key.split("/")[1] for key in _objects(s3, root)} == {
         version["location"].rsplit("/", 1)[1]
     }
+
+
+def test_a_local_registry_never_imports_the_object_store_stack(tmp_path):
+    """The serving process imports the registry: s3fs/fsspec load only when the artifact root is a URL."""
+    code = (
+        "import sys; from models.registry.store import Registry; "
+        f"Registry('sqlite:///{tmp_path / 'r.db'}', '{tmp_path / 'artifacts'}').list_versions(); "
+        "print(sorted(m for m in ('fsspec', 's3fs', 'botocore') if m in sys.modules))"
+    )
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "[]"
