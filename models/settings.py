@@ -16,6 +16,7 @@ from typing import TypeVar
 HOME_ENV = "DAPT_HOME"
 REGISTRY_URL_ENV = "DAPT_REGISTRY_URL"
 ARTIFACT_ROOT_ENV = "DAPT_ARTIFACT_ROOT"
+ARTIFACT_CACHE_ENV = "DAPT_ARTIFACT_CACHE"
 ACTOR_ENV = "DAPT_ACTOR"
 SCHEDULE_CONCURRENCY_ENV = "DAPT_SCHEDULE_CONCURRENCY"
 # Serving (read by services/ when the service starts).
@@ -81,8 +82,21 @@ def registry_url() -> str:
     return os.environ.get(REGISTRY_URL_ENV) or f"sqlite:///{dapt_home() / 'registry.db'}"
 
 
+def artifact_location() -> str:
+    """Where registered bundles are stored: a folder, or an object-store URL such as ``s3://bucket/prefix``
+    (endpoint and credentials from the standard AWS variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)."""
+    return os.environ.get(ARTIFACT_ROOT_ENV) or str(dapt_home() / "artifacts")
+
+
 def artifact_root() -> Path:
-    return Path(os.environ.get(ARTIFACT_ROOT_ENV) or dapt_home() / "artifacts")
+    """The artifact store as a local folder (for checks against local paths; an object-store URL never
+    matches a local folder)."""
+    return Path(artifact_location())
+
+
+def artifact_cache_dir() -> Path:
+    """Where readers of an object-store registry keep their checked copies (DAPT_ARTIFACT_CACHE)."""
+    return Path(os.environ.get(ARTIFACT_CACHE_ENV) or dapt_home() / "artifact-cache")
 
 
 def runs_dir() -> Path:

@@ -7,7 +7,7 @@
 - ``requirements.lock``: every distribution `dapt[test,dev]` needs, transitively, with the version installed
   here (plus pip). `make setup` (so `make demo`, `make test`, `.ci/run`) installs with ``-c requirements.lock``.
 - ``docker/requirements.gpu.txt`` and ``docker/requirements.cpu.txt``: what the serving image needs (BentoML,
-  ONNX Runtime, tokenizers, the registry client with its Postgres driver), transitively, at the same versions
+  ONNX Runtime, tokenizers, the registry client with its Postgres driver and s3fs), transitively, at the same versions
   as the lock. bentofile.yaml and bentofile.cpu.yaml install exactly these. Two packages differ from the lock
   on purpose: the CPU image takes plain ``onnxruntime`` at the lock's onnxruntime-gpu version (same module,
   CPU build), and the GPU image takes ``onnxruntime-gpu`` ``GPU_ONNXRUNTIME``, the newest release built for
@@ -36,7 +36,7 @@ BENTO_REQUIREMENTS = {
 PROJECT = "dapt"
 EXTRAS = ("test", "dev")
 # What the serving process imports (services/, models/registry/store.py); bentoml is what BentoML adds itself.
-SERVING_ROOTS = ("bentoml", "tokenizers", "numpy", "pydantic", "sqlalchemy", "psycopg[binary]")
+SERVING_ROOTS = ("bentoml", "tokenizers", "numpy", "pydantic", "sqlalchemy", "psycopg[binary]", "s3fs")
 # The last onnxruntime-gpu release built for CUDA 12 + cuDNN 9 (checked on the wheels: libcublas.so.12 up to
 # 1.26, .so.13 from 1.27); BentoML has no CUDA 13 base image.
 GPU_ONNXRUNTIME = "1.26.0"

@@ -80,7 +80,7 @@ def test_the_postgres_driver_is_a_runtime_dependency():
     assert not any(Requirement(line).name == "psycopg" for line in PYPROJECT["optional-dependencies"]["test"])
 
 
-def test_both_bentofiles_install_the_locked_serving_packages_with_the_postgres_driver():
+def test_both_bentofiles_install_the_locked_serving_packages_with_the_postgres_driver_and_s3fs():
     images = {"bentofile.yaml": "gpu", "bentofile.cpu.yaml": "cpu"}
     for bentofile, image in images.items():
         python = yaml.safe_load((REPO / bentofile).read_text(encoding="utf-8"))["python"]
@@ -88,7 +88,10 @@ def test_both_bentofiles_install_the_locked_serving_packages_with_the_postgres_d
         assert requirements_path == LOCK_SCRIPT.BENTO_REQUIREMENTS[image], bentofile
         assert "packages" not in python  # BentoML ignores `packages` next to requirements_txt
         pins = LOCK_SCRIPT.read_pins(requirements_path)
-        for name in ("psycopg", "psycopg-binary", "sqlalchemy", "tokenizers", "numpy", "pydantic", "bentoml"):
+        for name in (
+            *("psycopg", "psycopg-binary", "sqlalchemy", "tokenizers", "numpy", "pydantic", "bentoml"),
+            *("s3fs", "fsspec", "aiobotocore", "botocore"),  # DAPT_ARTIFACT_ROOT=s3://... in the image
+        ):
             assert pins.get(name) == LOCK[name], (bentofile, name, pins.get(name), LOCK[name])
         runtime = {k: v for k, v in pins.items() if k.startswith("onnxruntime")}
         others = {k: v for k, v in pins.items() if not k.startswith("onnxruntime")}

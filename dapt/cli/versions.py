@@ -67,6 +67,7 @@ def _version_json(version: ModelVersion, evidence: bool = False) -> dict[str, An
         "size_bytes": version.size_bytes,
         "file_count": version.file_count,
         "path": str(version.path),
+        "location": version.location,
     }
     if evidence:
         data["evidence"] = version.evidence
@@ -402,3 +403,57 @@ def audit_command(
             move.reason,
         )
     console.print(table)
+
+
+@models_app.command("register")
+@_friendly_errors
+def register_command(
+    name: str = typer.Argument(..., help="Model name (lowercase letters, digits, '-' or '_')."),
+    bundle_dir: str = typer.Argument(
+        ..., help="A serving bundle: what `dapt export` writes, or another trainer's."
+    ),
+    evidence_file: str = typer.Option(
+        None,
+        "--evidence",
+        help="Evidence JSON to register with (default: the bundle's evidence.json, if any).",
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Import an exported bundle as the next version of NAME, with its evidence; no alias moves.
+
+    Example: dapt models register finsent runs/export/bundle   (then: dapt models promote finsent N)
+    """
+    from pathlib import Path
+
+    from models.registry.imports import imported_evidence
+    from models.registry.store import BundleError, InvalidName, check_name
+
+    try:
+        check_name(name)
+        bundle = Path(bundle_dir).expanduser().resolve()
+        evidence = imported_evidence(bundle, Path(evidence_file).expanduser() if evidence_file else None)
+        registered = _registry().register(name, bundle, evidence.record)
+    except (BundleError, InvalidName) as error:  # the input is wrong: fix the command (exit 2)
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(ExitCode.USAGE) from None
+    if as_json:
+        _print_json(
+            _version_json(registered)
+            | {"evidence_source": evidence.source, "evidence_missing": evidence.missing}
+        )
+        return
+    console.print(
+        f"[green]registered[/green] {registered.name} v{registered.version} from {bundle} "
+        f"({registered.file_count} files, {(registered.size_bytes or 0) / 1e6:.1f} MB) at {registered.location}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"evidence: {evidence.source}", highlight=False, soft_wrap=True)
+    if evidence.missing:
+        console.print(
+            f"[yellow]note:[/yellow] not a complete dapt Evidence (missing or invalid: {', '.join(evidence.missing)}); "
+            "the gate judges the metrics and parity it has",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"next: `dapt models promote {registered.name} {registered.version}`", highlight=False)

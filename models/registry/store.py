@@ -6,7 +6,7 @@ What it stores
   first use): ``versions`` (one row per version: status, metrics and evidence as JSON, manifest digest),
   ``aliases`` (name, alias -> version) and ``alias_events`` (the append-only audit log of every alias move,
   with its reason, gate decision, actor and time; refused promotions are logged too).
-* Artifact store: ``<artifact_root>/<name>/<version>/`` holds a copy of the serving bundle (models/registry/bundle.py)
+* Artifact store: ``<artifact_root>/<name>/<version>-<token>/`` holds a copy of the serving bundle (models/registry/bundle.py)
   plus ``manifest.json`` (sha256 + size of every file), ``evidence.json`` and a generated model card ``README.md``.
 
 Guarantees
@@ -36,14 +36,14 @@ Guarantees
 * Only safetensors and ONNX weights are ever loaded: bundles with pickle-based files (``*.bin``, ``*.pt``,
   ``*.pth``, ``*.pkl``, ``*.pickle``, ``*.ckpt``, ``*.joblib``) are refused at registration and at load.
 
-Object storage
---------------
-Artifacts live on local disk (or a shared mount). Object storage would plug in through fsspec: keep the
-database as is, make ``artifact_root`` a URL (``s3://bucket/dapt``), replace the copy/rename/hash helpers
-(``_copy_and_hash``, ``os.replace``, ``_verify_files``) with ``fsspec.filesystem(protocol)`` calls (upload to
-``<root>/.staging/<uuid>/`` then copy to ``<root>/<name>/<version>/`` — object stores have no atomic rename,
-which is fine because visibility is decided by the row's ``ready`` status, not by the folder), and have
-``load_path`` download into a local cache folder keyed by the manifest digest before verifying it.
+Artifact stores
+---------------
+``artifact_root`` is a local folder (or shared mount) or an object-store URL (``DAPT_ARTIFACT_ROOT=
+s3://bucket/prefix``, through fsspec + s3fs; endpoint and credentials from the standard AWS variables). Both sit
+behind models/registry/artifacts.py: a registration always assembles and hashes the version in a local staging
+folder, then publishes it (one rename on disk; an upload, manifest last, to an object store) and only then turns
+the row ``ready``, so a registration killed mid-upload is never visible. Readers of an object store get a local
+copy in a cache keyed by the manifest's sha256, each file checked against the manifest as it is downloaded.
 
 Usage::
 
@@ -58,7 +58,6 @@ Import cost: standard library + SQLAlchemy only (the serving process imports thi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -70,7 +69,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -100,15 +99,20 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from models.hashing import CHUNK as _CHUNK
 from models.hashing import file_sha256
-from models.registry.bundle import (
-    MANIFEST,
-    SERVING_SPEC,
-    BundlePathError,
-    ServingSpec,
-    check_bundle_path,
+from models.registry.artifacts import (
+    EVIDENCE_FILE,
+    MODEL_CARD,
+    ArtifactStore,
+    copy_and_hash,
+    fsync_tree,
+    open_store,
+    scan_bundle,
+    verify_folder,
+    write_durably,
 )
+from models.registry.bundle import MANIFEST, SERVING_SPEC
+from models.registry.errors import BundleError, ChecksumError, RegistryError
 from models.registry.gate import GateDecision, decide
 from models.registry.modelcard import render_model_card
 
@@ -121,11 +125,6 @@ log = logging.getLogger("dapt.registry")
 # Same rule as models.recipe.MODEL_NAME_PATTERN (a test pins the equality); copied so that importing the
 # registry does not import pydantic/yaml. Names become folder names: no dots, slashes or upper case.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-EVIDENCE_FILE = "evidence.json"
-MODEL_CARD = "README.md"
-REGISTRY_FILES = frozenset({MANIFEST, EVIDENCE_FILE, MODEL_CARD})  # written by the registry, never copied
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-STAGING_DIR = ".staging"
 # A pending registration whose heartbeat is older than this counts as abandoned. Its owner refreshes the
 # heartbeat every lease/4 seconds, so only a process that is dead (or stalled for the whole lease) loses it.
 DEFAULT_LEASE_S = 120.0
@@ -136,10 +135,6 @@ VISIBLE = (READY, ARCHIVED)
 
 
 # ----------------------------------------------------------------------------------------------- errors
-class RegistryError(Exception):
-    """Base class: a registry operation that cannot be done; the message says why and what to do."""
-
-
 class InvalidName(RegistryError, ValueError):
     """A model or alias name that does not match the naming rule."""
 
@@ -158,14 +153,6 @@ class AliasNotFound(VersionNotFound):
 
 class ArchivedVersion(RegistryError):
     """The version is archived and cannot take an alias."""
-
-
-class BundleError(RegistryError):
-    """The folder given to ``register`` is not a usable serving bundle."""
-
-
-class ChecksumError(RegistryError):
-    """A registered version's files differ from its manifest (changed byte, missing or unexpected file)."""
 
 
 class GateRefused(RegistryError):
@@ -256,7 +243,9 @@ MOVE_KINDS = ("set", "promote", "force", "rollback")  # events that moved the al
 # ----------------------------------------------------------------------------------------------- values
 @dataclass(frozen=True)
 class ModelVersion:
-    """One registered version as the registry sees it. ``path`` is the bundle folder in the artifact store."""
+    """One registered version as the registry sees it. ``path`` is the local bundle folder to load: the folder in
+    a local artifact store, or the checked cache copy of an object store's (filled by ``load_path``/``verify``);
+    ``location`` is where the files are stored (that folder, or their URL)."""
 
     name: str
     version: int
@@ -272,6 +261,8 @@ class ModelVersion:
     base_model: str | None = None
     data_sha256: str | None = None
     code_revision: str | None = None
+    artifact_path: str | None = None  # relative to the artifact root: <name>/<version>-<token>
+    location: str | None = None
 
     @property
     def archived(self) -> bool:
@@ -386,6 +377,28 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _check_idempotency_key(key: Any) -> None:
+    if key is not None and (not isinstance(key, str) or not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY):
+        raise RegistryError(
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters, got {key!r}"
+        )
+
+
+def _evidence_record(evidence: Any) -> dict[str, Any]:
+    """An Evidence, or its record (a dict) as stored, as plain JSON whose metrics are numbers."""
+    supplied: Any = evidence.record() if hasattr(evidence, "record") else evidence
+    if not isinstance(supplied, dict):
+        raise RegistryError(f"evidence must be an Evidence or a dict, got {type(supplied).__name__}")
+    record: dict[str, Any] = _jsonable(supplied)
+    metrics = record.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise RegistryError("evidence['metrics'] must be a dict of metric name -> number")
+    for key, value in metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise RegistryError(f"evidence['metrics'][{key!r}] must be a number, got {value!r}")
+    return record
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict) and value:
         out: dict[str, Any] = {}
@@ -393,109 +406,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: value}
-
-
-def _fsync_path(path: Path) -> None:
-    """Flush a file's or a folder's entry to stable storage (a folder fsync makes renames and creations durable)."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every folder under ``root`` (files are fsynced as they are written), deepest first."""
-    folders = [Path(top) for top, _dirs, _files in os.walk(root)]
-    for folder in reversed(folders):
-        _fsync_path(folder)
-
-
-def _write_durably(path: Path, text_value: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text_value)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _pickle_files(paths: Iterable[str]) -> list[str]:
-    return sorted(p for p in paths if p.lower().endswith(PICKLE_SUFFIXES))
-
-
-def _walk(root: Path) -> tuple[list[str], list[str]]:
-    """(relative paths of regular files, relative paths of symbolic links) under ``root``, links not followed."""
-    files, links = [], []
-    for top, dirs, names in os.walk(root, followlinks=False):
-        for entry in [*dirs, *names]:
-            path = Path(top) / entry
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                links.append(rel)
-            elif path.is_file():
-                files.append(rel)
-    return sorted(files), sorted(links)
-
-
-def _serving_variants(spec_path: Path) -> dict[str, str]:
-    """The variant paths of a serving.json, checked to be plain relative paths (raises BundlePathError)."""
-    try:
-        raw = json.loads(spec_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise BundlePathError(f"{SERVING_SPEC} is unreadable ({error})") from error
-    variants = raw.get("variants") if isinstance(raw, dict) else None
-    if not isinstance(variants, dict) or not variants:
-        raise BundlePathError(f"{SERVING_SPEC} has no variants (variant name -> ONNX path in the bundle)")
-    for variant, rel in variants.items():
-        check_bundle_path(rel, f"{SERVING_SPEC} variant {variant!r}")
-    return variants
-
-
-def _scan_bundle(bundle: Path) -> list[str]:
-    """Relative POSIX paths of the bundle's files to copy; refuses non-bundles, links, pickle-based files and
-    serving specs that point at files outside the bundle."""
-    if not bundle.is_dir():
-        raise BundleError(f"bundle folder {bundle} does not exist; pass the export stage's bundle directory")
-    if not (bundle / SERVING_SPEC).is_file():
-        raise BundleError(
-            f"{bundle} is not a serving bundle: {SERVING_SPEC} is missing (see models/registry/bundle.py for the layout)"
-        )
-    found, links = _walk(bundle)
-    if links:
-        raise BundleError(f"{bundle}: {links[0]} is a symbolic link; bundles must hold real files only")
-    files = [rel for rel in found if rel not in REGISTRY_FILES]
-    pickles = _pickle_files(files)
-    if pickles:
-        raise BundleError(
-            f"{bundle} contains pickle-based files the project never loads: {', '.join(pickles)}. "
-            "Keep weights as safetensors/ONNX only and delete these files (e.g. training_args.bin) before registering"
-        )
-    try:
-        variants = _serving_variants(bundle / SERVING_SPEC)
-        ServingSpec.read(bundle)
-    except (BundlePathError, TypeError) as error:
-        raise BundleError(f"{bundle}: {error}; fix {SERVING_SPEC} (see models/registry/bundle.py)") from error
-    missing = [f"{variant} -> {rel}" for variant, rel in sorted(variants.items()) if rel not in files]
-    if missing:
-        raise BundleError(
-            f"{bundle}: {SERVING_SPEC} names ONNX files that are not in the bundle: {', '.join(missing)}; "
-            "export again, or fix the variant paths"
-        )
-    return files
-
-
-def _copy_and_hash(source: Path, target: Path) -> tuple[str, int]:
-    """Copy one file while hashing it, fsynced; the copy is read-only (registered files never change)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest, size = hashlib.sha256(), 0
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        while chunk := src.read(_CHUNK):
-            digest.update(chunk)
-            dst.write(chunk)
-            size += len(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.chmod(target, 0o444)
-    return digest.hexdigest(), size
 
 
 # ----------------------------------------------------------------------------------------------- engine
@@ -570,8 +480,10 @@ class _Heartbeat:
 class Registry:
     """Versions, aliases and the audit log in one SQL database; bundles in the artifact store.
 
-    ``Registry()`` uses ``models.settings.registry_url()`` and ``models.settings.artifact_root()``. Nothing touches
-    disk or the database until the first call (which creates the tables).
+    ``Registry()`` uses ``models.settings.registry_url()``, ``models.settings.artifact_location()`` (a folder or an
+    object-store URL) and ``models.settings.artifact_cache_dir()`` (where object-store readers keep checked
+    copies). Nothing touches disk or the database until the first call (which creates the tables).
+    ``artifacts``: an :class:`~models.registry.artifacts.ArtifactStore` to use instead of the one the root names.
 
     ``lease_s``: how long a pending registration may go without a heartbeat before others may remove it.
     ``hook``: called with a stage name at fixed points (``copying`` after each file, ``copied``, ``moved``,
@@ -586,13 +498,19 @@ class Registry:
         *,
         lease_s: float = DEFAULT_LEASE_S,
         hook: Callable[[str], None] | None = None,
+        cache_dir: str | Path | None = None,
+        artifacts: ArtifactStore | None = None,
     ):
         from models import settings
 
         if not lease_s > 0:
             raise RegistryError(f"lease_s must be positive, got {lease_s!r}")
         self.url = url or settings.registry_url()
-        self.artifact_root = Path(artifact_root or settings.artifact_root()).expanduser().resolve()
+        self.artifacts = artifacts or open_store(
+            artifact_root or settings.artifact_location(), cache_dir or settings.artifact_cache_dir()
+        )
+        # A Path for a local store (tests and tools join paths to it), the URL for an object store.
+        self.artifact_root: Any = getattr(self.artifacts, "root", self.artifacts.location)
         self.lease_s = float(lease_s)
         self._hook = hook
         self._engine: Engine | None = None
@@ -679,7 +597,7 @@ class Registry:
             version=row.version,
             status=row.status,
             created_at=_utc(row.created_at),
-            path=self.artifact_root / row.artifact_path,
+            path=self.artifacts.folder(row.artifact_path, row.manifest_sha256),
             metrics=dict(row.metrics or {}),
             evidence=dict(row.evidence or {}),
             aliases=sorted(aliases),
@@ -689,6 +607,8 @@ class Registry:
             base_model=row.base_model,
             data_sha256=row.data_sha256,
             code_revision=row.code_revision,
+            artifact_path=row.artifact_path,
+            location=self.artifacts.url(row.artifact_path),
         )
 
     @staticmethod
@@ -723,33 +643,74 @@ class Registry:
         is being registered with it right now, wait for that one.
         """
         check_name(name)
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str)
-            or not idempotency_key.strip()
-            or len(idempotency_key) > MAX_IDEMPOTENCY_KEY
-        ):
-            raise RegistryError(
-                f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters, "
-                f"got {idempotency_key!r}"
-            )
+        _check_idempotency_key(idempotency_key)
         bundle = Path(bundle_dir).expanduser().resolve()
-        files = _scan_bundle(bundle)
-        # An Evidence, or its record (a dict) as stored.
-        supplied: Any = evidence.record() if hasattr(evidence, "record") else evidence
-        if not isinstance(supplied, dict):
-            raise RegistryError(f"evidence must be an Evidence or a dict, got {type(supplied).__name__}")
-        record: dict[str, Any] = _jsonable(supplied)
-        metrics = record.get("metrics") or {}
-        if not isinstance(metrics, dict):
-            raise RegistryError("evidence['metrics'] must be a dict of metric name -> number")
-        for key, value in metrics.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise RegistryError(f"evidence['metrics'][{key!r}] must be a number, got {value!r}")
-        fingerprint = record.get("data_fingerprint") or {}
+        files = scan_bundle(bundle)
+        record = _evidence_record(evidence)
 
         self.cleanup()
         token, owner = _new_owner()
         created = _now()
+        allocated = self._allocate(name, record, token, owner, created, idempotency_key)
+        if isinstance(allocated, ModelVersion):
+            return allocated
+        row_id, version, artifact_path = allocated
+        work = self.artifacts.staging / token
+        staged = work / "bundle"
+        heartbeat = _Heartbeat(self, row_id, owner)
+        heartbeat.start()
+        try:
+            entries, manifest_sha = self._assemble(bundle, files, staged, name, version, created, record)
+            self.artifacts.publish(staged, artifact_path, self._stage)
+            self._stage("moved")
+
+            if not self._mark_ready(row_id, owner, manifest_sha, entries):
+                raise RegistryError(
+                    f"registration of {name} v{version} was removed as abandoned by another process (no "
+                    f"heartbeat for {self.lease_s:.0f} s) before it finished; register again"
+                )
+            self._stage("marked-ready")
+        except BaseException as error:
+            heartbeat.stop()
+            state = self._settle_failed(row_id, owner)
+            if state == READY and isinstance(error, Exception):
+                # The commit went through and only its answer was lost: the version is complete.
+                log.warning(
+                    "%s v%d: %s after the version was committed; it is registered", name, version, error
+                )
+            elif state in (REMOVING, "gone"):
+                shutil.rmtree(work, ignore_errors=True)
+                if state == REMOVING:
+                    self._remove_files_and_row(row_id, artifact_path)
+                raise
+            else:  # ready but interrupted, or unknown: leave the files; cleanup() decides by the row later
+                raise
+        finally:
+            heartbeat.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        log.info(
+            "registered %s v%d at %s (manifest sha256 %s)",
+            name,
+            version,
+            self.artifacts.url(artifact_path),
+            manifest_sha[:12],
+        )
+        return self.get_version(name, version)
+
+    def _allocate(
+        self,
+        name: str,
+        record: dict[str, Any],
+        token: str,
+        owner: str,
+        created: datetime,
+        idempotency_key: str | None,
+    ) -> ModelVersion | tuple[int, int, str]:
+        """Insert this registration's ``pending`` row with the next number: (row id, version, artifact path).
+        With ``idempotency_key``: the version already registered with it instead, once any registration with
+        it in flight has finished (or its lease ran out)."""
+        metrics = record.get("metrics") or {}
+        fingerprint = record.get("data_fingerprint") or {}
 
         def allocate(session: Session) -> tuple[str, Any]:
             if idempotency_key is not None:
@@ -785,7 +746,7 @@ class Registry:
         while True:
             kind, value = self._write(allocate, retry_conflicts=True)
             if kind == "new":
-                break
+                return value
             if kind == "done":
                 log.info(
                     "%s v%d was already registered with key %r; returning it", name, value, idempotency_key
@@ -799,92 +760,82 @@ class Registry:
             time.sleep(min(1.0, self.lease_s / 8))
             self.cleanup()
 
-        row_id, version, artifact_path = value
-        final = self.artifact_root / artifact_path
-        work = self.artifact_root / STAGING_DIR / token
-        staged = work / "bundle"
-        heartbeat = _Heartbeat(self, row_id, owner)
-        heartbeat.start()
-        try:
-            staged.mkdir(parents=True)
-            total = sum((bundle / rel).stat().st_size for rel in files)
-            log.info("registering %s v%d: copying %d files (%.1f MB)", name, version, len(files), total / 1e6)
-            entries: dict[str, dict[str, Any]] = {}
-            for rel in files:
-                digest, size = _copy_and_hash(bundle / rel, staged / rel)
-                entries[rel] = {"sha256": digest, "size": size}
-                self._stage("copying")
+    def _mark_ready(
+        self, row_id: int, owner: str, manifest_sha: str, entries: dict[str, dict[str, Any]]
+    ) -> bool:
+        """Turn our pending row ``ready`` (the commit that makes the version visible); False when it is no longer
+        ours (removed as abandoned)."""
 
-            serving = json.loads((staged / SERVING_SPEC).read_text(encoding="utf-8"))
-            _write_durably(staged / EVIDENCE_FILE, json.dumps(record, indent=2, sort_keys=True))
-            card = render_model_card(
-                name, version, created.isoformat(timespec="seconds"), record, serving, entries
+        def mark_ready(session: Session) -> int:
+            result = session.execute(
+                update(VersionRow)
+                .where(VersionRow.id == row_id, VersionRow.status == PENDING, VersionRow.owner == owner)
+                .values(
+                    status=READY,
+                    ready_at=_now(),
+                    manifest_sha256=manifest_sha,
+                    size_bytes=sum(entry["size"] for entry in entries.values()),
+                    file_count=len(entries),
+                )
             )
-            _write_durably(staged / MODEL_CARD, card)
-            for rel in (EVIDENCE_FILE, MODEL_CARD):
-                entries[rel] = {"sha256": file_sha256(staged / rel), "size": (staged / rel).stat().st_size}
-                os.chmod(staged / rel, 0o444)
-            manifest = {
-                "format": 1,
-                "name": name,
-                "version": version,
-                "created_at": created.isoformat(),
-                "files": dict(sorted(entries.items())),
-            }
-            _write_durably(staged / MANIFEST, json.dumps(manifest, indent=2))
-            os.chmod(staged / MANIFEST, 0o444)
-            manifest_sha = file_sha256(staged / MANIFEST)
-            _fsync_tree(staged)
-            self._stage("copied")
+            return result.rowcount  # type: ignore[attr-defined]
 
-            # The folder is this row's alone (its name holds the token): nothing else can be there or be lost.
-            final.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_path(final.parent.parent)
-            os.replace(staged, final)
-            _fsync_path(final.parent)  # the rename is durable before the row says ready
-            self._stage("moved")
+        return self._write(mark_ready) == 1
 
-            def mark_ready(session: Session) -> int:
-                result = session.execute(
-                    update(VersionRow)
-                    .where(VersionRow.id == row_id, VersionRow.status == PENDING, VersionRow.owner == owner)
-                    .values(
-                        status=READY,
-                        ready_at=_now(),
-                        manifest_sha256=manifest_sha,
-                        size_bytes=sum(entry["size"] for entry in entries.values()),
-                        file_count=len(entries),
-                    )
-                )
-                return result.rowcount  # type: ignore[attr-defined]
+    def _assemble(
+        self,
+        bundle: Path,
+        files: list[str],
+        staged: Path,
+        name: str,
+        version: int,
+        created: datetime,
+        record: dict[str, Any],
+    ) -> tuple[dict[str, dict[str, Any]], str]:
+        """Copy the bundle into the local staging folder while hashing it, add evidence, model card and manifest
+        (read-only, fsynced). Returns (manifest entries, the manifest's sha256)."""
+        staged.mkdir(parents=True)
+        total = sum((bundle / rel).stat().st_size for rel in files)
+        log.info("registering %s v%d: copying %d files (%.1f MB)", name, version, len(files), total / 1e6)
+        entries: dict[str, dict[str, Any]] = {}
+        for rel in files:
+            digest, size = copy_and_hash(bundle / rel, staged / rel)
+            entries[rel] = {"sha256": digest, "size": size}
+            self._stage("copying")
 
-            if self._write(mark_ready) != 1:
-                raise RegistryError(
-                    f"registration of {name} v{version} was removed as abandoned by another process (no "
-                    f"heartbeat for {self.lease_s:.0f} s) before it finished; register again"
-                )
-            self._stage("marked-ready")
-        except BaseException as error:
-            heartbeat.stop()
-            state = self._settle_failed(row_id, owner)
-            if state == READY and isinstance(error, Exception):
-                # The commit went through and only its answer was lost: the version is complete.
-                log.warning(
-                    "%s v%d: %s after the version was committed; it is registered", name, version, error
-                )
-            elif state in (REMOVING, "gone"):
-                shutil.rmtree(work, ignore_errors=True)
-                shutil.rmtree(final, ignore_errors=True)
-                if state == REMOVING:
-                    self._delete_removing(row_id)
-                raise
-            else:  # ready but interrupted, or unknown: leave the files; cleanup() decides by the row later
-                raise
-        finally:
-            heartbeat.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        log.info("registered %s v%d at %s (manifest sha256 %s)", name, version, final, manifest_sha[:12])
-        return self.get_version(name, version)
+        serving = json.loads((staged / SERVING_SPEC).read_text(encoding="utf-8"))
+        write_durably(staged / EVIDENCE_FILE, json.dumps(record, indent=2, sort_keys=True))
+        card = render_model_card(
+            name, version, created.isoformat(timespec="seconds"), record, serving, entries
+        )
+        write_durably(staged / MODEL_CARD, card)
+        for rel in (EVIDENCE_FILE, MODEL_CARD):
+            entries[rel] = {"sha256": file_sha256(staged / rel), "size": (staged / rel).stat().st_size}
+            os.chmod(staged / rel, 0o444)
+        manifest = {
+            "format": 1,
+            "name": name,
+            "version": version,
+            "created_at": created.isoformat(),
+            "files": dict(sorted(entries.items())),
+        }
+        write_durably(staged / MANIFEST, json.dumps(manifest, indent=2))
+        os.chmod(staged / MANIFEST, 0o444)
+        manifest_sha = file_sha256(staged / MANIFEST)
+        fsync_tree(staged)
+        self._stage("copied")
+        return entries, manifest_sha
+
+    def _remove_files_and_row(self, row_id: int, artifact_path: str) -> bool:
+        """Delete a ``removing`` row's stored files, then the row; a row whose files could not be deleted stays
+        ``removing`` for cleanup() to try again (an object store may be unreachable for a while)."""
+        try:
+            self.artifacts.remove(artifact_path)
+        except Exception as error:  # noqa: BLE001 - cleanup() retries
+            log.warning("could not delete %s (%s); cleanup() will", self.artifacts.url(artifact_path), error)
+            return False
+        self._delete_removing(row_id)
+        return True
 
     def _settle_failed(self, row_id: int, owner: str) -> str:
         """After a failed registration, read the row again before touching any file. Returns ``ready`` (it was
@@ -941,7 +892,7 @@ class Registry:
         ``removing``, their folders, and staging folders no live registration owns. Returns how many rows."""
         lease = self.lease_s if lease_s is None else lease_s
         cutoff = _now() - timedelta(seconds=lease)
-        staging = self.artifact_root / STAGING_DIR
+        staging = self.artifacts.staging
         # List the staging folders before reading the rows: a folder is created after its row is committed,
         # so any folder seen here whose owner is alive has its row in the read below.
         staged = list(staging.iterdir()) if staging.is_dir() else []
@@ -975,9 +926,9 @@ class Registry:
             if row is None:
                 continue
             # The row is `removing`: its owner can no longer turn it ready, so its folders can go.
-            shutil.rmtree(self.artifact_root / row.artifact_path, ignore_errors=True)
             shutil.rmtree(staging / _token_of(owner), ignore_errors=True)
-            self._delete_removing(row_id)
+            if not self._remove_files_and_row(row_id, row.artifact_path):
+                continue
             removed += 1
             log.info("removed abandoned registration of %s v%d (owner %s)", row.name, row.version, owner)
 
@@ -1104,74 +1055,29 @@ class Registry:
     def load_path(
         self, name: str, version: int | None = None, alias: str | None = None, verify: bool = True
     ) -> Path:
-        """The bundle folder of a version (by number, alias, or newest), verified against its manifest."""
+        """The local bundle folder of a version (by number, alias, or newest), verified against its manifest.
+        From an object store, the files are downloaded into the local cache first (each checked as it comes)."""
         model_version = self.get_version(name, version, alias)
         if verify:
             self.verify(model_version)
-        elif not model_version.path.is_dir():
-            raise ChecksumError(f"{name} v{model_version.version}: folder {model_version.path} is missing")
-        return model_version.path
+            return model_version.path
+        path = self._fetch(model_version)
+        if not path.is_dir():
+            raise ChecksumError(f"{name} v{model_version.version}: folder {path} is missing")
+        return path
+
+    def _fetch(self, model_version: ModelVersion) -> Path:
+        label = f"{model_version.name} v{model_version.version}"
+        if model_version.artifact_path is None:  # built by hand, not read from the database
+            return model_version.path
+        return self.artifacts.fetch(model_version.artifact_path, model_version.manifest_sha256, label)
 
     def verify(self, model_version: ModelVersion) -> None:
         """Raise ChecksumError (naming model, version and files) unless the folder matches the manifest exactly."""
+        root = self._fetch(model_version)
+        fix = self.artifacts.fix_hint(model_version.artifact_path or "", model_version.manifest_sha256)
         label = f"{model_version.name} v{model_version.version}"
-        root = model_version.path
-        fix = "re-register the bundle from its run, or restore the folder from a backup"
-        manifest_path = root / MANIFEST
-        if not manifest_path.is_file():
-            raise ChecksumError(f"{label}: {MANIFEST} is missing in {root}; {fix}")
-        if model_version.manifest_sha256 and file_sha256(manifest_path) != model_version.manifest_sha256:
-            raise ChecksumError(
-                f"{label}: {MANIFEST} was modified (its sha256 differs from the registry's); {fix}"
-            )
-        try:
-            expected: dict[str, dict[str, Any]] = json.loads(manifest_path.read_text(encoding="utf-8"))[
-                "files"
-            ]
-        except (ValueError, KeyError) as error:
-            raise ChecksumError(f"{label}: {MANIFEST} is unreadable ({error}); {fix}") from error
-
-        if not isinstance(expected, dict):
-            raise ChecksumError(f"{label}: {MANIFEST} has no 'files' mapping; {fix}")
-
-        problems: list[str] = []
-        files, links = _walk(root)
-        for rel in links:
-            problems.append(f"{rel} is a symbolic link (bundles hold real files only)")
-        for rel, entry in sorted(expected.items()):
-            try:
-                check_bundle_path(rel, f"{MANIFEST} entry")
-            except BundlePathError as error:
-                problems.append(str(error))
-                continue
-            path = root / rel
-            if rel in links:
-                continue
-            if not path.is_file():
-                problems.append(f"{rel} is missing")
-            elif path.stat().st_size != entry["size"]:
-                problems.append(f"{rel} changed size ({entry['size']} -> {path.stat().st_size} bytes)")
-            elif file_sha256(path) != entry["sha256"]:
-                problems.append(f"{rel} changed (sha256 differs from the manifest)")
-        for rel in files:
-            if rel not in expected and rel != MANIFEST:
-                problems.append(f"{rel} is an unexpected file (not in the manifest)")
-        # Everything the service loads must be covered: serving.json itself and every variant it names.
-        if SERVING_SPEC not in expected:
-            problems.append(f"{SERVING_SPEC} is not in the manifest")
-        else:
-            try:
-                variants = _serving_variants(root / SERVING_SPEC)
-            except BundlePathError as error:
-                problems.append(str(error))
-            else:
-                for variant, rel in sorted(variants.items()):
-                    if rel not in expected:
-                        problems.append(
-                            f"{SERVING_SPEC} variant {variant!r} loads {rel}, which is not in the manifest"
-                        )
-        if problems:
-            raise ChecksumError(f"{label} failed verification at {root}: {'; '.join(problems)}; {fix}")
+        verify_folder(root, model_version.manifest_sha256, label, fix)
 
     # -- aliases -------------------------------------------------------------------------------------------
     def set_alias(
