@@ -257,6 +257,12 @@ class ExportConfig(_Section):
         description="Batch sizes parity runs the serving predictor at (dynamic int8 depends on the batch: "
         "activation scales are taken over the whole padded batch); the service batches up to 32 texts.",
     )
+    parity_max_texts: int | None = Field(
+        default=2000,
+        ge=1,
+        description="Parity runs on at most this many eval texts (evenly spaced through the eval set): batch-1 "
+        "runs over every text of a large eval set cost minutes of the run's budget. null checks them all.",
+    )
     int8_per_channel: bool = Field(default=True, description="One weight scale per output channel.")
     int8_reduce_range: bool = Field(default=False, description="7-bit weights (for CPUs without VNNI).")
     int8_operators: list[Literal["MatMul", "Gather", "Attention"]] = Field(

@@ -162,6 +162,14 @@ def _done_line(seconds: float, parity: dict, preferred_cpu: str) -> str:
     return f"export done in {seconds:.1f}s: {verdicts}; CPU serves {preferred_cpu}"
 
 
+def parity_sample(texts: list[str], labels, limit: int | None):
+    """At most ``limit`` texts (and their labels), evenly spaced so every part of the eval set is seen."""
+    if limit is None or len(texts) <= limit:
+        return texts, labels
+    picked = [i * len(texts) // limit for i in range(limit)]
+    return [texts[i] for i in picked], (None if labels is None else [labels[i] for i in picked])
+
+
 def _judge_variants(
     model,
     tokenizer,
@@ -176,6 +184,7 @@ def _judge_variants(
     """Parity of every variant, the failed ones dropped, the preferred variants chosen, reports/parity.json
     written: (parity, dropped, served, preferred CPU variant, preferred GPU variant)."""
     sizes = ", ".join(str(b) for b in config.parity_batch_sizes)
+    parity_texts, parity_labels = parity_sample(parity_texts, parity_labels, config.parity_max_texts)
     say(
         f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts, serving batches of {sizes}"
     )

@@ -278,3 +278,16 @@ def test_bad_model_dir_is_a_readable_error(tmp_path, tiny_base_model, classifier
         _export(classifier_dir, tmp_path / "out", labels=["a", "b", "c"])
     with pytest.raises(ExportError, match="parity_texts"):
         _export(classifier_dir, tmp_path / "out", parity_texts=[])
+
+
+def test_parity_checks_at_most_parity_max_texts_spread_over_the_whole_eval_set():
+    from models.export.onnx import parity_sample
+
+    texts = [f"text {i}" for i in range(10)]
+    labels = [f"label {i}" for i in range(10)]
+    picked, picked_labels = parity_sample(texts, labels, 4)
+    assert picked == ["text 0", "text 2", "text 5", "text 7"]  # from the start to the end, not the first 4
+    assert picked_labels == [t.replace("text", "label") for t in picked]  # each text keeps its own label
+    assert parity_sample(texts, None, 4)[1] is None  # NER passes no labels
+    assert parity_sample(texts, labels, None) == (texts, labels)  # null: every text
+    assert parity_sample(texts, labels, 50) == (texts, labels)
