@@ -247,10 +247,26 @@ def write_run_report(run_dir: Path, markdown: str, pictures: list[Path], title: 
     return md_path, html_path
 
 
+def _recipe_from_file(path: str) -> Recipe:
+    from models.recipe import check_data_paths, load_recipe
+
+    loaded = load_recipe(path)  # RecipeError names the file and the field
+    problems = check_data_paths(loaded)
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return loaded
+
+
 @flow(name="retrain", log_prints=True)
-def retrain(recipe: Recipe) -> dict:
-    """Raw domain text to a registered (and, if the gate passes, promoted) model version."""
+def retrain(recipe: Recipe | str) -> dict:
+    """Raw domain text to a registered (and, if the gate passes, promoted) model version.
+
+    ``recipe``: the recipe, or the path of a recipe file (what a deployment run by a worker passes; a relative
+    path is read from the working directory the deployment's pull step sets, the repository root)."""
     from models.data import data_fingerprint
+
+    if isinstance(recipe, str):
+        recipe = _recipe_from_file(recipe)
 
     logger = get_run_logger()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")

@@ -448,7 +448,9 @@ def history_command(
         return
     if not history:
         which = f"alias '{alias}'" if alias else "any alias"
-        console.print(f"no version of '{name}' has held {which} yet; run `dapt models promote {name} <version>`")
+        console.print(
+            f"no version of '{name}' has held {which} yet; run `dapt models promote {name} <version>`"
+        )
         return
     now = datetime.now(timezone.utc)
     table = Table(title=f"{name}: alias history (UTC)")
