@@ -160,6 +160,7 @@ def test_watch_rolls_back_a_slow_and_an_unloadable_version_on_a_live_server(clas
             name="tiny",
             version=good.version,
             alias="production",
+            ready_timeout_s=240,
             DAPT_RELOAD_POLL_S="1",
             **registry_env(tmp_path),
         ) as (url, _),
