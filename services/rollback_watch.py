@@ -356,7 +356,11 @@ class RollbackWatcher:
         if self.holder is None:
             self.start()
         while not self.stop_event.is_set():
-            verdict = self.tick()
+            try:
+                verdict = self.tick()
+            except Exception as error:  # noqa: BLE001 - a daemon: a registry or network hiccup must not end it
+                self.say(f"this reading failed and is skipped: {type(error).__name__}: {error}")
+                verdict = None
             if verdict is not None and once:
                 if verdict.rolled_back:
                     self._await_service(verdict.previous)
