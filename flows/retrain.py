@@ -248,6 +248,16 @@ def write_run_report(run_dir: Path, markdown: str, pictures: list[Path], title: 
     return md_path, html_path
 
 
+def _recipe_from_file(path: str) -> Recipe:
+    from models.recipe import check_data_paths, load_recipe
+
+    loaded = load_recipe(path)  # RecipeError names the file and the field
+    problems = check_data_paths(loaded)
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return loaded
+
+
 def _new_run_dir(recipe: Recipe) -> Path:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     run_dir = runs_dir() / f"{stamp}-{recipe.name}"
@@ -346,10 +356,15 @@ def _publish(recipe: Recipe, summary: dict, evidence: Evidence, run_dir: Path, b
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(recipe: Recipe) -> dict:
-    """Raw domain text to a registered (and, if the gate passes, promoted) model version."""
+def retrain(recipe: Recipe | str) -> dict:
+    """Raw domain text to a registered (and, if the gate passes, promoted) model version.
+
+    ``recipe``: the recipe, or the path of a recipe file (what a deployment run by a worker passes; a relative
+    path is read from the working directory the deployment's pull step sets, the repository root)."""
     from models.data import data_fingerprint
 
+    if isinstance(recipe, str):
+        recipe = _recipe_from_file(recipe)
     run_dir = _new_run_dir(recipe)
     fingerprint = data_fingerprint(recipe)
     incumbent = production_evidence(recipe)

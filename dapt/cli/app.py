@@ -13,6 +13,7 @@ from dapt.cli.common import UserError, console, err, read_recipe
 from dapt.cli.stages import register as register_stage_commands
 from dapt.cli.ui import register as register_ui_command
 from dapt.cli.versions import models_app
+from dapt.cli.watch import register as register_watch_command
 from dapt.exit_codes import ExitCode
 from models.progress import stage
 from models.settings import configure_environment
@@ -351,6 +352,7 @@ def schedule(
 app.add_typer(models_app, name="models", help="List, inspect, promote and roll back registered versions.")
 register_stage_commands(app)
 register_ui_command(app)
+register_watch_command(app)
 
 
 def _click_classes() -> dict[str, tuple[type[BaseException], ...]]:

@@ -1,4 +1,4 @@
-"""`dapt models ...`: list, inspect, diff, promote, roll back and archive registered versions.
+"""`dapt models ...`: list, inspect, diff, promote, roll back and archive registered versions; alias history.
 
 Mounted by dapt/cli/app.py as ``app.add_typer(models_app, name="models")``. Registry errors print one red line and
 exit with code 1 (no traceback). The registry module is imported inside commands so ``--help`` stays instant.
@@ -457,3 +457,70 @@ def register_command(
             soft_wrap=True,
         )
     console.print(f"next: `dapt models promote {registered.name} {registered.version}`", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {seconds:02d}s"
+
+
+@models_app.command("history")
+@_friendly_errors
+def history_command(
+    name: str = typer.Argument(..., help="Model name."),
+    alias: str = typer.Option(None, "--alias", "-a", help="Only this alias (default: every alias)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Which version held each alias, from when to when, and who or what moved it and why.
+
+    "how" is manual, manual (gate overridden), gate, rollback or automatic rollback (`dapt watch`).
+    Example: dapt models history finsent --alias production
+    """
+    from datetime import datetime, timezone
+
+    from rich.table import Table
+
+    from models.registry.history import alias_history
+    from models.registry.store import check_name
+
+    registry = _registry()
+    if alias is not None:
+        check_name(alias, "alias")
+    if not registry.list_versions(name):
+        registry.get_version(name)  # raises a clear ModelNotFound
+    history = alias_history(registry, name, alias)
+    if as_json:
+        _print_json([tenure.to_dict() for tenure in history])
+        return
+    if not history:
+        which = f"alias '{alias}'" if alias else "any alias"
+        console.print(
+            f"no version of '{name}' has held {which} yet; run `dapt models promote {name} <version>`"
+        )
+        return
+    now = datetime.now(timezone.utc)
+    table = Table(title=f"{name}: alias history (UTC)")
+    for column in ("alias", "version", "from", "until", "held", "how", "actor", "reason", "ended by"):
+        table.add_column(column, overflow="fold")
+    for tenure in history:
+        how = tenure.how if tenure.kind != "auto-rollback" else f"[yellow]{tenure.how}[/yellow]"
+        ended = "-" if tenure.ended_by is None else f"{tenure.ended_by}: {tenure.ended_reason}"
+        table.add_row(
+            tenure.alias,
+            f"v{tenure.version}",
+            tenure.since.strftime("%Y-%m-%d %H:%M:%S"),
+            "[green]now[/green]" if tenure.current else f"{tenure.until:%Y-%m-%d %H:%M:%S}",
+            _duration(tenure.held_s(now)),
+            how,
+            tenure.actor,
+            tenure.reason,
+            ended,
+        )
+    console.print(table)

@@ -227,7 +227,8 @@ class AliasEventRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), index=True)
     alias: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # set | promote | force | rollback | refused
+    # set | promote | force | rollback | auto-rollback | refused (16 characters at most: the column width)
+    kind: Mapped[str] = mapped_column(String(16))
     from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     to_version: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -237,7 +238,9 @@ class AliasEventRow(Base):
 
 
 _ANY = object()  # "no expectation" marker for set_alias(expected_from=...)
-MOVE_KINDS = ("set", "promote", "force", "rollback")  # events that moved the alias ("refused" did not)
+# Events that moved the alias ("refused" did not). "auto-rollback": a watcher (services/rollback_watch.py) moved
+# it back after the new version regressed on the live service; its reason says what regressed.
+MOVE_KINDS = ("set", "promote", "force", "rollback", "auto-rollback")
 
 
 # ----------------------------------------------------------------------------------------------- values
@@ -280,7 +283,7 @@ class AliasMove:
     id: int | None
     name: str
     alias: str
-    kind: str  # set | promote | force | rollback | refused | noop
+    kind: str  # set | promote | force | rollback | auto-rollback | refused | noop
     from_version: int | None
     to_version: int
     reason: str

@@ -37,7 +37,13 @@ def corrupt(path: Path) -> None:
 
 @contextmanager
 def live_server(
-    bundle_dir: Path, *, name: str = "tiny", version: int = 1, alias: str | None = None, **env: str
+    bundle_dir: Path,
+    *,
+    name: str = "tiny",
+    version: int = 1,
+    alias: str | None = None,
+    ready_timeout_s: float = 90,
+    **env: str,
 ):
     """`bentoml serve` on a free loopback port (services.launcher's start_server), ready, stopped with SIGTERM at exit.
 
@@ -58,7 +64,7 @@ def live_server(
             else:
                 os.environ[key] = value
     try:
-        wait_ready(url, process, timeout_s=90)
+        wait_ready(url, process, timeout_s=ready_timeout_s)
         yield url, process
     finally:
         stop_server(process)
