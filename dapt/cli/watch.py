@@ -52,27 +52,23 @@ def register(app: typer.Typer) -> None:
         """
         import signal
 
-        from models.registry.store import Registry, RegistryError, check_name
+        from models.registry.store import Registry, RegistryError
         from models.settings import actor
-        from services.rollback_watch import RollbackWatcher, ServiceProbe, WatchError, WatchSettings
+        from services.rollback_watch import RollbackWatcher, ServiceProbe, WatchError
 
-        if not url.startswith(("http://", "https://")):
-            raise UserError(f"--url {url!r} is not an HTTP URL; use e.g. http://127.0.0.1:3000")
-        try:
-            check_name(name)
-            check_name(alias, "alias")
-            settings = WatchSettings(
-                window_s=window_s,
-                interval_s=interval_s,
-                swap_timeout_s=swap_timeout_s,
-                min_requests=min_requests,
-                max_error_rate_increase=max_error_rate_increase,
-                max_latency_ratio=max_latency_ratio,
-                min_latency_increase_ms=min_latency_increase_ms,
-                max_unready_probes=max_unready_probes,
-            ).check()
-        except (RegistryError, WatchError) as exc:
-            raise UserError(str(exc)) from None
+        settings = _checked_settings(
+            name,
+            alias,
+            url,
+            window_s=window_s,
+            interval_s=interval_s,
+            swap_timeout_s=swap_timeout_s,
+            min_requests=min_requests,
+            max_error_rate_increase=max_error_rate_increase,
+            max_latency_ratio=max_latency_ratio,
+            min_latency_increase_ms=min_latency_increase_ms,
+            max_unready_probes=max_unready_probes,
+        )
 
         def say(line: str) -> None:
             console.print(f"[dim]{_stamp()}[/dim] {line}", highlight=False, soft_wrap=True)
@@ -93,6 +89,21 @@ def register(app: typer.Typer) -> None:
             probe.close()
         if once and verdicts and verdicts[-1].rolled_back:
             raise typer.Exit(ExitCode.FAILURE)
+
+
+def _checked_settings(name: str, alias: str, url: str, **limits):
+    """The watcher's settings, or a UserError (exit 2) naming the bad argument."""
+    from models.registry.store import RegistryError, check_name
+    from services.rollback_watch import WatchError, WatchSettings
+
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"--url {url!r} is not an HTTP URL; use e.g. http://127.0.0.1:3000")
+    try:
+        check_name(name)
+        check_name(alias, "alias")
+        return WatchSettings(**limits).check()
+    except (RegistryError, WatchError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def _stamp() -> str:
