@@ -250,6 +250,7 @@ class AliasEventRow(Base):
 
 
 _ANY = object()  # "no expectation" marker for set_alias(expected_from=...)
+ATTACHABLE_EVIDENCE = ("shadow",)  # evidence a running service may add to a version
 MOVE_KINDS = ("set", "promote", "force", "rollback")  # events that moved the alias ("refused" did not)
 
 
@@ -1111,6 +1112,20 @@ class Registry:
         elif not model_version.path.is_dir():
             raise ChecksumError(f"{name} v{model_version.version}: folder {model_version.path} is missing")
         return model_version.path
+
+    def attach_evidence(self, name: str, version: int, key: str, value: dict[str, Any]) -> None:
+        """Set one evidence entry gathered after registration (``ATTACHABLE_EVIDENCE``, e.g. the service's
+        ``shadow`` summary); what the run registered cannot be overwritten this way."""
+        if key not in ATTACHABLE_EVIDENCE:
+            raise RegistryError(
+                f"evidence '{key}' is written at registration; attachable: {ATTACHABLE_EVIDENCE}"
+            )
+
+        def attach(session: Session) -> None:
+            row = self._get_row(session, name, _check_version(version), None)
+            row.evidence = {**(row.evidence or {}), key: _jsonable(value)}
+
+        self._write(attach)
 
     def verify(self, model_version: ModelVersion) -> None:
         """Raise ChecksumError (naming model, version and files) unless the folder matches the manifest exactly."""
