@@ -49,7 +49,7 @@ def dapt_serve(root: Path, *args: str, **env: str):
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 300  # two or three models load before /readyz; slow on a loaded host
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
