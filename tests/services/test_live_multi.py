@@ -55,6 +55,8 @@ def dapt_serve(root: Path, *args: str, **env: str):
             try:
                 ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
+                pass
+            if not ready:
                 time.sleep(0.5)
         assert ready, f"not ready (exit code {process.poll()}): " + log.read_text(errors="replace")[-3000:]
         yield url
