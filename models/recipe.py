@@ -311,6 +311,19 @@ class GateConfig(_Section):
         default=None,
         description="Refuse unless the adapted encoder was kept with at least this task gain; None disables.",
     )
+    min_shadow_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Refuse unless the version answered at least this many shadow requests beside production "
+        "(`dapt serve --shadow`, recorded as its `shadow` evidence); None disables.",
+    )
+    min_shadow_agreement: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Refuse unless its shadow agreement with production (label agreement; entity-span F1 for "
+        "NER) is at least this; None disables.",
+    )
     alias: str = "production"
 
 

@@ -148,6 +148,12 @@ def check_texts_payload(body: bytes) -> tuple[int, dict[str, Any]] | None:
         position = unpaired_surrogate(text)
         if position is not None:
             return 422, surrogate_error(index, text, position)
+    model = document.get("model")
+    if model is not None and not isinstance(model, str):
+        return 422, {
+            "error": f"model must be the name of a served model (a string, see /metadata), got {type(model).__name__}",
+            "field": "model",
+        }
     return None
 
 
@@ -279,7 +285,8 @@ class RequestGuard:
         await send_json(send, 200, service.metadata_document(operator=True))
 
     async def _admin_reload(self, scope: dict, receive: Any, send: Any) -> None:
-        """``POST /admin/reload`` (optional body ``{"version": N}``), bearer token from DAPT_ADMIN_TOKEN.
+        """``POST /admin/reload`` (optional body ``{"version": N, "model": NAME}``; ``model`` is needed when
+        several models are served), bearer token from DAPT_ADMIN_TOKEN.
 
         With a version the service stays on it (the alias poller stops); without one it goes back to the
         alias's version and follows the alias again."""
@@ -301,6 +308,7 @@ class RequestGuard:
             await send_json(send, 400, {"error": str(exc), "field": "body"})
             return
         version = None
+        model = None
         if body.strip():
             try:
                 document = json.loads(body)
@@ -310,6 +318,10 @@ class RequestGuard:
                 await send_json(send, 400, {"error": 'body must be empty or {"version": N}', "field": "body"})
                 return
             version = document.get("version")
+            model = document.get("model")
+            if model is not None and not isinstance(model, str):
+                await send_json(send, 422, {"error": "model must be a served model's name", "field": "model"})
+                return
             if version is not None and (
                 isinstance(version, bool) or not isinstance(version, int) or version < 1
             ):
@@ -331,8 +343,13 @@ class RequestGuard:
         from services.reloader import ReloadFailed
 
         try:
+            slot = service.admin_slot(model)
+        except ReloadFailed as exc:
+            await send_json(send, exc.status, {"error": str(exc), "field": "model"})
+            return
+        try:
             # In a plain thread, not BentoML's inference thread: predictions go on while the candidate loads.
-            result = await asyncio.to_thread(service.slot.pin, version, reason="POST /admin/reload")
+            result = await asyncio.to_thread(slot.pin, version, reason="POST /admin/reload")
         except ReloadFailed as exc:
             await send_json(send, exc.status, {"error": str(exc), "field": "version"})
             return

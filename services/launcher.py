@@ -5,6 +5,7 @@ Used by the CLI (`dapt serve`, `dapt demo`), the benchmarks and the live tests. 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,7 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from models.settings import ALIAS_ENV, BUNDLE_ENV, MODEL_NAME_ENV, MODEL_VERSION_ENV
+from models.settings import (
+    ALIAS_ENV,
+    BUNDLE_ENV,
+    EXTRA_MODELS_ENV,
+    MODEL_NAME_ENV,
+    MODEL_VERSION_ENV,
+    SHADOW_ENV,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,9 +44,14 @@ def start_server(
     port: int,
     alias: str | None = None,
     log: Path | None = None,
+    *,
+    extra_models: list[dict] | None = None,
+    shadow: dict | None = None,
 ) -> subprocess.Popen:
     """`bentoml serve` on a verified bundle; with an alias the service can follow it when it moves.
 
+    ``extra_models`` are served beside it and ``shadow`` answers copies of its (or an extra model's) requests,
+    each a dict ``{"name", "version", "bundle_dir", "alias"?}`` (services/service.py reads them).
     The server writes to this process's stdout/stderr, or with ``log`` appends both to that file.
     """
     env = os.environ | {
@@ -48,6 +61,10 @@ def start_server(
     }
     if alias:
         env[ALIAS_ENV] = alias
+    if extra_models:
+        env[EXTRA_MODELS_ENV] = json.dumps(extra_models, default=str)
+    if shadow:
+        env[SHADOW_ENV] = json.dumps(shadow, default=str)
     command = [sys.executable, "-m", "bentoml", "serve", "services.service:DaptService", "--host", host]
     command += ["--port", str(port)]
     if log is None:

@@ -41,6 +41,22 @@ class ServiceMetrics:
             "Model reload attempts, by outcome (swapped, failed)",
             ["model_name", "outcome"],
         )
+        self.shadow_requests = prometheus_client.Counter(
+            "dapt_shadow_requests",  # exposed as dapt_shadow_requests_total
+            "Request copies sent to the shadow version, by outcome (compared, error, dropped)",
+            ["model_name", "shadow_version", "outcome"],
+        )
+        self.shadow_agreement = prometheus_client.Gauge(
+            "dapt_shadow_agreement",
+            "Shadow agreement with production (label agreement; entity-span F1 for NER)",
+            ["model_name", "shadow_version"],
+            multiprocess_mode="livemostrecent",
+        )
+        self.shadow_latency = prometheus_client.Histogram(
+            "dapt_shadow_latency_seconds",
+            "Seconds the shadow version took per request copy",
+            ["model_name", "shadow_version"],
+        )
 
     def record_batch(self, name: str, version: str, task: str, texts: int) -> None:
         self.batch_size.labels(model_name=name, model_version=version).observe(texts)
@@ -48,6 +64,20 @@ class ServiceMetrics:
 
     def record_reload(self, name: str, outcome: str) -> None:
         self.reloads.labels(model_name=name, outcome=outcome).inc()
+
+    def record_shadow(
+        self,
+        name: str,
+        version: str,
+        outcome: str,
+        seconds: float | None = None,
+        agreement: float | None = None,
+    ) -> None:
+        self.shadow_requests.labels(model_name=name, shadow_version=version, outcome=outcome).inc()
+        if seconds is not None:
+            self.shadow_latency.labels(model_name=name, shadow_version=version).observe(seconds)
+        if agreement is not None:
+            self.shadow_agreement.labels(model_name=name, shadow_version=version).set(agreement)
 
 
 def service_metrics() -> ServiceMetrics:
@@ -65,4 +95,7 @@ def describe() -> dict[str, Any]:
         "predictions": "dapt_predictions_total{model_name,model_version,task}",
         "batch_size": "dapt_batch_size{model_name,model_version}",
         "reloads": "dapt_model_reloads_total{model_name,outcome}",
+        "shadow_requests": "dapt_shadow_requests_total{model_name,shadow_version,outcome}",
+        "shadow_agreement": "dapt_shadow_agreement{model_name,shadow_version}",
+        "shadow_latency": "dapt_shadow_latency_seconds{model_name,shadow_version}",
     }

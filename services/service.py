@@ -7,6 +7,21 @@ Where the model comes from (first that is set):
   - ``DAPT_BENTO_MODEL``: a BentoML model tag (``dapt bento build`` packs that model into the bento).
 ``DAPT_MODEL_NAME`` / ``DAPT_MODEL_VERSION`` name the model in every response (defaults: the bundle's).
 
+Several models in one service (``dapt serve --name finsent --name finner``): ``DAPT_EXTRA_MODELS`` is a JSON
+list of ``{"name", "version", "bundle_dir", "alias"}`` served beside the first; each is loaded, verified and
+warmed up before /readyz says 200 and follows its own alias. ``/classify``, ``/entities`` and ``/embed`` take
+an optional ``model`` (a served name; default: the only model that fits the endpoint; 400 naming the choices
+when several fit, 404 for a name not served). ``/metadata`` keeps the first model's fields at the top and
+lists every model under ``models``.
+
+Shadow traffic (``dapt serve --shadow candidate``): ``DAPT_SHADOW`` (JSON ``{"name", "version", "bundle_dir",
+"alias"}``) loads another version of a served model; every answered request of that model is copied to it
+off the answering path (services/shadow.py), and ``/metadata`` shows the comparison under ``shadow``.
+
+Per-model hooks: every answered request becomes an :class:`services.shadow.Observation` (model, version, task,
+texts, predictions, latency) handed to each callable in ``DaptService.observers`` after the answer is ready;
+a hook must return quickly and its exceptions are logged, never answered.
+
 Input contract (each limit from the environment; errors are ``{"error", "field", "limit"?}`` JSON, never 5xx):
   - ``DAPT_MAX_BODY_BYTES`` (2 MiB): checked before parsing (Content-Length, then the streamed size) → 413;
   - ``DAPT_MAX_TEXTS`` (64) texts per request → 413; ``DAPT_MAX_CHARS`` (10000) characters per text → 413;
@@ -43,9 +58,12 @@ shutdown under BentoML's process manager), then stops the reload thread.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import unicodedata
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -58,6 +76,7 @@ from models.settings import (
     BATCH_WAIT_MS_ENV,
     BENTO_MODEL_ENV,
     BUNDLE_ENV,
+    EXTRA_MODELS_ENV,
     MAX_BATCH_SIZE_ENV,
     MAX_BATCH_TOKENS_ENV,
     MAX_CHARS_ENV,
@@ -66,6 +85,9 @@ from models.settings import (
     MODEL_NAME_ENV,
     MODEL_VERSION_ENV,
     RELOAD_POLL_ENV,
+    SHADOW_ENV,
+    SHADOW_EVIDENCE_S_ENV,
+    SHADOW_QUEUE_ENV,
     admin_token,
     env_number,
     env_text,
@@ -75,7 +97,8 @@ from services.connections import install as install_connection_guard
 from services.guard import RequestGuard, max_body_bytes, surrogate_error, unpaired_surrogate
 from services.metrics import describe as describe_metrics
 from services.metrics import service_metrics
-from services.reloader import ModelSlot, ServedModel, load_model
+from services.reloader import ModelSlot, ReloadFailed, ServedModel, load_model
+from services.shadow import DEFAULT_EVIDENCE_S, DEFAULT_QUEUE, Observation, Shadow
 from services.timeouts import install as install_prompt_timeouts
 
 DEFAULT_RELOAD_POLL_S = 10.0
@@ -97,6 +120,11 @@ install_prompt_timeouts()
 install_connection_guard()
 
 SAMPLE_TEXTS = ["Aspirin relieved the patient's headache within an hour."]
+MODEL_FIELD_DESCRIPTION = (
+    "Which served model answers (a name from /metadata's `models`); optional when one served model fits "
+    "this endpoint"
+)
+TASK_KINDS = {"classification": "text-classification", "ner": "NER", "embedding": "embedding"}
 
 
 def _bento_model_tag() -> str | None:
@@ -238,14 +266,35 @@ class DaptService:
             # version now is the one to serve, not the folder named then.
             bundle_dir, version = _alias_target(name, alias, bundle_dir, version)
         self.metrics = service_metrics()
+        poll_s = _float_env(RELOAD_POLL_ENV, DEFAULT_RELOAD_POLL_S)
         # Load, verify the manifest checksums, warm up and probe before __init__ returns: BentoML answers
         # /readyz 200 only after that, and __is_ready__ says so explicitly.
         self.slot = ModelSlot(
             load_model(bundle_dir, name, version),
             alias=alias,
-            poll_s=_float_env(RELOAD_POLL_ENV, DEFAULT_RELOAD_POLL_S),
+            poll_s=poll_s,
             on_reload=self.metrics.record_reload,
         )
+        # Every served model by name, the first (DAPT_BUNDLE_DIR's) first: it keeps /metadata's top fields.
+        self.slots: dict[str, ModelSlot] = {name: self.slot}
+        for entry in _json_env(EXTRA_MODELS_ENV, list):
+            extra_name, extra_dir, extra_version, extra_alias = _model_entry(entry, EXTRA_MODELS_ENV)
+            if extra_name in self.slots:
+                raise RuntimeError(
+                    f"{EXTRA_MODELS_ENV} names {extra_name!r} twice: serve each model once (a second version of "
+                    "the same model is a shadow: DAPT_SHADOW / dapt serve --shadow)"
+                )
+            self.slots[extra_name] = ModelSlot(
+                load_model(extra_dir, extra_name, extra_version),
+                alias=extra_alias,
+                poll_s=poll_s,
+                on_reload=self.metrics.record_reload,
+            )
+        # Per-model hooks called with an Observation after each answer (the shadow, a prediction log, drift).
+        self.observers: list[Callable[[Observation], None]] = []
+        self.shadow = self._load_shadow(poll_s)
+        if self.shadow is not None:
+            self.observers.append(self.shadow.offer)
         self.batcher = MicroBatcher(
             self._run_batch,
             length=lambda payload: len(payload[1].ids),
@@ -260,8 +309,41 @@ class DaptService:
                 "a full-size request would only be taken when nothing else waits; raise the queue bound"
             )
         self._embed_targets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self.slot.start()
+        for slot in self.slots.values():
+            slot.start()
+        if self.shadow is not None:
+            self.shadow.slot.start()
+            self.shadow.start()
         self._ready = True
+
+    def _load_shadow(self, poll_s: float) -> Shadow | None:
+        entry = _json_env(SHADOW_ENV, dict)
+        if not entry:
+            return None
+        name, bundle_dir, version, alias = _model_entry(entry, SHADOW_ENV)
+        production = self.slots.get(name)
+        if production is None:
+            raise RuntimeError(
+                f"{SHADOW_ENV} shadows {name!r}, which is not served here (served: {', '.join(self.slots)})"
+            )
+        slot = ModelSlot(
+            load_model(bundle_dir, name, version),
+            alias=alias,
+            poll_s=poll_s,
+            on_reload=self.metrics.record_reload,
+        )
+        if slot.current.task != production.current.task:
+            raise RuntimeError(
+                f"the shadow {name} v{version} is a {slot.current.task} model and production a "
+                f"{production.current.task} model: a shadow must answer the same requests"
+            )
+        return Shadow(
+            slot,
+            metrics=self.metrics,
+            queue_size=_int_env(SHADOW_QUEUE_ENV, DEFAULT_QUEUE),
+            evidence_every_s=_float_env(SHADOW_EVIDENCE_S_ENV, DEFAULT_EVIDENCE_S),
+            record_evidence=entry.get("record_evidence", True) is not False,
+        )
 
     def __is_ready__(self) -> bool:
         return self._ready
@@ -269,7 +351,11 @@ class DaptService:
     @bentoml.on_shutdown
     def _stop_following_the_alias(self) -> None:
         self._ready = False
-        self.slot.stop()
+        for slot in self.slots.values():
+            slot.stop()
+        if self.shadow is not None:
+            self.shadow.slot.stop()
+            self.shadow.stop()  # writes the shadow's summary to the registry once more
         self.batcher.close()
 
     @property
@@ -292,9 +378,61 @@ class DaptService:
 
     # ------------------------------------------------------------------ validation
 
-    def _invalid(self, texts: list[str], task: str):
+    def _choose(self, model: str | None, task: str) -> tuple[ModelSlot | None, Any]:
+        """(the slot that answers, None), or (None, an error response) for an unknown or ambiguous model."""
+        if model is not None:
+            slot = self.slots.get(model)
+            if slot is None:
+                return None, _error(
+                    404,
+                    f"model {model!r} is not served here; choose one of: {self._choices()}",
+                    field="model",
+                    choices=list(self.slots),
+                )
+            return slot, None
+        if len(self.slots) == 1:
+            return self.slot, None
+        if task == "embedding":
+            fitting = [s for s in self.slots.values() if s.current.predictor.embedding_session is not None]
+        else:
+            fitting = [s for s in self.slots.values() if s.current.task == task]
+        if len(fitting) == 1:
+            return fitting[0], None
+        if not fitting:
+            return None, _error(
+                400,
+                f"no {TASK_KINDS[task]} model is served here (served: {self._choices()}); call the endpoint of "
+                "the model's task",
+                field="model",
+                choices=list(self.slots),
+            )
+        names = [s.current.name for s in fitting]
+        return None, _error(
+            400,
+            f'several {TASK_KINDS[task]} models are served here: send "model": one of {", ".join(names)}',
+            field="model",
+            choices=names,
+        )
+
+    def _choices(self) -> str:
+        return ", ".join(f"{name} ({slot.current.task})" for name, slot in self.slots.items())
+
+    def admin_slot(self, model: str | None) -> ModelSlot:
+        """The slot an admin reload acts on; ReloadFailed (400/404) when ``model`` is unknown or needed."""
+        if model is None:
+            if len(self.slots) == 1:
+                return self.slot
+            raise ReloadFailed(
+                f'several models are served: send {{"model": NAME}} with one of {", ".join(self.slots)}', 400
+            )
+        if model not in self.slots:
+            raise ReloadFailed(
+                f"model {model!r} is not served here; choose one of: {', '.join(self.slots)}", 404
+            )
+        return self.slots[model]
+
+    def _invalid(self, texts: list[str], task: str, served: ServedModel):
         """An error response for a bad request, or None when the request is fine."""
-        served = self.slot.current
         if task == "embedding":
             if served.predictor.embedding_session is None:
                 return _error(
@@ -343,9 +481,11 @@ class DaptService:
 
     # ------------------------------------------------------------------ batching
 
-    async def _predict(self, texts: list[str], embed: bool = False):
-        """(model that answered, one answer per text), or an error response when the queue is full."""
-        served = self.slot.current  # read once: it tokenizes and answers this request even if a swap follows
+    async def _predict(self, texts: list[str], served: ServedModel, embed: bool = False):
+        """(model that answered, one answer per text), or an error response when the queue is full.
+
+        ``served`` is read once by the caller: it tokenizes and answers this request even if a swap follows."""
+        started = time.perf_counter()
         target = self._embed_target(served) if embed else served
         if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
             encodings = served.predictor.encode(texts)
@@ -357,7 +497,19 @@ class DaptService:
             return served, _error(
                 503, str(exc), field="texts", headers={"retry-after": str(exc.retry_after_s)}
             )
+        if self.observers:
+            task = "embedding" if embed else served.task
+            predictions = [a[0] for a in answers] if embed or task == "ner" else answers
+            self._observe(Observation(served, task, texts, predictions, time.perf_counter() - started))
         return served, answers
+
+    def _observe(self, observation: Observation) -> None:
+        """Hand an answered request to every hook; a failing hook is logged and never changes the answer."""
+        for observer in self.observers:
+            try:
+                observer(observation)
+            except Exception:
+                logging.getLogger("dapt.service").exception("observer %r failed", observer)
 
     def _embed_target(self, served: ServedModel) -> _EmbedTarget:
         target = self._embed_targets.get(served)
@@ -390,12 +542,17 @@ class DaptService:
     async def classify(
         self,
         texts: Annotated[list[str], Field(description="Texts to classify", examples=[SAMPLE_TEXTS])],
+        model: Annotated[str | None, Field(description=MODEL_FIELD_DESCRIPTION)] = None,
     ) -> ClassifyResponse:
         """Class label, its probability and every label's probability, per text."""
-        invalid = self._invalid(texts, "classification")
+        slot, problem = self._choose(model, "classification")
+        if slot is None:
+            return problem
+        served = slot.current
+        invalid = self._invalid(texts, "classification", served)
         if invalid is not None:
             return invalid
-        served, answers = await self._predict(texts)
+        served, answers = await self._predict(texts, served)
         if not isinstance(answers, list):
             return answers
         return ClassifyResponse(model=self._model_info(served), predictions=answers)
@@ -406,12 +563,17 @@ class DaptService:
         texts: Annotated[
             list[str], Field(description="Texts to extract entities from", examples=[SAMPLE_TEXTS])
         ],
+        model: Annotated[str | None, Field(description=MODEL_FIELD_DESCRIPTION)] = None,
     ) -> EntitiesResponse:
         """Entity spans per text, with character offsets into that text."""
-        invalid = self._invalid(texts, "ner")
+        slot, problem = self._choose(model, "ner")
+        if slot is None:
+            return problem
+        served = slot.current
+        invalid = self._invalid(texts, "ner", served)
         if invalid is not None:
             return invalid
-        served, answers = await self._predict(texts)
+        served, answers = await self._predict(texts, served)
         if not isinstance(answers, list):
             return answers
         return EntitiesResponse(
@@ -424,12 +586,17 @@ class DaptService:
     async def embed(
         self,
         texts: Annotated[list[str], Field(description="Texts to embed", examples=[SAMPLE_TEXTS])],
+        model: Annotated[str | None, Field(description=MODEL_FIELD_DESCRIPTION)] = None,
     ) -> EmbedResponse:
         """L2-normalised sentence embeddings from the model's domain-adapted encoder, one per text."""
-        invalid = self._invalid(texts, "embedding")
+        slot, problem = self._choose(model, "embedding")
+        if slot is None:
+            return problem
+        served = slot.current
+        invalid = self._invalid(texts, "embedding", served)
         if invalid is not None:
             return invalid
-        served, answers = await self._predict(texts, embed=True)
+        served, answers = await self._predict(texts, served, embed=True)
         if not isinstance(answers, list):
             return answers
         embedding = served.predictor.embedding
@@ -463,9 +630,22 @@ class DaptService:
             "admin_reload_enabled": bool(admin_token()),
             "metrics": describe_metrics(),
         }
+        document["models"] = [
+            {
+                **slot.current.predictor.info(),
+                **self._model_info(slot.current).model_dump(),
+                **slot.status(operator=operator),
+                **({"bundle_dir": str(slot.current.bundle_dir)} if operator else {}),
+            }
+            for slot in self.slots.values()
+        ]
+        document["shadow"] = None if self.shadow is None else self.shadow.status()
         if operator:
             document["bundle_dir"] = str(served.bundle_dir)
             document["queued_texts"] = self.batcher.queued
+            if self.shadow is not None:
+                document["shadow"]["bundle_dir"] = str(self.shadow.slot.current.bundle_dir)
+                document["shadow"]["evidence"]["last_error"] = self.shadow.last_evidence_error
         return document
 
 
@@ -474,6 +654,36 @@ def _wait_ms_env() -> float:
     if value > 1000:
         raise RuntimeError(f"{BATCH_WAIT_MS_ENV} is a wait in milliseconds, at most 1000; got {value}")
     return value
+
+
+def _json_env(name: str, kind: type) -> Any:
+    """A JSON variable of the expected kind (list or dict), empty when unset."""
+    raw = env_text(name)
+    if not raw:
+        return kind()
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise RuntimeError(f"{name} is not valid JSON ({exc}); `dapt serve` writes it for you") from None
+    if not isinstance(value, kind):
+        raise RuntimeError(f"{name} must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _model_entry(entry: Any, variable: str) -> tuple[str, Path, str, str | None]:
+    """(name, bundle folder, version, alias) of one ``{"name", "bundle_dir", "version"?, "alias"?}`` entry; with
+    an alias, the alias's version in the registry now (as for the first model)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry.get("bundle_dir"):
+        raise RuntimeError(f'{variable}: each model needs "name" and "bundle_dir", got {entry!r}')
+    bundle_dir = Path(str(entry["bundle_dir"])).expanduser()
+    if not bundle_dir.is_dir():
+        raise RuntimeError(f"{variable}: {bundle_dir} does not exist; point it at an exported bundle folder")
+    name = entry["name"]
+    version = str(entry.get("version") or _bundle_name_and_version(bundle_dir)[1])
+    alias = entry.get("alias") or None
+    if alias:
+        bundle_dir, version = _alias_target(name, str(alias), bundle_dir, version)
+    return name, bundle_dir, version, alias
 
 
 def _alias_target(name: str, alias: str, bundle_dir: Path, version: str) -> tuple[Path, str]:

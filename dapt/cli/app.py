@@ -231,21 +231,117 @@ def _resolve_served_version(name: str | None, alias: str, version: int | None):
     return chosen, path
 
 
+def _split_at(value: str, option: str) -> tuple[str | None, str]:
+    """``NAME@REST`` -> (NAME, REST); ``REST`` -> (None, REST); UserError for an empty part."""
+    if "@" not in value:
+        return None, value.strip()
+    name, _, rest = value.partition("@")
+    if not name.strip() or not rest.strip():
+        raise UserError(f"{option} {value!r}: write NAME@ALIAS (e.g. finsent@production)")
+    return name.strip(), rest.strip()
+
+
+def _shadow_target(spec: str, served: list) -> dict:
+    """The shadow's {name, version, bundle_dir, alias} from ``[NAME@]ALIAS|VERSION`` (digits: a version)."""
+    from models.registry.store import Registry, RegistryError
+
+    name, target = _split_at(spec, "--shadow")
+    names = [chosen.name for chosen, _ in served]
+    if name is None:
+        if len(names) > 1:
+            raise UserError(
+                f"--shadow {spec!r}: several models are served ({', '.join(names)}); say whose version shadows "
+                f"with NAME@ALIAS or NAME@VERSION, e.g. --shadow {names[0]}@{target}"
+            )
+        name = names[0]
+    elif name not in names:
+        raise UserError(
+            f"--shadow {spec!r}: {name} is not served (served: {', '.join(names)}); add --name {name}"
+        )
+    registry = Registry()
+    version = int(target) if target.isdigit() else None
+    alias = None if version is not None else target
+    try:
+        chosen = registry.get_version(name, version=version, alias=alias)
+        path = registry.load_path(name, version=chosen.version, verify=True)
+    except RegistryError as exc:
+        raise UserError(f"--shadow {spec!r}: {exc}") from None
+    production = next(c for c, _ in served if c.name == name)
+    task = (chosen.evidence or {}).get("recipe", {}).get("task")
+    production_task = (production.evidence or {}).get("recipe", {}).get("task")
+    if task and production_task and task != production_task:
+        raise UserError(
+            f"--shadow {spec!r}: v{chosen.version} is a {task} model and production a {production_task} one"
+        )
+    return {"name": name, "version": chosen.version, "bundle_dir": str(path), "alias": alias}
+
+
 @app.command()
 def serve(
-    name: str = typer.Option(None, help="Registered model name (default: the only one registered)."),
-    alias: str = typer.Option("production", help="Alias to serve."),
-    version: int = typer.Option(None, help="Serve this version instead of the alias."),
+    name: list[str] = typer.Option(
+        None,
+        help="Registered model to serve, NAME or NAME@ALIAS; repeat to serve several in one service "
+        "(default: the only one registered).",
+    ),
+    alias: str = typer.Option("production", help="Alias to serve (for each --name without @ALIAS)."),
+    version: int = typer.Option(None, help="Serve this version instead of the alias (one --name only)."),
+    shadow: str = typer.Option(
+        None,
+        help="Also load this version of the served model, ALIAS or VERSION (NAME@... when several are "
+        "served), and send it a copy of every request; its agreement is shown in /metadata and recorded "
+        "in the registry.",
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(3000, help="Port to bind."),
 ) -> None:
-    """Serve a registered version over HTTP with BentoML + ONNX Runtime (checksums verified first).
+    """Serve registered versions over HTTP with BentoML + ONNX Runtime (checksums verified first).
 
-    Example: dapt serve --alias production --port 3000
+    Examples: dapt serve --alias production --port 3000;
+    dapt serve --name finsent --name finner@production;
+    dapt serve --name finsent --shadow candidate
     """
-    chosen, path = _resolve_served_version(name, alias, version)
-    console.print(f"serving {chosen.name} v{chosen.version} from {path} on http://{host}:{port}")
-    process = start_server(path, chosen.name, chosen.version, host, port, alias=None if version else alias)
+    specs = [_split_at(value, "--name") for value in name or []]
+    if version is not None and len(specs) > 1:
+        raise UserError("--version serves one model: use NAME@ALIAS forms when serving several")
+    wanted: list[tuple[str | None, str]] = [
+        (base or rest, alias if base is None else rest) for base, rest in specs
+    ] or [(None, alias)]
+    seen = [n for n, _ in wanted]
+    if len(set(seen)) < len(seen):
+        raise UserError(
+            "a model is named twice: serve each model once; a second version of a model is a --shadow"
+        )
+    served = []
+    for model_name, model_alias in wanted:
+        chosen, path = _resolve_served_version(model_name, model_alias, version)
+        served.append((chosen, path))
+    following = [None if version else model_alias for _, model_alias in wanted]
+    shadow_target = _shadow_target(shadow, served) if shadow else None
+    (first, first_path), *more = served
+    for (chosen, path), follows in zip(served, following, strict=True):
+        console.print(
+            f"serving {chosen.name} v{chosen.version}"
+            + (f" ('{follows}')" if follows else "")
+            + f" from {path} on http://{host}:{port}"
+        )
+    if shadow_target:
+        console.print(
+            f"shadow: {shadow_target['name']} v{shadow_target['version']} answers a copy of every request"
+        )
+    extra = [
+        {"name": c.name, "version": c.version, "bundle_dir": str(p), "alias": follows}
+        for (c, p), follows in zip(more, following[1:], strict=True)
+    ]
+    process = start_server(
+        first_path,
+        first.name,
+        first.version,
+        host,
+        port,
+        alias=following[0],
+        extra_models=extra,
+        shadow=shadow_target,
+    )
     code = serve_until_stopped(process)
     if code:
         raise typer.Exit(code)

@@ -286,6 +286,12 @@ def promote_command(
     tolerance: float = typer.Option(0.0, help="How far below the current holder the candidate may be."),
     max_forgetting: float = typer.Option(None, help="Budget for the rise of general-text MLM loss."),
     require_parity: bool = typer.Option(True, help="Require every ONNX variant to have passed parity."),
+    min_shadow_requests: int = typer.Option(
+        None, help="Require this many shadow requests beside production (`dapt serve --shadow`)."
+    ),
+    min_shadow_agreement: float = typer.Option(
+        None, help="Require this shadow agreement with production (label agreement; span F1 for NER)."
+    ),
 ) -> None:
     """Gate a version against the alias's current holder and move the alias if it passes.
 
@@ -301,6 +307,8 @@ def promote_command(
             tolerance=tolerance,
             max_forgetting=max_forgetting,
             require_parity=require_parity,
+            min_shadow_requests=min_shadow_requests,
+            min_shadow_agreement=min_shadow_agreement,
             alias=alias,
         )
     except ValueError as error:  # pydantic's ValidationError names the option

@@ -109,6 +109,9 @@ class Evidence(BaseModel):
     lineage: Lineage | None = None
     code_revision: str | None = None
     created_at: str | None = None
+    # Added after registration by a service that shadowed the version (services/shadow.py): requests,
+    # agreement with production, errors, p50_ms; the gate can require it.
+    shadow: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """The plain JSON the registry stores (field order kept)."""

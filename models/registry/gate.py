@@ -20,6 +20,9 @@ Rules (all must hold):
   5. ``validation.success`` is true
   6. with ``gate.min_adaptation_gain`` set: the adapted encoder was kept and its measured task gain is at least
      that much (``adaptation_gain``, models/evaluation/adaptation_gain.py)
+  7. with ``gate.min_shadow_requests`` / ``gate.min_shadow_agreement`` set: the version was served as a shadow
+     (``dapt serve --shadow``; its ``shadow`` evidence, services/shadow.py) for at least that many requests,
+     agreeing with production at least that much
 
 Besides the standard library only the evidence model (pydantic) is imported here: the registry and the serving
 process import this module. ``GateConfig`` comes from models.recipe and is only referenced for typing.
@@ -242,6 +245,39 @@ def decide(
     _check_validation(check, candidate)
     if gate.min_adaptation_gain is not None:
         _check_adaptation_gain(check, candidate, gate.min_adaptation_gain)
+
+    # 7. shadow traffic: answered beside production, agreeing with it
+    if gate.min_shadow_requests is not None or gate.min_shadow_agreement is not None:
+        shadow = candidate.shadow or {}
+        requests = shadow.get("requests")
+        requests = requests if isinstance(requests, int) and not isinstance(requests, bool) else None
+        agreement = _number(shadow.get("agreement"))
+        if requests is None:
+            check(
+                False,
+                "no shadow evidence but the gate requires it: serve the version as a shadow of production "
+                "(`dapt serve --name NAME --shadow VERSION`) until it has enough requests, or unset "
+                "gate.min_shadow_requests / gate.min_shadow_agreement",
+            )
+        else:
+            if gate.min_shadow_requests is not None:
+                ok = requests >= gate.min_shadow_requests
+                check(
+                    ok,
+                    f"shadow answered {requests} requests, {'at least' if ok else 'fewer than'} the required "
+                    f"{gate.min_shadow_requests}",
+                )
+            if gate.min_shadow_agreement is not None:
+                metric = shadow.get("metric", "agreement")
+                if agreement is None:
+                    check(False, f"shadow {metric} was not measured (no texts compared)")
+                else:
+                    ok = agreement >= gate.min_shadow_agreement
+                    check(
+                        ok,
+                        f"shadow {metric} {agreement:.4f} with production is "
+                        f"{'at or above' if ok else 'below'} the required {gate.min_shadow_agreement:.4f}",
+                    )
 
     return GateDecision(
         passed=not failures,

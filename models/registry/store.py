@@ -238,6 +238,7 @@ class AliasEventRow(Base):
 
 
 _ANY = object()  # "no expectation" marker for set_alias(expected_from=...)
+ATTACHABLE_EVIDENCE = ("shadow",)  # evidence a running service may add to a version
 # Events that moved the alias ("refused" did not). "auto-rollback": a watcher (services/rollback_watch.py) moved
 # it back after the new version regressed on the live service; its reason says what regressed.
 MOVE_KINDS = ("set", "promote", "force", "rollback", "auto-rollback")
@@ -1074,6 +1075,20 @@ class Registry:
         if model_version.artifact_path is None:  # built by hand, not read from the database
             return model_version.path
         return self.artifacts.fetch(model_version.artifact_path, model_version.manifest_sha256, label)
+
+    def attach_evidence(self, name: str, version: int, key: str, value: dict[str, Any]) -> None:
+        """Set one evidence entry gathered after registration (``ATTACHABLE_EVIDENCE``, e.g. the service's
+        ``shadow`` summary); what the run registered cannot be overwritten this way."""
+        if key not in ATTACHABLE_EVIDENCE:
+            raise RegistryError(
+                f"evidence '{key}' is written at registration; attachable: {ATTACHABLE_EVIDENCE}"
+            )
+
+        def attach(session: Session) -> None:
+            row = self._get_row(session, name, _check_version(version), None)
+            row.evidence = {**(row.evidence or {}), key: _jsonable(value)}
+
+        self._write(attach)
 
     def verify(self, model_version: ModelVersion) -> None:
         """Raise ChecksumError (naming model, version and files) unless the folder matches the manifest exactly."""

@@ -159,3 +159,36 @@ def test_several_failures_all_reported_and_decision_round_trips():
     assert len(decision.failures) == 3  # floor, incumbent, validation
     assert decision.summary().count(";") >= 3
     assert GateDecision.from_dict(decision.to_dict()) == decision
+
+
+def test_shadow_evidence_is_not_required_by_default():
+    decision = decide(GOOD, None, GateConfig())
+    assert decision.passed and not any("shadow" in r for r in decision.reasons)
+
+
+def test_a_required_shadow_refuses_a_version_that_was_never_shadowed():
+    decision = decide(GOOD, None, GateConfig(min_shadow_requests=100))
+    assert not decision.passed
+    (failure,) = decision.failures
+    assert "no shadow evidence" in failure and "dapt serve" in failure and "--shadow" in failure
+
+
+def test_shadow_requests_and_agreement_are_checked_with_both_numbers():
+    shadowed = {
+        **GOOD,
+        "shadow": {"version": "2", "requests": 250, "agreement": 0.97, "metric": "label_agreement"},
+    }
+    passed = decide(shadowed, None, GateConfig(min_shadow_requests=200, min_shadow_agreement=0.95))
+    assert passed.passed
+    assert any("250" in r and "200" in r for r in passed.reasons)
+    refused = decide(shadowed, None, GateConfig(min_shadow_requests=300, min_shadow_agreement=0.99))
+    assert not refused.passed and len(refused.failures) == 2
+    assert any("250 requests" in f and "300" in f for f in refused.failures)
+    assert any("label_agreement 0.9700" in f and "0.9900" in f for f in refused.failures)
+
+
+def test_shadow_gate_fields_are_validated():
+    with pytest.raises(ValueError):
+        GateConfig(min_shadow_agreement=1.5)
+    with pytest.raises(ValueError):
+        GateConfig(min_shadow_requests=0)
