@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
@@ -137,22 +137,13 @@ class Evidence(BaseModel):
 
     def parity_results(self) -> dict[str, ParityResult]:
         """Parity per exported variant; a variant whose record does not parse reads as having no numbers."""
-        results = {}
-        for variant, record in self.parity.items():
-            try:
-                results[str(variant)] = ParityResult.model_validate(record or {})
-            except ValidationError:
-                results[str(variant)] = ParityResult()
-        return results
+        return {str(variant): _tolerant(ParityResult, record) for variant, record in self.parity.items()}
 
     def gain(self) -> AdaptationGain | None:
         """The measured adaptation gain, or None when it was not measured."""
         if not self.adaptation_gain:
             return None
-        try:
-            return AdaptationGain.model_validate(self.adaptation_gain)
-        except ValidationError:
-            return AdaptationGain()
+        return _tolerant(AdaptationGain, self.adaptation_gain)
 
     @property
     def validation_success(self) -> Any:
@@ -168,6 +159,22 @@ class Evidence(BaseModel):
     def task(self) -> str | None:
         task = self.recipe.get("task")
         return str(task) if task is not None else None
+
+
+_Section = TypeVar("_Section", bound=BaseModel)
+
+
+def _tolerant(model: type[_Section], record: Any) -> _Section:
+    """``model`` read from ``record``, fields of the wrong shape read as missing (not the whole record)."""
+    data = {str(k): v for k, v in record.items()} if isinstance(record, Mapping) else {}
+    while True:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            refused = {str(error["loc"][0]) for error in exc.errors() if error["loc"]} & data.keys()
+            if not refused:
+                return model()
+            data = {k: v for k, v in data.items() if k not in refused}
 
 
 def _without_invalid(data: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
