@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import unicodedata
 import weakref
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ from models.settings import (
 )
 from services.batcher import MicroBatcher, QueueFull
 from services.connections import install as install_connection_guard
+from services.drift import Observer
 from services.guard import RequestGuard, max_body_bytes, surrogate_error, unpaired_surrogate
 from services.metrics import describe as describe_metrics
 from services.metrics import service_metrics
@@ -260,6 +262,8 @@ class DaptService:
                 "a full-size request would only be taken when nothing else waits; raise the queue bound"
             )
         self._embed_targets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # Live drift and the prediction log (services/drift.py): fed after answering, off the answering path.
+        self.observer = Observer.from_environment(self.metrics)
         self.slot.start()
         self._ready = True
 
@@ -271,6 +275,7 @@ class DaptService:
         self._ready = False
         self.slot.stop()
         self.batcher.close()
+        self.observer.close()
 
     @property
     def predictor(self):
@@ -347,6 +352,7 @@ class DaptService:
         """(model that answered, one answer per text), or an error response when the queue is full."""
         served = self.slot.current  # read once: it tokenizes and answers this request even if a swap follows
         target = self._embed_target(served) if embed else served
+        started = time.perf_counter()
         if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
             encodings = served.predictor.encode(texts)
         else:
@@ -357,6 +363,8 @@ class DaptService:
             return served, _error(
                 503, str(exc), field="texts", headers={"retry-after": str(exc.retry_after_s)}
             )
+        if not embed:
+            self.observer.submit(served, texts, encodings, answers, (time.perf_counter() - started) * 1000)
         return served, answers
 
     def _embed_target(self, served: ServedModel) -> _EmbedTarget:
@@ -462,6 +470,8 @@ class DaptService:
             **self.slot.status(operator=operator),
             "admin_reload_enabled": bool(admin_token()),
             "metrics": describe_metrics(),
+            "drift": self.observer.drift_document(served),
+            "prediction_log": self.observer.log_document(operator),
         }
         if operator:
             document["bundle_dir"] = str(served.bundle_dir)
