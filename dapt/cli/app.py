@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from dapt.cli.common import UserError, console, err, read_recipe
+from dapt.cli.monitor import register as register_monitor_command
 from dapt.cli.stages import register as register_stage_commands
 from dapt.cli.ui import register as register_ui_command
 from dapt.cli.versions import models_app
@@ -230,6 +231,17 @@ def _resolve_served_version(name: str | None, alias: str, version: int | None):
     return chosen, path
 
 
+def _set_prediction_log(mode: str) -> None:
+    """The server inherits the environment: DAPT_PREDICTION_LOG is how services/prediction_log.py reads it."""
+    import os
+
+    from models.settings import PREDICTION_LOG_ENV
+
+    if mode not in ("off", "hash", "text"):
+        raise UserError(f"--log-predictions {mode!r}: use off, hash (the text's sha256 only) or text")
+    os.environ[PREDICTION_LOG_ENV] = mode
+
+
 @app.command()
 def serve(
     name: str = typer.Option(None, help="Registered model name (default: the only one registered)."),
@@ -237,11 +249,16 @@ def serve(
     version: int = typer.Option(None, help="Serve this version instead of the alias."),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(3000, help="Port to bind."),
+    log_predictions: str = typer.Option(
+        None, help="Prediction log under DAPT_HOME/predictions: off, hash (text's sha256 only) or text."
+    ),
 ) -> None:
     """Serve a registered version over HTTP with BentoML + ONNX Runtime (checksums verified first).
 
     Example: dapt serve --alias production --port 3000
     """
+    if log_predictions is not None:
+        _set_prediction_log(log_predictions)
     chosen, path = _resolve_served_version(name, alias, version)
     console.print(f"serving {chosen.name} v{chosen.version} from {path} on http://{host}:{port}")
     process = start_server(path, chosen.name, chosen.version, host, port, alias=None if version else alias)
@@ -351,6 +368,7 @@ def schedule(
 app.add_typer(models_app, name="models", help="List, inspect, promote and roll back registered versions.")
 register_stage_commands(app)
 register_ui_command(app)
+register_monitor_command(app)
 
 
 def _click_classes() -> dict[str, tuple[type[BaseException], ...]]:
