@@ -31,6 +31,7 @@ def short_sample_texts(tokenizer_file) -> list[str]:
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.no_truncation()
+    tokenizer.no_padding()  # the exported tokenizer.json may pad to max_length
     with open(SAMPLE / "sentiment.csv", encoding="utf-8") as handle:
         texts = [row["text"] for row in csv.DictReader(handle)]
     return [t for t in texts if len(tokenizer.encode(t, add_special_tokens=False).ids) <= 22]
