@@ -327,6 +327,51 @@ class GateConfig(_Section):
     alias: str = "production"
 
 
+class DriftThreshold(_Section):
+    """Warn and fail levels of one live-drift statistic (a distance in [0, 1])."""
+
+    warn: float = Field(ge=0.0, le=1.0, description="Distance from the training profile that warns.")
+    fail: float = Field(ge=0.0, le=1.0, description="Distance that fails (and can start a retrain).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftThreshold:
+        if self.fail < self.warn:
+            raise ValueError(f"fail ({self.fail}) must be >= warn ({self.warn})")
+        return self
+
+
+class MonitorConfig(_Section):
+    """Live drift: the service and the `monitor` flow compare recent inputs with the version's training profile.
+
+    Statistics (each a distance in [0, 1]): ``length`` (total-variation distance of the token-length
+    histograms), ``oov_rate`` (absolute change of the share of words the tokenizer splits into [UNK] or 3+
+    pieces), ``labels`` (total-variation distance of the predicted label shares from the training label
+    shares; entity types for NER).
+    """
+
+    window: int = Field(
+        default=1000, ge=10, description="Live texts per model version compared with the profile (sliding)."
+    )
+    min_texts: int = Field(
+        default=100, ge=1, description="Texts needed before a statistic is judged (noise below that)."
+    )
+    length: DriftThreshold = DriftThreshold(warn=0.15, fail=0.3)
+    oov_rate: DriftThreshold = DriftThreshold(warn=0.05, fail=0.15)
+    labels: DriftThreshold = DriftThreshold(warn=0.15, fail=0.3)
+    retrain_on: Literal["warn", "fail", "never"] = Field(
+        default="fail", description="Drift level at which the monitor flow starts the retrain deployment."
+    )
+
+    @model_validator(mode="after")
+    def _window_holds_min_texts(self) -> MonitorConfig:
+        if self.min_texts > self.window:
+            raise ValueError(
+                f"min_texts ({self.min_texts}) must be <= window ({self.window}): the window never holds enough "
+                "texts to judge"
+            )
+        return self
+
+
 class Recipe(_Section):
     """The whole run. ``name`` is the registry model name."""
 
@@ -346,6 +391,7 @@ class Recipe(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
     export: ExportConfig = ExportConfig()
     gate: GateConfig = GateConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @field_validator("name")
     @classmethod

@@ -46,6 +46,13 @@ ORT_PROVIDER_ENV = "DAPT_ORT_PROVIDER"
 HEADER_TIMEOUT_ENV = "DAPT_HEADER_TIMEOUT_S"
 KEEP_ALIVE_ENV = "DAPT_KEEP_ALIVE_S"
 MAX_CONNECTIONS_ENV = "DAPT_MAX_CONNECTIONS"
+# Monitoring (read by services/ at start and by the monitor flow).
+PREDICTION_LOG_ENV = "DAPT_PREDICTION_LOG"  # off (default) | hash | text
+PREDICTION_LOG_DIR_ENV = "DAPT_PREDICTION_LOG_DIR"
+PREDICTION_LOG_SAMPLE_ENV = "DAPT_PREDICTION_LOG_SAMPLE"
+PREDICTION_LOG_MAX_MB_ENV = "DAPT_PREDICTION_LOG_MAX_MB"
+PREDICTION_LOG_FILES_ENV = "DAPT_PREDICTION_LOG_FILES"
+DRIFT_ENV = "DAPT_DRIFT"  # on (default) | off
 
 N = TypeVar("N", int, float)
 
@@ -106,6 +113,11 @@ def artifact_cache_dir() -> Path:
 
 def runs_dir() -> Path:
     return dapt_home() / "runs"
+
+
+def prediction_log_dir() -> Path:
+    """Where the prediction log lives (one folder per model): DAPT_PREDICTION_LOG_DIR, else DAPT_HOME/predictions."""
+    return Path(os.environ.get(PREDICTION_LOG_DIR_ENV) or dapt_home() / "predictions").expanduser()
 
 
 def actor() -> str | None:

@@ -57,6 +57,23 @@ class ServiceMetrics:
             "Seconds the shadow version took per request copy",
             ["model_name", "shadow_version"],
         )
+        self.input_drift = prometheus_client.Gauge(
+            "dapt_input_drift",
+            "Distance of the live input window from the version's training profile, by statistic "
+            "(length, oov_rate, labels); thresholds in /metadata under drift",
+            ["model", "version", "statistic"],
+            multiprocess_mode="livemostrecent",
+        )
+        self.monitor_dropped = prometheus_client.Counter(
+            "dapt_monitor_dropped",  # exposed as dapt_monitor_dropped_total
+            "Requests (queue_full, error) or log records (write_error) the observer dropped; answers unaffected",
+            ["reason"],
+        )
+        self.logged = prometheus_client.Counter(
+            "dapt_prediction_log_records",  # exposed as dapt_prediction_log_records_total
+            "Records written to the prediction log",
+            ["model_name"],
+        )
 
     def record_batch(self, name: str, version: str, task: str, texts: int) -> None:
         self.batch_size.labels(model_name=name, model_version=version).observe(texts)
@@ -79,6 +96,15 @@ class ServiceMetrics:
         if agreement is not None:
             self.shadow_agreement.labels(model_name=name, shadow_version=version).set(agreement)
 
+    def record_drift(self, name: str, version: str, statistic: str, value: float) -> None:
+        self.input_drift.labels(model=name, version=version, statistic=statistic).set(value)
+
+    def record_monitor_drop(self, reason: str, count: int = 1) -> None:
+        self.monitor_dropped.labels(reason=reason).inc(count)
+
+    def record_logged(self, name: str, count: int) -> None:
+        self.logged.labels(model_name=name).inc(count)
+
 
 def service_metrics() -> ServiceMetrics:
     """The process's metrics, created on first call (after BentoML has set up multiprocess mode)."""
@@ -98,4 +124,7 @@ def describe() -> dict[str, Any]:
         "shadow_requests": "dapt_shadow_requests_total{model_name,shadow_version,outcome}",
         "shadow_agreement": "dapt_shadow_agreement{model_name,shadow_version}",
         "shadow_latency": "dapt_shadow_latency_seconds{model_name,shadow_version}",
+        "input_drift": "dapt_input_drift{model,version,statistic}",
+        "monitor_dropped": "dapt_monitor_dropped_total{reason}",
+        "prediction_log": "dapt_prediction_log_records_total{model_name}",
     }

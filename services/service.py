@@ -94,6 +94,7 @@ from models.settings import (
 )
 from services.batcher import MicroBatcher, QueueFull
 from services.connections import install as install_connection_guard
+from services.drift import Observer
 from services.guard import RequestGuard, max_body_bytes, surrogate_error, unpaired_surrogate
 from services.metrics import describe as describe_metrics
 from services.metrics import service_metrics
@@ -309,6 +310,8 @@ class DaptService:
                 "a full-size request would only be taken when nothing else waits; raise the queue bound"
             )
         self._embed_targets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # Live drift and the prediction log (services/drift.py): fed after answering, off the answering path.
+        self.observer = Observer.from_environment(self.metrics)
         for slot in self.slots.values():
             slot.start()
         if self.shadow is not None:
@@ -357,6 +360,7 @@ class DaptService:
             self.shadow.slot.stop()
             self.shadow.stop()  # writes the shadow's summary to the registry once more
         self.batcher.close()
+        self.observer.close()
 
     @property
     def predictor(self):
@@ -501,6 +505,8 @@ class DaptService:
             task = "embedding" if embed else served.task
             predictions = [a[0] for a in answers] if embed or task == "ner" else answers
             self._observe(Observation(served, task, texts, predictions, time.perf_counter() - started))
+        if not embed:
+            self.observer.submit(served, texts, encodings, answers, (time.perf_counter() - started) * 1000)
         return served, answers
 
     def _observe(self, observation: Observation) -> None:
@@ -629,6 +635,8 @@ class DaptService:
             **self.slot.status(operator=operator),
             "admin_reload_enabled": bool(admin_token()),
             "metrics": describe_metrics(),
+            "drift": self.observer.drift_document(served),
+            "prediction_log": self.observer.log_document(operator),
         }
         document["models"] = [
             {
@@ -636,6 +644,7 @@ class DaptService:
                 **self._model_info(slot.current).model_dump(),
                 **slot.status(operator=operator),
                 **({"bundle_dir": str(slot.current.bundle_dir)} if operator else {}),
+                "drift": self.observer.drift_document(slot.current),
             }
             for slot in self.slots.values()
         ]

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from dapt.cli.common import UserError, console, err, read_recipe
+from dapt.cli.monitor import register as register_monitor_command
 from dapt.cli.stages import register as register_stage_commands
 from dapt.cli.ui import register as register_ui_command
 from dapt.cli.versions import models_app
@@ -276,6 +277,17 @@ def _shadow_target(spec: str, served: list) -> dict:
     return {"name": name, "version": chosen.version, "bundle_dir": str(path), "alias": alias}
 
 
+def _set_prediction_log(mode: str) -> None:
+    """The server inherits the environment: DAPT_PREDICTION_LOG is how services/prediction_log.py reads it."""
+    import os
+
+    from models.settings import PREDICTION_LOG_ENV
+
+    if mode not in ("off", "hash", "text"):
+        raise UserError(f"--log-predictions {mode!r}: use off, hash (the text's sha256 only) or text")
+    os.environ[PREDICTION_LOG_ENV] = mode
+
+
 @app.command()
 def serve(
     name: list[str] = typer.Option(
@@ -293,6 +305,9 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(3000, help="Port to bind."),
+    log_predictions: str = typer.Option(
+        None, help="Prediction log under DAPT_HOME/predictions: off, hash (text's sha256 only) or text."
+    ),
 ) -> None:
     """Serve registered versions over HTTP with BentoML + ONNX Runtime (checksums verified first).
 
@@ -300,6 +315,8 @@ def serve(
     dapt serve --name finsent --name finner@production;
     dapt serve --name finsent --shadow candidate
     """
+    if log_predictions is not None:
+        _set_prediction_log(log_predictions)
     specs = [_split_at(value, "--name") for value in name or []]
     if version is not None and len(specs) > 1:
         raise UserError("--version serves one model: use NAME@ALIAS forms when serving several")
@@ -449,6 +466,7 @@ app.add_typer(models_app, name="models", help="List, inspect, promote and roll b
 register_stage_commands(app)
 register_ui_command(app)
 register_watch_command(app)
+register_monitor_command(app)
 
 
 def _click_classes() -> dict[str, tuple[type[BaseException], ...]]:

@@ -118,4 +118,7 @@ def test_the_gate_decides_on_an_old_incumbent_record():
     incumbent = {"metrics": {"macro_f1": 0.80, "broken": "x"}, "forgetting": {"delta": "?"}}
     decision = decide(candidate, incumbent, GateConfig(tolerance=0.0, require_parity=False))
     assert decision.passed and decision.incumbent_value == 0.80
-    assert decide(Evidence.from_record(candidate), None, GateConfig(require_parity=False)).candidate_value == 0.81
+    assert (
+        decide(Evidence.from_record(candidate), None, GateConfig(require_parity=False)).candidate_value
+        == 0.81
+    )
