@@ -35,10 +35,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from models.registry.evidence import Evidence, ParityResult
-
 if TYPE_CHECKING:
     from models.recipe import GateConfig
+    from models.registry.evidence import Evidence, ParityResult
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,8 @@ def _number(value: Any) -> float | None:
 def served_variants(evidence: Evidence | Mapping[str, Any]) -> set[str]:
     """The ONNX variants a version will serve: ``serving.served`` when the export recorded it, else fp32 plus
     every variant whose parity did not fail (what older exports let the service choose)."""
+    from models.registry.evidence import Evidence  # pydantic only when evidence is read
+
     evidence = Evidence.from_record(evidence)
     if evidence.serving is not None:
         return set(evidence.serving.served)
@@ -230,6 +231,8 @@ def decide(
             failures.append(sentence)
 
     metric = gate.metric
+    from models.registry.evidence import Evidence  # pydantic only when evidence is read
+
     candidate = Evidence.from_record(candidate)
     incumbent = Evidence.from_record(incumbent) if incumbent is not None else None
     candidate_value = _number(candidate.metrics.get(metric))

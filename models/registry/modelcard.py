@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.hashing import file_sha256
-from models.registry.evidence import Evidence
+
+if TYPE_CHECKING:  # pydantic stays out of a plain registry import (the service and CLI start faster)
+    from models.registry.evidence import Evidence
 
 DEFAULT_INTENDED_USE = (
     "Domain-specific text {task} for the data the recipe describes. Not evaluated outside that domain or "
@@ -88,6 +90,8 @@ def _sample_hashes() -> set[str]:
 
 def uses_sample_data(evidence: Evidence | Mapping[str, Any]) -> bool:
     """True when any training or evaluation file is one of data/sample/'s synthetic files (same content)."""
+    from models.registry.evidence import Evidence  # pydantic only when evidence is read
+
     evidence = Evidence.from_record(evidence)
     files = (evidence.data_fingerprint.get("files") or {}).values()
     entries = [entry for entry in files if isinstance(entry, dict)]
@@ -273,6 +277,8 @@ def render_model_card(
     """Hugging Face model card: metadata block, then summary, metrics (overall, per class, per slice),
     forgetting, parity, validation, plots, lineage, intended use, recipe and files."""
     from huggingface_hub import ModelCard
+
+    from models.registry.evidence import Evidence  # pydantic only when evidence is read
 
     evidence = Evidence.from_record(evidence)
     serving = serving or {}
