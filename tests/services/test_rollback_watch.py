@@ -25,7 +25,7 @@ from services.rollback_watch import Traffic, WatchSettings, judge, parse_traffic
 from tests.services.helpers import MINIMAL_EVIDENCE, corrupt, live_server, registry_env, tmp_registry
 
 REPO = Path(__file__).resolve().parents[2]
-SLOW_MATMULS = 4
+SLOW_MATMULS = 8
 
 
 def make_slow(bundle: Path, out: Path, matmuls: int = SLOW_MATMULS, size: int = 512) -> Path:
@@ -168,7 +168,15 @@ def test_watch_rolls_back_a_slow_and_an_unloadable_version_on_a_live_server(clas
     ):
         # 1. A slow version: served, then judged on latency against v1 and rolled back.
         log = tmp_path / "watch-slow.log"
-        watcher = _watch(env, url, log, "--window-s", "10", "--min-requests", "10", "--swap-timeout-s", "60")
+        # The tiny model answers in milliseconds on an idle machine, so the default 50 ms noise floor would hide
+        # the slow copy there: the floor is lowered and the ratio (2x, the default) decides.
+        watcher = _watch(
+            env,
+            url,
+            log,
+            *("--window-s", "10", "--min-requests", "10", "--swap-timeout-s", "60"),
+            *("--min-latency-increase-ms", "5"),
+        )
         try:
             _wait_for_line(watcher, log, "watching tiny 'production' (v1)", 60)
             time.sleep(10)  # a baseline of v1's traffic
