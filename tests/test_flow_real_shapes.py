@@ -76,17 +76,17 @@ def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
 def test_int8_failing_parity_is_dropped_reported_and_does_not_block_promotion(
     tmp_path, sample_dir, tiny_base_model, prefect_harness, monkeypatch
 ):
-    import models.export.onnx as export
+    import models.export.parity as parity
     from dapt.cli.app import run_recipe
     from models.registry.store import Registry
     from services.predictor import OnnxPredictor
 
-    real = export._parity_failures
+    real = parity.parity_failures
 
     def int8_fails(variant, worst, config):  # what a real MiniLM on real tweets showed: agreement 0.955
         return ["label agreement 0.9550 < 0.99"] if variant == "int8" else real(variant, worst, config)
 
-    monkeypatch.setattr(export, "_parity_failures", int8_fails)
+    monkeypatch.setattr(parity, "parity_failures", int8_fails)
     summary = run_recipe(
         write_tiny_recipe(tmp_path / "cls", sample_dir, tiny_base_model, name="tiny-int8drop")
     )
