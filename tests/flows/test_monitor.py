@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from services.launcher import stop_server
 from tests.conftest import SAMPLE
 from tests.services.conftest import classifier_bundle  # noqa: F401 - a fixture
 from tests.services.helpers import MINIMAL_EVIDENCE, registry_env, tmp_registry
@@ -23,41 +21,6 @@ from tests.tiny_recipe import write_tiny_recipe
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture()
-def prefect_server(tmp_path):
-    """`prefect server start` on a free loopback port (as tests/flows/test_scheduled_deployment.py starts it),
-    given up to 5 min to answer /health on a loaded machine."""
-    from services.launcher import free_port
-
-    port = free_port()
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-server"), "PREFECT_API_URL": ""}
-    log = open(tmp_path / "prefect-server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, (tmp_path / "prefect-server.log").read_text()[-2000:]
-            time.sleep(1)
-        else:
-            pytest.fail("prefect server was not healthy within 300 s")
-        yield url
-    finally:
-        stop_server(server)
-        log.close()
 
 
 def _sample() -> tuple[list[str], list[str]]:

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from services.launcher import stop_server as _stop
@@ -16,38 +15,6 @@ from tests.tiny_recipe import write_tiny_recipe
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture()
-def prefect_server(tmp_path):
-    from services.launcher import free_port
-
-    port = free_port()
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-server"), "PREFECT_API_URL": ""}
-    log = open(tmp_path / "prefect-server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 300  # minutes on a loaded 2-core machine (migrations on first start)
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None, (tmp_path / "prefect-server.log").read_text()[-2000:]
-        time.sleep(1)
-    else:
-        _stop(server)
-        pytest.fail("prefect server was not healthy within 300 s")
-    yield url
-    _stop(server)
-    log.close()
 
 
 def test_cron_deployment_runs_the_flow_and_publishes_artifacts(

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from services.launcher import stop_server as _stop
-from tests.flows.test_scheduled_deployment import prefect_server  # noqa: F401 - the real server fixture
 from tests.tiny_recipe import write_tiny_recipe
 
 pytestmark = pytest.mark.integration
@@ -35,7 +34,7 @@ def test_retrain_deployment_runs_to_completion_on_a_process_worker(
     tmp_path,
     sample_dir,
     tiny_base_model,
-    prefect_server,  # noqa: F811
+    prefect_server,
 ):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
