@@ -248,16 +248,6 @@ def write_run_report(run_dir: Path, markdown: str, pictures: list[Path], title: 
     return md_path, html_path
 
 
-def _recipe_from_file(path: str) -> Recipe:
-    from models.recipe import check_data_paths, load_recipe
-
-    loaded = load_recipe(path)  # RecipeError names the file and the field
-    problems = check_data_paths(loaded)
-    if problems:
-        raise ValueError(f"{path}: " + "; ".join(problems))
-    return loaded
-
-
 def _new_run_dir(recipe: Recipe) -> Path:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     run_dir = runs_dir() / f"{stamp}-{recipe.name}"
@@ -364,7 +354,9 @@ def retrain(recipe: Recipe | str) -> dict:
     from models.data import data_fingerprint
 
     if isinstance(recipe, str):
-        recipe = _recipe_from_file(recipe)
+        from models.recipe import load_usable_recipe
+
+        recipe = load_usable_recipe(recipe)  # RecipeError names the file and the field
     run_dir = _new_run_dir(recipe)
     fingerprint = data_fingerprint(recipe)
     incumbent = production_evidence(recipe)

@@ -495,3 +495,13 @@ def check_data_paths(recipe: Recipe) -> list[str]:
             f"base_model: {recipe.base_model} is not a Hugging Face model directory (no config.json)"
         )
     return problems
+
+
+def load_usable_recipe(path: str | Path) -> Recipe:
+    """The validated recipe at ``path`` with every data file it names present, or RecipeError saying what is
+    wrong (the CLI and a deployment run by a worker both start from a file)."""
+    recipe = load_recipe(path)
+    problems = check_data_paths(recipe)
+    if problems:
+        raise RecipeError(f"{path}: " + "; ".join(problems))
+    return recipe

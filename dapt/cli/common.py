@@ -34,16 +34,12 @@ class UserError(Exception):
 
 def read_recipe(path: Path) -> Recipe:
     """The validated recipe with its data files present, or UserError saying what is wrong."""
-    from models.recipe import RecipeError, check_data_paths, load_recipe
+    from models.recipe import RecipeError, load_usable_recipe
 
     try:
-        recipe = load_recipe(path)
+        return load_usable_recipe(path)
     except RecipeError as exc:
         raise UserError(str(exc)) from None
-    problems = check_data_paths(recipe)
-    if problems:
-        raise UserError(f"{path}: " + "; ".join(problems))
-    return recipe
 
 
 def run_folder(out: Path | None, stage: str, name: str) -> Path:
