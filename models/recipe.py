@@ -204,7 +204,11 @@ class FinetuneConfig(_Section):
     )
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
-    class_weights: bool = Field(default=True, description="Weight the loss by inverse class frequency.")
+    class_weights: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Weight the loss by inverse class frequency. 'auto': on for classification, off for NER, "
+        "where 'O' outnumbers the entity tags and the weights trade precision away.",
+    )
     multi_label: bool = False
     early_stopping_patience: int = Field(
         default=2,

@@ -211,6 +211,13 @@ def encode_frame(recipe: Recipe, config: FinetuneConfig, tokenizer, df: pd.DataF
     return rows
 
 
+def uses_class_weights(recipe: Recipe, config: FinetuneConfig) -> bool:
+    """Whether the loss is class-weighted: as set, or under 'auto' only for classification (benchmarks/README)."""
+    if config.class_weights == "auto":
+        return recipe.task == "classification"
+    return bool(config.class_weights)
+
+
 def class_weight_vector(recipe: Recipe, config: FinetuneConfig, encoded: list[dict]) -> list[float]:
     """Inverse-frequency weights n / (K * n_c), normalised so a balanced set gets 1.0 for every class.
 

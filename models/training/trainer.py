@@ -26,6 +26,7 @@ from models.training.task_model import (
     optimizer_param_groups,
     resolve_max_length,
     task_labels,
+    uses_class_weights,
 )
 
 if TYPE_CHECKING:
@@ -314,7 +315,7 @@ def _prepare_inputs(
     model, load_info = load_task_model(recipe, encoder_dir, multi_label=multi_label)
     train_rows = encode_frame(recipe, config, tokenizer, train_df)
     monitor_rows = encode_frame(recipe, config, tokenizer, monitor_df) if monitor_df is not None else None
-    weights = class_weight_vector(recipe, config, train_rows) if config.class_weights else None
+    weights = class_weight_vector(recipe, config, train_rows) if uses_class_weights(recipe, config) else None
     collator = (
         DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX)
         if recipe.task == "ner"

@@ -291,6 +291,19 @@ def test_class_weights_are_inverse_frequency_and_used_in_the_loss(tiny_base_mode
     assert loss.item() != pytest.approx(F.cross_entropy(logits, batch["labels"]).item(), rel=1e-3)
 
 
+def test_class_weights_default_to_classification_only_since_they_cost_ner_its_precision(tiny_base_model):
+    from models.training.task_model import uses_class_weights
+
+    classification, ner = make_recipe(tiny_base_model), make_recipe(tiny_base_model, task="ner")
+    assert classification.finetune.class_weights == ner.finetune.class_weights == "auto"
+    assert uses_class_weights(classification, classification.finetune)
+    assert not uses_class_weights(ner, ner.finetune)
+    forced = make_recipe(tiny_base_model, task="ner", class_weights=True)
+    assert uses_class_weights(forced, forced.finetune)
+    off = make_recipe(tiny_base_model, class_weights=False)
+    assert not uses_class_weights(off, off.finetune)
+
+
 def test_early_stopping_selects_on_a_split_of_train_not_on_eval(tiny_base_model, tmp_path):
     from models.training.finetune import finetune
 
