@@ -229,6 +229,12 @@ class FinetuneConfig(_Section):
         "all epochs do not fit, fewer steps are planned (the learning-rate schedule shrinks with them, at least "
         "one epoch). null trains every epoch whatever it takes.",
     )
+    min_epochs: float = Field(
+        default=3.0,
+        gt=0,
+        description="The time budget never plans fewer epochs than this (nor more than 'epochs'): on a busy "
+        "machine a run takes longer rather than shipping an undertrained model.",
+    )
     search_trials: int = Field(default=0, ge=0, description="Optuna trials; 0 disables the search.")
     search_timeout_s: float | None = Field(default=None, gt=0)
 

@@ -60,6 +60,7 @@ HYPERPARAMETERS = (
     "search_trials",
     "search_timeout_s",
     "time_budget_minutes",
+    "min_epochs",
 )
 
 

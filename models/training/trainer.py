@@ -260,8 +260,9 @@ def plan_steps_for_budget(
 ) -> dict:
     """How many optimizer steps fit ``minutes`` here: forward + backward timed on a few real batches.
 
-    The timed batches are random rows grouped by length, as training batches are. At least one epoch is
-    always planned: a model that has not seen its data once is no model.
+    The timed batches are random rows grouped by length, as training batches are. At least
+    ``config.min_epochs`` (and one whole epoch) are always planned: cutting epochs to keep to the clock costs
+    more quality than the minutes it saves (benchmarks/README.md, ``finetune.min_epochs``).
     """
     import random
 
@@ -276,12 +277,14 @@ def plan_steps_for_budget(
     per_step = time_forward_backward(model, (collator(b) for b in batches)).seconds_per_batch
     wanted = max(1, math.ceil(config.epochs * steps_per_epoch))
     affordable = int(minutes * 60 * BUDGET_SAFETY / per_step) if per_step > 0 else wanted
-    planned = min(wanted, max(steps_per_epoch, affordable))
+    floor = max(steps_per_epoch, math.ceil(config.min_epochs * steps_per_epoch))
+    planned = min(wanted, max(floor, affordable))
     return {
         "minutes": minutes,
         "seconds_per_step": round(per_step, 4),
         "steps_wanted": wanted,
         "steps_affordable": affordable,
+        "min_steps": min(wanted, floor),
         "planned_steps": planned,
         "epochs_planned": round(planned / steps_per_epoch, 2),
     }
@@ -351,11 +354,17 @@ def _plan_max_steps(
         )
         return config.max_steps, budget
     max_steps = budget["planned_steps"]
+    over = (
+        f"; finetune.min_epochs {config.min_epochs:g} keeps {max_steps} steps, about "
+        f"{max_steps * budget['seconds_per_step'] / 60:.1f} min: this machine is slower than the budget assumes"
+        if budget["steps_affordable"] < max_steps
+        else ""
+    )
     emit(
         f"[finetune] budget: {time_budget_minutes:g} min at {budget['seconds_per_step']:.2f} s/step fits "
-        f"{max_steps} of {budget['steps_wanted']} steps ({max_steps / steps_per_epoch:.1f} of "
-        f"{config.epochs:g} epochs); the learning-rate schedule is planned for {max_steps} steps "
-        "(raise finetune.time_budget_minutes, or set it to null, to train every epoch)"
+        f"{budget['steps_affordable']} of {budget['steps_wanted']} steps{over}; training {max_steps} steps "
+        f"({max_steps / steps_per_epoch:.1f} of {config.epochs:g} epochs) with the learning-rate schedule "
+        "planned for them (raise finetune.time_budget_minutes, or set it to null, to train every epoch)"
     )
     return max_steps, budget
 

@@ -410,23 +410,28 @@ def test_measure_augmentation_effect_trains_both_variants(tiny_base_model, tmp_p
     assert study["macro_f1_delta"] == pytest.approx(study["with"]["macro_f1"] - study["without"]["macro_f1"])
 
 
-def test_time_budget_that_fits_less_than_all_epochs_plans_fewer_steps_but_at_least_one_epoch(
+def test_time_budget_that_fits_less_than_all_epochs_plans_fewer_steps_but_never_under_min_epochs(
     tiny_base_model, tmp_path
 ):
     from models.training.finetune import finetune
 
     frame = classification_frame(10)  # 30 rows: 27 fit (4 steps of 8), 3 validation
-    recipe = make_recipe(tiny_base_model, epochs=3, early_stopping_patience=1, time_budget_minutes=1e-6)
+    recipe = make_recipe(
+        tiny_base_model, epochs=3, min_epochs=2, early_stopping_patience=1, time_budget_minutes=1e-6
+    )
     lines: list[str] = []
 
     result = finetune(recipe, tiny_base_model, frame, frame.iloc[:3], tmp_path, lines.append)
 
     budget = result.params["time_budget"]
-    assert budget["steps_wanted"] == 12 and budget["planned_steps"] == 4  # one epoch: the floor
+    assert budget["steps_wanted"] == 12 and budget["steps_affordable"] == 0
+    assert budget["planned_steps"] == budget["min_steps"] == 8  # two epochs: finetune.min_epochs
     assert budget["seconds_per_step"] > 0
-    assert result.params["global_steps"] == 4
+    assert result.params["global_steps"] == 8
     assert result.params["best_metric"] is not None  # the shortened run still picks its checkpoint
-    assert any(line.startswith("[finetune] budget") and "4 of 12 steps" in line for line in lines)
+    budget_lines = [line for line in lines if line.startswith("[finetune] budget")]
+    assert len(budget_lines) == 1 and "fits 0 of 12 steps" in budget_lines[0]
+    assert "finetune.min_epochs 2 keeps 8 steps" in budget_lines[0] and "training 8 steps" in budget_lines[0]
 
 
 def test_time_budget_that_fits_every_epoch_changes_nothing(tiny_base_model, tmp_path):
