@@ -108,8 +108,7 @@ class AdaptConfig(_Section):
 
     strategy: Literal["none", "dapt", "tapt", "dapt+tapt", "scratch"] = "dapt"
     objective: Literal["mlm", "mlm+nsp"] = "mlm"
-    # One pass at 64 tokens: on 2 CPU cores the default recipe over a 4000-sentence labelled set then finishes
-    # in ~13 min under load instead of 36 (3 passes at 128 tokens), with the same quality (benchmarks/quality.py).
+    # One pass at 64 tokens keeps the whole run inside its CPU budget at no cost in quality (benchmarks/README.md).
     epochs: float = Field(default=1.0, gt=0)
     max_steps: int = Field(default=-1, description="Overrides epochs when > 0.")
     learning_rate: float = Field(default=5e-5, gt=0)
@@ -120,8 +119,8 @@ class AdaptConfig(_Section):
     heldout_fraction: float = Field(
         default=0.1, ge=0.0, lt=0.5, description="Domain text held out for MLM loss."
     )
-    # Replay curbs forgetting best of the curbs measured (MiniLM, 40 steps: +0.76 nats without, +0.13 at 0.2;
-    # benchmarks/forgetting.py); it needs data.general and is skipped without it.
+    # Replay curbs forgetting best of the curbs measured (benchmarks/forgetting.py, benchmarks/README.md); it
+    # needs data.general and is skipped without it.
     replay_fraction: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Share of general text mixed in to curb forgetting."
     )
@@ -133,11 +132,10 @@ class AdaptConfig(_Section):
     extend_vocab: int = Field(
         default=0, ge=0, description="Add up to N frequent domain words to the vocabulary."
     )
-    # A base without a pretrained MLM head (all-MiniLM-L6-v2 ships none) gets a random one: its loss (~10.7 nats)
-    # says nothing about forgetting and its gradients damage the encoder. So the new head is trained alone first
-    # (encoder and tied decoder frozen) on domain + general text, then "before" is measured. Ignored for scratch.
-    # 300 steps x 128 masked tokens at 2e-3: MiniLM's general loss 10.7 -> 5.0 nats (benchmarks/forgetting.py);
-    # 106-188 s on 2 CPU cores at load ~3 (where training ran ~4x slower than on a quiet machine).
+    # A base without a pretrained MLM head (all-MiniLM-L6-v2 ships none) gets a random one: its loss says nothing
+    # about forgetting and its gradients damage the encoder. So the new head is trained alone first (encoder and
+    # tied decoder frozen) on domain + general text, then "before" is measured. Ignored for scratch. The step
+    # count and rate and what they cost: benchmarks/README.md ("Adaptation constants").
     head_warmup_steps: int = Field(
         default=300,
         ge=0,

@@ -18,9 +18,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MASKING_SEED = 1234  # must be non-zero: the collator treats seed=0 as "use the global RNG"
-# Texts per measurement (each of the domain and general sets). On data/sample 160 texts give ~400 general and ~700
-# domain masked tokens; before and after use the very same masks, so the delta is a paired difference. One
-# measurement of MiniLM at 64 tokens took 4-28 s on 2 busy CPU cores (twice per run); 512 cost ~3x that.
+# Texts per measurement (each of the domain and general sets); before and after use the very same masks, so the
+# delta is a paired difference. More texts cost proportionally more time (benchmarks/README.md).
 MEASURE_LIMIT = 160
 
 

@@ -31,18 +31,16 @@ from models.training.forgetting import mlm_head
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-# Distinct masked sequences run through the encoder once; the steps cycle over their cached outputs. For the demo
-# data (64-token windows and short general sentences) 1280 sequences give ~5k masked targets for ~50k token
-# forward passes (~45-60 s of MiniLM on 2 CPU cores at load ~3); 640 left the domain side under-fitted.
+# Distinct masked sequences run through the encoder once; the steps cycle over their cached outputs. Half as many
+# left the domain side under-fitted (benchmarks/README.md, "Adaptation constants").
 HEAD_WARMUP_MAX_SEQUENCES = 1280
-# Short texts (tweets, headlines: ~20 word-pieces) give few masked targets per sequence, and a head trained on
-# a few thousand targets memorises them (training loss 3.6 nats, held-out 8.6 on financial headlines). So the
-# count grows for short texts until about this many word-pieces are encoded, up to HEAD_WARMUP_SEQUENCE_CAP.
+# Short texts (tweets, headlines) give few masked targets per sequence, and a head trained on a few thousand
+# targets memorises them. So the count grows for short texts until about this many word-pieces are encoded, up
+# to HEAD_WARMUP_SEQUENCE_CAP.
 HEAD_WARMUP_TOKENS = 64_000
 HEAD_WARMUP_SEQUENCE_CAP = 4096
 HELDOUT_SHARE = 0.1  # of the cached masked targets, scored to keep the head from the step it generalised best
-# Masked tokens per step. Measured on MiniLM + data/sample: 300 steps of 128 at lr 2e-3 bring general loss on
-# unseen sentences from 10.7 (random head) / 6.6 (token-frequency bias alone) to 5.0, held-out domain to 5.6.
+# Masked tokens per step (with adapt.head_warmup_steps and its rate: benchmarks/README.md).
 TOKENS_PER_STEP = 128
 ENCODE_BATCH_SIZE = 32  # no gradients: a larger batch than training is affordable
 HEAD_FILE = "head.safetensors"
