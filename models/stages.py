@@ -98,7 +98,7 @@ def export_stage(
     """ONNX variants of a fine-tuned model, each checked for parity on the eval split, as a serving bundle."""
     from models.data import load_task_data, ner_tag_set, ner_text
     from models.export.onnx import check_export_target, export_bundle
-    from models.training.task_model import model_max_length
+    from models.training.task_model import inference_max_length
 
     check_export_target(out_dir)  # before any work: the export replaces folders inside out_dir
     data = load_task_data(recipe)
@@ -114,7 +114,7 @@ def export_stage(
         name=recipe.name,
         task=recipe.task,
         labels=tags,
-        max_length=model_max_length(recipe, model_folder(model_dir, "model")),
+        max_length=inference_max_length(recipe, model_folder(model_dir, "model")),
         config=recipe.export,
         parity_texts=texts,
         parity_labels=labels,

@@ -267,11 +267,11 @@ def evaluate_model(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from models.training.task_model import model_max_length
+    from models.training.task_model import inference_max_length
 
     tokenizer, model = _load(model_dir, recipe.task)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    max_length = model_max_length(recipe, model_dir)
+    max_length = inference_max_length(recipe, model_dir)
     if recipe.task == "ner":
         metrics, plots = _evaluate_ner(tokenizer, model, labels, eval_df, max_length, batch_size, out_dir)
     elif model.config.problem_type == "multi_label_classification":

@@ -162,6 +162,18 @@ def model_max_length(recipe: Recipe, model_dir: Path) -> int:
     return saved
 
 
+def inference_max_length(recipe: Recipe, model_dir: Path) -> int:
+    """Tokens per text when the fine-tuned model predicts (evaluation, export, serving).
+
+    Classification reads what it was trained on. NER labels every word, and a word cut off is a word predicted
+    'O' (a lost entity), so it reads as far as the encoder's positions go: training at the 99th percentile of
+    lengths keeps fine-tuning cheap, and the few long sentences still get every word labelled.
+    """
+    if recipe.task == "ner":
+        return max(model_max_length(recipe, model_dir), position_limit(model_dir))
+    return model_max_length(recipe, model_dir)
+
+
 # ------------------------------------------------------------------------------------------------------- encoding
 
 

@@ -176,6 +176,23 @@ def test_ner_evaluation_reports_entity_scores_and_token_accuracy(tiny_base_model
     assert all(p.is_file() for p in result.plots)
 
 
+def test_ner_reads_past_the_training_max_length_so_long_sentences_lose_no_words(tiny_base_model, tmp_path):
+    from models.evaluation.evaluate import evaluate_model
+    from models.training.task_model import inference_max_length
+
+    model_dir = save_task_model(tiny_base_model, tmp_path / "model", TAGS, token_level=True)
+    words = ["Ruskola", "Group", "sales", "rose", "to", "EUR", "12", "mn"] * 5  # ~60 word-pieces
+    frame = pd.DataFrame({"tokens": [words], "tags": [["O"] * len(words)]})
+    recipe = make_recipe("ner", max_length=16)  # trained on 16 tokens
+
+    assert inference_max_length(recipe, model_dir) == 128  # the tiny encoder's positions
+    assert inference_max_length(make_recipe(max_length=16), model_dir) == 16  # classification: as trained
+    result = evaluate_model(recipe, model_dir, frame, tmp_path / "eval")
+
+    assert result.metrics["truncated_words"] == 0
+    assert sum(map(sum, result.metrics["confusion_matrix"])) == len(words)
+
+
 def test_multi_label_evaluation(tiny_base_model, tmp_path):
     from models.evaluation.evaluate import evaluate_model
 
