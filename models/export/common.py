@@ -31,3 +31,11 @@ class _quiet_onnxruntime:
         import onnxruntime as ort
 
         ort.set_default_logger_severity(2)
+
+
+def parity_sample(texts: list[str], labels, limit: int | None):
+    """At most ``limit`` texts (and their labels), evenly spaced so every part of the eval set is seen."""
+    if limit is None or len(texts) <= limit:
+        return texts, labels
+    picked = [i * len(texts) // limit for i in range(limit)]
+    return [texts[i] for i in picked], (None if labels is None else [labels[i] for i in picked])

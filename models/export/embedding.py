@@ -42,6 +42,9 @@ _POOLING_KEYS = {
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
 }
 MIN_COSINE = 0.9999  # every parity text's serving embedding against PyTorch's
+# An fp32 graph against the same weights in PyTorch: a numerical check, which a few hundred texts settle; the
+# classifier's label agreement is what needs the larger sample (export.parity_max_texts).
+EMBEDDING_PARITY_TEXTS = 256
 
 
 def read_pooling(*folders: Path | None) -> dict[str, Any]:
@@ -104,7 +107,7 @@ def export_embedding(
     """Export, check and register in serving.json the embedding model of ``model_dir`` into the bundle at
     ``bundle_dir`` (which already holds serving.json and tokenizer/). Returns the parity record; a model that
     fails parity is removed and named in serving.json ``extra["embedding_dropped"]``."""
-    from models.export.common import _optimize
+    from models.export.common import _optimize, parity_sample
 
     def say(message: str) -> None:
         logger.info("export: %s", message)
@@ -134,7 +137,8 @@ def export_embedding(
     }
     spec = ServingSpec.read(bundle_dir)
     _write_spec(bundle_dir, spec, {**spec.extra, "embedding": entry})
-    record = embedding_parity(model_dir, bundle_dir, list(parity_texts), max_length, pooling["mode"], config)
+    texts, _ = parity_sample(list(parity_texts), None, EMBEDDING_PARITY_TEXTS)
+    record = embedding_parity(model_dir, bundle_dir, texts, max_length, pooling["mode"], config)
     (bundle_dir / REPORTS_DIR).mkdir(exist_ok=True)
     (bundle_dir / REPORTS_DIR / EMBEDDING_REPORT).write_text(
         json.dumps({**entry, **record}, indent=2), encoding="utf-8"

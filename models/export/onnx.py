@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from models.export.common import ExportError, _optimize, _quiet_onnxruntime  # noqa: F401 - re-exported
+from models.export.common import ExportError, _optimize, _quiet_onnxruntime, parity_sample  # noqa: F401 - re-exported
 from models.export.parity import measure_parity, preferred_cpu_variant
 from models.recipe import ExportConfig
 from models.registry.bundle import (
@@ -160,14 +160,6 @@ def _done_line(seconds: float, parity: dict, preferred_cpu: str) -> str:
         for v, r in parity.items()
     )
     return f"export done in {seconds:.1f}s: {verdicts}; CPU serves {preferred_cpu}"
-
-
-def parity_sample(texts: list[str], labels, limit: int | None):
-    """At most ``limit`` texts (and their labels), evenly spaced so every part of the eval set is seen."""
-    if limit is None or len(texts) <= limit:
-        return texts, labels
-    picked = [i * len(texts) // limit for i in range(limit)]
-    return [texts[i] for i in picked], (None if labels is None else [labels[i] for i in picked])
 
 
 def _judge_variants(

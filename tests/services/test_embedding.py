@@ -64,6 +64,22 @@ def test_export_writes_a_parity_checked_embedding_model(classifier_bundle):
     assert set(report["by_batch_size"]) == {"1", "32"}
 
 
+def test_embedding_parity_checks_a_bounded_sample_not_the_whole_eval_set(classifier_bundle, tmp_path):
+    from models.export.embedding import EMBEDDING_PARITY_TEXTS, export_embedding
+    from models.recipe import ExportConfig
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(classifier_bundle, bundle)
+    texts = [f"shares of company {i} rose" for i in range(EMBEDDING_PARITY_TEXTS + 100)]
+
+    record = export_embedding(
+        bundle / "pytorch", bundle, config=ExportConfig(), parity_texts=texts, max_length=32
+    )
+
+    assert record["passed"] is True
+    assert record["n_texts"] == EMBEDDING_PARITY_TEXTS < len(texts)
+
+
 def test_embeddings_are_unit_vectors_independent_of_batch_company(classifier_bundle):
     predictor = OnnxPredictor(classifier_bundle, providers=[CPU])
     alone = predictor.embed(["aspirin eased the headache"])
