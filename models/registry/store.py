@@ -58,6 +58,8 @@ standard library + SQLAlchemy only (the serving process imports this module).
 from __future__ import annotations
 
 from models.registry.aliases import AliasOperations
+from models.registry.artifacts import EVIDENCE_FILE, MODEL_CARD
+from models.registry.bundle import MANIFEST
 from models.registry.errors import (
     AliasNotFound,
     ArchivedVersion,
@@ -105,6 +107,9 @@ class Registry(VersionRegistration, AliasOperations):
 __all__ = [
     "ATTACHABLE_EVIDENCE",
     "DEFAULT_LEASE_S",
+    "EVIDENCE_FILE",
+    "MANIFEST",
+    "MODEL_CARD",
     "MOVE_KINDS",
     "NAME_PATTERN",
     "STEPS",
