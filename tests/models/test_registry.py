@@ -117,9 +117,9 @@ def _sleep_at(wanted: str, stage: str) -> None:
 
 
 def _register_and_hang(url: str, root: str, bundle: str, stage: str, lease_s: float) -> None:
-    # The hook parks the registration after each copied file ("copying") or after the folder is in place
+    # The step observer parks the registration after each copied file ("copying") or after the folder is in place
     # ("moved"), where the test kills it.
-    registry = Registry(url, root, lease_s=lease_s, hook=functools.partial(_sleep_at, stage))
+    registry = Registry(url, root, lease_s=lease_s, on_step=functools.partial(_sleep_at, stage))
     registry.register("finsent", Path(bundle), make_evidence(run_id="doomed"))
 
 

@@ -62,11 +62,11 @@ def bundle(tmp_path) -> Path:
 
 
 def _raise_at(wanted: str, error: BaseException):
-    def hook(stage: str) -> None:
+    def on_step(stage: str) -> None:
         if stage == wanted:
             raise error
 
-    return hook
+    return on_step
 
 
 def _folders(registry: Registry) -> list[str]:
@@ -79,7 +79,7 @@ def test_error_after_the_ready_commit_keeps_the_version_and_a_retry_with_the_key
     make_registry, bundle
 ):
     """Seen: a commit that raised after succeeding left a ready row with no files, and the retry duplicated."""
-    flaky = make_registry(hook=_raise_at("marked-ready", ConnectionResetError("answer to COMMIT lost")))
+    flaky = make_registry(on_step=_raise_at("marked-ready", ConnectionResetError("answer to COMMIT lost")))
     version = flaky.register("finsent", bundle, make_evidence(), idempotency_key="run-1")
     assert version.version == 1 and version.status == "ready"
     registry = make_registry()
@@ -94,7 +94,7 @@ def test_error_after_the_ready_commit_keeps_the_version_and_a_retry_with_the_key
 def test_error_before_the_commit_removes_only_its_own_row_and_files(make_registry, bundle):
     registry = make_registry()
     first = registry.register("finsent", bundle, make_evidence(run_id="ok"))
-    failing = make_registry(hook=_raise_at("moved", OSError("disk went away")))
+    failing = make_registry(on_step=_raise_at("moved", OSError("disk went away")))
     with pytest.raises(OSError, match="disk went away"):
         failing.register("finsent", bundle, make_evidence(run_id="retry"), idempotency_key="run-2")
     assert pending_rows(registry) == 0
@@ -116,7 +116,7 @@ def test_concurrent_calls_with_one_key_register_once(make_registry, bundle):
             inside.set()
             release.wait(timeout=60)
 
-    first_registry, second_registry = make_registry(hook=park), make_registry()
+    first_registry, second_registry = make_registry(on_step=park), make_registry()
     results: dict[str, int] = {}
     errors: list[BaseException] = []
 
@@ -197,7 +197,7 @@ def test_heartbeat_keeps_a_slow_registration_alive_past_its_lease(make_registry,
             reached.set()
             time.sleep(3 * lease)
 
-    slow_registry, other = make_registry(lease_s=lease, hook=slow), make_registry(lease_s=lease)
+    slow_registry, other = make_registry(lease_s=lease, on_step=slow), make_registry(lease_s=lease)
     result: list = []
     worker = threading.Thread(
         target=lambda: result.append(slow_registry.register("finsent", bundle, make_evidence()))
@@ -227,7 +227,7 @@ def test_an_alias_never_points_at_an_archived_version(make_registry, bundle, pau
             inside.set()
             release.wait(timeout=60)
 
-    pausing, other = make_registry(hook=park), make_registry()
+    pausing, other = make_registry(on_step=park), make_registry()
     outcome: dict[str, object] = {}
 
     def set_alias(registry: Registry) -> None:
@@ -378,7 +378,7 @@ def test_a_registration_is_on_stable_storage_before_it_is_committed(make_registr
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    registry = make_registry(hook=lambda stage: events.append(("stage", stage)))
+    registry = make_registry(on_step=lambda stage: events.append(("stage", stage)))
     version = registry.register("finsent", bundle, make_evidence())
     ready_at = events.index(("stage", "marked-ready"))
     synced = [path for kind, path in events[:ready_at] if kind == "fsync"]

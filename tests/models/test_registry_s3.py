@@ -115,7 +115,7 @@ def _fail_at_second_upload(calls: list[str], stage: str) -> None:
 
 def test_an_upload_that_fails_midway_registers_nothing_and_removes_what_it_uploaded(s3, root, tmp_path):
     calls: list[str] = []
-    registry = _registry(tmp_path, root, hook=functools.partial(_fail_at_second_upload, calls))
+    registry = _registry(tmp_path, root, on_step=functools.partial(_fail_at_second_upload, calls))
     with pytest.raises(Exception, match="injected"):
         registry.register("finsent", make_bundle(tmp_path / "src"), make_evidence(0.8))
     assert calls.count("uploading") == 2 and "marked-ready" not in calls
@@ -129,7 +129,7 @@ def _sleep_at_upload(stage: str) -> None:
 
 
 def _register_and_hang(url: str, root: str, cache: str, bundle: str, lease_s: float) -> None:
-    registry = Registry(url, root, cache_dir=cache, lease_s=lease_s, hook=_sleep_at_upload)
+    registry = Registry(url, root, cache_dir=cache, lease_s=lease_s, on_step=_sleep_at_upload)
     registry.register("finsent", Path(bundle), make_evidence(run_id="doomed"))
 
 
@@ -143,7 +143,7 @@ def test_a_registration_killed_mid_upload_is_never_visible_and_is_cleaned_up(s3,
     )
     child.start()
     deadline = time.monotonic() + 120
-    while not _objects(s3, root):  # the first object is up; the hook holds the upload there
+    while not _objects(s3, root):  # the first object is up; the step observer holds it there
         if time.monotonic() > deadline or not child.is_alive():
             child.kill()
             pytest.fail("the child never started uploading")
