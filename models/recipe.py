@@ -194,7 +194,11 @@ class FinetuneConfig(_Section):
         description="Gradual unfreezing: epochs after which one more encoder layer (from the top) is trainable; "
         "empty trains everything from the start.",
     )
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description="Examples per step. 'auto': 32 for classification, 16 for NER (twice the updates per epoch "
+        "for the few thousand sentences NER sets have; benchmarks/README.md).",
+    )
     max_length: Annotated[int, Field(ge=8, le=512)] | Literal["auto"] = Field(
         default="auto",
         description="Tokens per text; 'auto' covers 99% of the training texts (rounded up to a multiple of 8, "

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from models.training.task_model import (
     check_encoder_dir,
     check_task_frame,
+    resolve_batch_size,
     resolve_max_length,
     task_labels,
 )
@@ -169,6 +170,7 @@ def finetune(
     check_task_frame(recipe, eval_df, "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = resolve_max_length(recipe, encoder_dir, train_df)
+    recipe = recipe.model_copy(update={"finetune": resolve_batch_size(recipe, recipe.finetune)})
     emit(f"max_length {recipe.finetune.max_length} tokens")
 
     config, search_report = _searched_config(recipe, encoder_dir, train_df, out_dir, emit)

@@ -132,6 +132,16 @@ def position_limit(encoder_dir: Path) -> int:
     return min(512, int(config.get("max_position_embeddings", 512)))
 
 
+AUTO_BATCH_SIZE = {"classification": 32, "ner": 16}
+
+
+def resolve_batch_size(recipe: Recipe, config: FinetuneConfig) -> FinetuneConfig:
+    """``config`` with ``batch_size`` a number ('auto' by task)."""
+    if config.batch_size != "auto":
+        return config
+    return config.model_copy(update={"batch_size": AUTO_BATCH_SIZE[recipe.task]})
+
+
 def resolve_max_length(recipe: Recipe, encoder_dir: Path, df: pd.DataFrame) -> Recipe:
     """The recipe with ``finetune.max_length`` fixed to a number ('auto' measured on ``df``)."""
     if recipe.finetune.max_length != "auto":

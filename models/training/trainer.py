@@ -24,6 +24,7 @@ from models.training.task_model import (
     encoder_units,
     load_task_model,
     optimizer_param_groups,
+    resolve_batch_size,
     resolve_max_length,
     task_labels,
     uses_class_weights,
@@ -269,10 +270,11 @@ def plan_steps_for_budget(
     from models.training.calibration import time_forward_backward
 
     rng = random.Random(seed)
-    sample = rng.sample(rows, min(len(rows), config.batch_size * (CALIBRATION_STEPS + 1)))
+    size = int(config.batch_size)  # resolved from 'auto' by train_task_model
+    sample = rng.sample(rows, min(len(rows), size * (CALIBRATION_STEPS + 1)))
     # training groups rows of similar length (group_by_length), so the timed batches do too
     sample.sort(key=lambda row: len(row["input_ids"]))
-    batches = [sample[i : i + config.batch_size] for i in range(0, len(sample), config.batch_size)]
+    batches = [sample[i : i + size] for i in range(0, len(sample), size)]
     rng.shuffle(batches)
     per_step = time_forward_backward(model, (collator(b) for b in batches)).seconds_per_batch
     wanted = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -386,8 +388,8 @@ def _training_arguments(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
         max_steps=max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=max(64, config.batch_size),
+        per_device_train_batch_size=int(config.batch_size),
+        per_device_eval_batch_size=max(64, int(config.batch_size)),
         learning_rate=config.learning_rate,  # per-group LRs come from our optimizer; this one is unused
         weight_decay=config.weight_decay,
         warmup_ratio=config.warmup_ratio,
@@ -478,10 +480,11 @@ def train_task_model(
         config = config.model_copy(
             update={"max_length": resolve_max_length(recipe, encoder_dir, train_df).finetune.max_length}
         )
+    config = resolve_batch_size(recipe, config)
     inputs = _prepare_inputs(recipe, config, encoder_dir, train_df, monitor_df)
     train_rows, monitor_rows = inputs.train_rows, inputs.monitor_rows
     device, precision = _device_and_precision()
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / config.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / int(config.batch_size)))
     early_stopping = bool(select_best and config.early_stopping_patience > 0 and monitor_rows)
     checkpoints = Path(work_dir) / "checkpoints"
     max_steps, budget = _plan_max_steps(recipe, config, inputs, steps_per_epoch, time_budget_minutes, emit)

@@ -304,6 +304,24 @@ def test_class_weights_default_to_classification_only_since_they_cost_ner_its_pr
     assert not uses_class_weights(off, off.finetune)
 
 
+def test_batch_size_auto_takes_16_for_ner_and_32_for_classification(tiny_base_model):
+    from models.training.task_model import resolve_batch_size
+
+    for task, expected in (("classification", 32), ("ner", 16)):
+        recipe = recipe_from_dict(
+            {
+                "name": "tiny",
+                "task": task,
+                "base_model": str(tiny_base_model),
+                "data": {"corpus": "c.txt", "train": "t.csv", "labels": ["A", "B"]},
+            }
+        )
+        assert recipe.finetune.batch_size == "auto"
+        assert resolve_batch_size(recipe, recipe.finetune).batch_size == expected
+    fixed = make_recipe(tiny_base_model, task="ner", batch_size=8)
+    assert resolve_batch_size(fixed, fixed.finetune).batch_size == 8
+
+
 def test_early_stopping_selects_on_a_split_of_train_not_on_eval(tiny_base_model, tmp_path):
     from models.training.finetune import finetune
 
