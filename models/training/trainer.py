@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.distributed import barrier, from_main
+from models.settings import is_main_process, world_size
 from models.training.task_model import (
     IGNORE_INDEX,
     class_weight_vector,
@@ -471,10 +473,14 @@ def train_task_model(
     inputs = _prepare_inputs(recipe, config, encoder_dir, train_df, monitor_df)
     train_rows, monitor_rows = inputs.train_rows, inputs.monitor_rows
     device, precision = _device_and_precision()
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / config.batch_size))
+    # the batch size is per process: a data-parallel launch takes fewer steps per epoch
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (config.batch_size * world_size())))
     early_stopping = bool(select_best and config.early_stopping_patience > 0 and monitor_rows)
     checkpoints = Path(work_dir) / "checkpoints"
-    max_steps, budget = _plan_max_steps(recipe, config, inputs, steps_per_epoch, time_budget_minutes, emit)
+    # rank 0 times the steps; every rank of a launch trains the same number (or they wait on each other)
+    max_steps, budget = from_main(
+        lambda: _plan_max_steps(recipe, config, inputs, steps_per_epoch, time_budget_minutes, emit)
+    )
     args = _training_arguments(
         recipe,
         config,
@@ -496,9 +502,12 @@ def train_task_model(
         # checkpoint rotation on some filesystems; harmless and noisy in the progress output
         warnings.filterwarnings("ignore", message="mtime may not be reliable")
         trainer.train()
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    barrier()  # every rank has loaded the best checkpoint before rank 0 removes it
+    if is_main_process():
+        shutil.rmtree(checkpoints, ignore_errors=True)
     details = {
         "device": device,
+        "processes": trainer.args.world_size,  # data-parallel processes that trained (the Trainer's world size)
         "precision": next(iter(precision)) if device == "cuda" else "fp32",
         "n_train": len(train_rows),
         "n_monitor": len(monitor_rows) if monitor_rows else 0,
