@@ -442,6 +442,17 @@ def _build_trainer(recipe: Recipe, config: FinetuneConfig, inputs: _Inputs, args
     return trainer, group_summary
 
 
+def _train(trainer, checkpoints: Path) -> None:
+    """Train, then remove the checkpoints (rank 0, once every rank of a launch has loaded the best one)."""
+    with warnings.catch_warnings():
+        # checkpoint rotation on some filesystems; harmless and noisy in the progress output
+        warnings.filterwarnings("ignore", message="mtime may not be reliable")
+        trainer.train()
+    barrier()
+    if is_main_process():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+
+
 def train_task_model(
     recipe: Recipe,
     config: FinetuneConfig,
@@ -498,13 +509,7 @@ def train_task_model(
         f"fine-tuning {recipe.task} on {len(train_rows)} rows, {steps_per_epoch} steps/epoch, device {device}"
         + (f" ({next(iter(precision))})" if device == "cuda" else "")
     )
-    with warnings.catch_warnings():
-        # checkpoint rotation on some filesystems; harmless and noisy in the progress output
-        warnings.filterwarnings("ignore", message="mtime may not be reliable")
-        trainer.train()
-    barrier()  # every rank has loaded the best checkpoint before rank 0 removes it
-    if is_main_process():
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    _train(trainer, checkpoints)
     details = {
         "device": device,
         "processes": trainer.args.world_size,  # data-parallel processes that trained (the Trainer's world size)
