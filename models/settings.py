@@ -125,9 +125,19 @@ def actor() -> str | None:
     return os.environ.get(ACTOR_ENV) or None
 
 
+def process_rank() -> int:
+    """This process's rank in a distributed launch (torchrun / accelerate set RANK); 0 when launched alone."""
+    return int(os.environ.get("RANK") or "0")
+
+
+def world_size() -> int:
+    """How many processes a distributed launch started (WORLD_SIZE); 1 when launched alone."""
+    return int(os.environ.get("WORLD_SIZE") or "1")
+
+
 def is_main_process() -> bool:
     """False in the non-zero ranks of a distributed launch (torchrun / accelerate set RANK): only rank 0 writes."""
-    return int(os.environ.get("RANK") or "0") == 0
+    return process_rank() == 0
 
 
 def admin_token() -> str:

@@ -2,6 +2,10 @@
 
 The retrain flow's tasks (flows/retrain.py) and the single-stage commands (``dapt adapt|finetune|evaluate|
 export RECIPE``) both call these, so a stage run alone does exactly what it does inside the flow.
+
+The stages that train with the Trainer are ``collective``: in a launch of several processes (torchrun /
+accelerate launch) rank 0 announces each call and the other ranks run it with it, data-parallel
+(models/distributed.py). Evaluation and export run in rank 0 alone.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.distributed import collective
 from models.progress import staged
 
 if TYPE_CHECKING:
@@ -27,6 +32,7 @@ class StageInputError(ValueError):
     """A stage was pointed at something it cannot use (a folder that is not a model, ...)."""
 
 
+@collective
 @staged("adapt")
 def adapt_stage(recipe: Recipe, out_dir: Path, progress: Progress | None = None) -> AdaptResult:
     """Domain/task-adaptive pretraining of the recipe's base encoder; the encoder lands in ``out_dir/encoder``."""
@@ -45,6 +51,7 @@ def adapt_stage(recipe: Recipe, out_dir: Path, progress: Progress | None = None)
     return adapt_encoder(recipe, out_dir, corpus=corpus, general=general, task_texts=texts, progress=progress)
 
 
+@collective
 @staged("adaptation-gain")
 def adaptation_gain_stage(
     recipe: Recipe, adapted_dir: Path, out_dir: Path, progress: Progress | None = None
@@ -67,6 +74,7 @@ def adaptation_gain_stage(
     )
 
 
+@collective
 @staged("fine-tune")
 def finetune_stage(
     recipe: Recipe, encoder_dir: Path, out_dir: Path, progress: Progress | None = None

@@ -525,8 +525,17 @@ def run_cli(args: list[str] | None = None) -> int:
 
 def main() -> None:
     """Console entry point: exits with the command's code; user mistakes are one readable line, not a stack
-    trace. Unexpected exceptions keep their traceback and exit 1 (a bug to report)."""
-    sys.exit(int(run_cli()))
+    trace. Unexpected exceptions keep their traceback and exit 1 (a bug to report).
+
+    Under ``torchrun`` / ``accelerate launch`` with several processes, rank 0 runs the command and the other
+    ranks follow it into the training stages (models/distributed.py), so ``dapt run RECIPE`` trains
+    data-parallel while rank 0 alone validates, evaluates, exports and registers."""
+    from models.distributed import lead_or_follow
+    from models.settings import world_size
+
+    if world_size() > 1:
+        configure_environment()  # the followers run no command, so no command's callback sets it for them
+    sys.exit(int(lead_or_follow(run_cli)))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.distributed import from_main, main_first
 from models.settings import is_main_process
 from models.training.adapt_phase import (
     Phase,
@@ -154,7 +155,10 @@ def _warm_up_head(
     """Warm the new head up (or reuse the one an interrupted run with the same settings warmed up)."""
     adapt = recipe.adapt
     fingerprint = _head_warmup_fingerprint(recipe, start, domain, general, names, len(tokenizer))
-    reused = load_head(model, directory, fingerprint)
+    reused = load_head(model, directory, fingerprint) if is_main_process() else None
+    # the saved head is reused by every rank or by none: the other ranks of a launch follow rank 0's answer
+    if from_main(lambda: reused is not None) and reused is None:
+        reused = load_head(model, directory, fingerprint)
     if reused is not None:
         say(f"[adapt:head-warmup] reusing the head warmed up earlier with these settings ({directory})")
         return reused
@@ -214,11 +218,14 @@ def _load_start(recipe: Recipe, out_dir: Path, corpus: list[str], task: list[str
     if adapt.strategy == "scratch":
         from models.training.scratch import ScratchConfigError, load_or_train_tokenizer, scratch_bert_config
 
-        tokenizer = load_or_train_tokenizer(
-            corpus + task,
-            adapt.scratch_vocab_size,
-            out_dir / "scratch_tokenizer",
-            model_max_length=adapt.max_length,
+        # rank 0 trains and saves it; the other ranks of a launch load that one
+        tokenizer = main_first(
+            lambda: load_or_train_tokenizer(
+                corpus + task,
+                adapt.scratch_vocab_size,
+                out_dir / "scratch_tokenizer",
+                model_max_length=adapt.max_length,
+            )
         )
         try:
             config = scratch_bert_config(tokenizer, adapt)
@@ -246,6 +253,8 @@ def adapt_encoder(recipe: Recipe, out_dir: Path, **options: Any) -> AdaptResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = options.get("progress") or logger.info
+    if not is_main_process():  # the lock is rank 0's: the other ranks of a launch follow its decisions
+        return _adapt_encoder(recipe, out_dir, **options)
     with _cache_lock(out_dir, say):
         return _adapt_encoder(recipe, out_dir, **options)
 
@@ -420,7 +429,8 @@ def _write_record(
     curves_png = None
     if runs and is_main_process():
         curves_png = plot_adapt_curves(runs, before, after, out_dir / CURVES_PNG, strategy, head_warmup)
-    (out_dir / "adapt_metrics.json").write_text(json.dumps(metrics, indent=2))
+    if is_main_process():
+        (out_dir / "adapt_metrics.json").write_text(json.dumps(metrics, indent=2))
     say(
         f"[adapt] done: domain loss {_fmt(before['domain_loss'])} -> {_fmt(after['domain_loss'])}, "
         f"general loss {_fmt(before['general_loss'])} -> {_fmt(after['general_loss'])}"

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.settings import is_main_process
+from models.distributed import barrier, from_main
+from models.settings import is_main_process, world_size
 from models.training.mlm import (
     AdaptError,
     deadline_callback,
@@ -58,6 +59,7 @@ class PhaseRun:
     resumed_from_step: int | None = None
     early_stopped: bool = False
     reused: bool = False
+    processes: int = 1  # the Trainer's world size: data-parallel processes that trained this phase
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -77,8 +79,9 @@ def phase_fingerprint(recipe: Recipe, phase: Phase, start: str, vocabulary_size:
 
 
 def _intervals(n_features: int, adapt: AdaptConfig, checkpoint_every: int | None) -> tuple[int, int, int]:
-    """(total steps, eval/save interval, logging interval): evaluate once an epoch, and at least 4 times a run."""
-    steps_per_epoch = max(1, math.ceil(n_features / adapt.batch_size))
+    """(total steps, eval/save interval, logging interval): evaluate once an epoch, and at least 4 times a run.
+    The batch size is per process, so a data-parallel launch takes fewer steps per epoch."""
+    steps_per_epoch = max(1, math.ceil(n_features / (adapt.batch_size * world_size())))
     total = adapt.max_steps if adapt.max_steps > 0 else max(1, math.ceil(adapt.epochs * steps_per_epoch))
     interval = checkpoint_every or max(1, min(steps_per_epoch, math.ceil(total / 4)))
     logging_steps = max(1, min(interval, math.ceil(total / 20)))
@@ -88,7 +91,20 @@ def _intervals(n_features: int, adapt: AdaptConfig, checkpoint_every: int | None
 def _finished_result(
     phase: Phase, model, fingerprint: str, checkpoints: Path, output_dir: Path, say: Callable[[str], None]
 ):
-    """(model, run) of this phase when a run with the same fingerprint finished it and its result loads."""
+    """(model, run) of this phase when a run with the same fingerprint finished it and its result loads. In a
+    multi-process launch rank 0 decides (it may discard a damaged result) and the other ranks follow."""
+    found = _finished_on_main(phase, model, fingerprint, checkpoints, output_dir, say)
+    run = from_main(lambda: found[1] if found else None)
+    if found or run is None:
+        return found
+    return type(model).from_pretrained(output_dir), run
+
+
+def _finished_on_main(
+    phase: Phase, model, fingerprint: str, checkpoints: Path, output_dir: Path, say: Callable[[str], None]
+):
+    if not is_main_process():
+        return None
     done_file = checkpoints / PHASE_DONE
     if not (done_file.is_file() and (output_dir / "config.json").is_file()):
         return None
@@ -110,7 +126,11 @@ def _finished_result(
 def _prepare_checkpoints(
     phase: Phase, fingerprint: str, checkpoints: Path, say: Callable[[str], None]
 ) -> None:
-    """Keep the checkpoints of an interrupted run with this fingerprint; discard those of another one."""
+    """Keep the checkpoints of an interrupted run with this fingerprint; discard those of another one (rank 0;
+    the other ranks of a launch wait until it is done)."""
+    if not is_main_process():
+        barrier()
+        return
     config_file = checkpoints / PHASE_CONFIG
     if checkpoints.is_dir():
         previous = json.loads(config_file.read_text()).get("fingerprint") if config_file.is_file() else None
@@ -121,6 +141,7 @@ def _prepare_checkpoints(
             shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
     write_atomic(config_file, json.dumps({"fingerprint": fingerprint}))
+    barrier()
 
 
 def _training_arguments(
@@ -229,7 +250,8 @@ def train_phase(
     has_eval = bool(eval_features)
     args = _training_arguments(adapt, seed, checkpoints, interval, logging_steps, has_eval)
     trainer = _phase_trainer(phase, model, tokenizer, adapt, args, train_features, eval_features, seed, say)
-    last = _last_complete_checkpoint(checkpoints, say, phase.name)
+    # every rank resumes from the same checkpoint: rank 0's choice (it removes incomplete ones)
+    last = from_main(lambda: _last_complete_checkpoint(checkpoints, say, phase.name))
     run = PhaseRun(name=phase.name)
     tokens_already_seen = 0
     if last:
@@ -252,6 +274,7 @@ def train_phase(
     run.train_seconds = float(output.metrics.get("train_runtime", 0.0))
     run.log_history = list(trainer.state.log_history)
     run.early_stopped = has_eval and trainer.state.global_step < trainer.state.max_steps
+    run.processes = trainer.args.world_size
     _mark_done(trainer, run, tokenizer, fingerprint, checkpoints, output_dir)
     return trainer.model, run
 
@@ -353,6 +376,31 @@ def _training_tokens_per_second(model, tokenizer, texts: list[str], adapt: Adapt
     return time_forward_backward(model, (collator(rows) for rows in chunks)).tokens_per_second
 
 
+def _budget_plan(phases: list[Phase], model, tokenizer, recipe: Recipe, plan_file: Path, key: str) -> dict:
+    """The saved plan for these settings and texts, or a new one measured here and saved."""
+    adapt = recipe.adapt
+    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
+    if plan.get("key") == key:
+        return plan
+    texts = [t for p in phases for t in p.train_texts]
+    lengths = [min(len(ids), adapt.max_length) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+    needed = sum(lengths) * adapt.epochs
+    # measured in one process; a data-parallel launch trains that many processes at once
+    speed = _training_tokens_per_second(model, tokenizer, texts, adapt, recipe.seed) * world_size()
+    affordable = speed * (adapt.time_budget_minutes or 0) * 60 * BUDGET_SAFETY
+    plan = {
+        "key": key,
+        "budget_minutes": adapt.time_budget_minutes,
+        "tokens_per_second": round(speed, 1),
+        "tokens_needed": int(needed),
+        "tokens_affordable": int(min(affordable, needed)),
+        "fraction": min(1.0, affordable / needed) if needed else 1.0,
+        "processes": world_size(),
+    }
+    plan_file.write_text(json.dumps(plan, indent=2))
+    return plan
+
+
 def fit_to_budget(
     phases: list[Phase], model, tokenizer, recipe: Recipe, out_dir: Path, say: Callable[[str], None]
 ) -> tuple[list[Phase], dict | None]:
@@ -369,24 +417,8 @@ def fit_to_budget(
             sort_keys=True,
         ).encode()
     ).hexdigest()
-    plan_file = out_dir / BUDGET_FILE
-    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
-    if plan.get("key") != key:
-        texts = [t for p in phases for t in p.train_texts]
-        lengths = [min(len(ids), adapt.max_length) for ids in tokenizer(texts, truncation=False)["input_ids"]]
-        needed = sum(lengths) * adapt.epochs
-        speed = _training_tokens_per_second(model, tokenizer, texts, adapt, recipe.seed)
-        affordable = speed * adapt.time_budget_minutes * 60 * BUDGET_SAFETY
-        plan = {
-            "key": key,
-            "budget_minutes": adapt.time_budget_minutes,
-            "tokens_per_second": round(speed, 1),
-            "tokens_needed": int(needed),
-            "tokens_affordable": int(min(affordable, needed)),
-            "fraction": min(1.0, affordable / needed) if needed else 1.0,
-        }
-        if is_main_process():
-            plan_file.write_text(json.dumps(plan, indent=2))
+    # rank 0 measures and plans; every rank of a launch then trims the same texts
+    plan = from_main(lambda: _budget_plan(phases, model, tokenizer, recipe, out_dir / BUDGET_FILE, key))
     fraction = plan["fraction"]
     if fraction >= 1.0:
         say(

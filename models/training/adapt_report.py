@@ -91,6 +91,7 @@ def adapt_metrics(
                 "early_stopped": r.early_stopped,
                 "reused": r.reused,
                 "train_tokens": r.train_tokens,
+                "processes": r.processes,
             }
             for r in runs
         ],

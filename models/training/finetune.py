@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.distributed import from_main
+from models.settings import is_main_process, world_size
 from models.training.task_model import (
+    FinetuneError,
     check_encoder_dir,
     check_task_frame,
     resolve_batch_size,
@@ -89,6 +92,12 @@ def _searched_config(
     config = recipe.finetune
     if config.search_trials <= 0:
         return config, None
+    if world_size() > 1:
+        # a trial's end depends on the clock (search_timeout_s): ranks could disagree on how many trials to run
+        raise FinetuneError(
+            f"finetune.search_trials {config.search_trials}: the hyperparameter search runs in one process; "
+            "run it without torchrun / accelerate launch (or set search_trials 0 for the multi-process run)"
+        )
     from models.training.search import search_hyperparameters
 
     search = search_hyperparameters(
@@ -116,8 +125,11 @@ def _augmented(recipe: Recipe, config, encoder_dir: Path, fit_rows: pd.DataFrame
 
     from models.training.augment import augment_training_set
 
-    augmented = augment_training_set(
-        recipe, encoder_dir, fit_rows, fraction=config.augment_fraction, progress=emit
+    # rank 0 makes the synthetic rows; every rank of a launch trains on the same ones
+    augmented = from_main(
+        lambda: augment_training_set(
+            recipe, encoder_dir, fit_rows, fraction=config.augment_fraction, progress=emit
+        )
     )
     return pd.concat([fit_rows, augmented.rows], ignore_index=True), augmented.report
 
@@ -190,11 +202,12 @@ def finetune(
     )
 
     model_dir = out_dir / "model"
-    _save_model(run, int(config.max_length), model_dir)
-    curves_png = plot_learning_curves(
-        run.history, out_dir / "learning_curves.png", title=f"{recipe.name}: fine-tuning"
-    )
+    curves_png = out_dir / "learning_curves.png"
     params = _used_params(recipe, config, encoder_dir, run, augmentation_report)
+    if not is_main_process():  # rank 0 of a data-parallel launch writes the model and its record
+        return FinetuneResult(model_dir, run.history, params, curves_png, augmentation_report, search_report)
+    _save_model(run, int(config.max_length), model_dir)
+    plot_learning_curves(run.history, curves_png, title=f"{recipe.name}: fine-tuning")
     record = {
         "params": params,
         "history": run.history,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.distributed import barrier, from_main
+from models.settings import is_main_process, world_size
 from models.training.task_model import (
     IGNORE_INDEX,
     class_weight_vector,
@@ -452,6 +454,28 @@ def _build_trainer(recipe: Recipe, config: FinetuneConfig, inputs: _Inputs, args
     return trainer, group_summary
 
 
+def _train(trainer, checkpoints: Path) -> None:
+    """Train, then remove the checkpoints (rank 0, once every rank of a launch has loaded the best one)."""
+    with warnings.catch_warnings():
+        # checkpoint rotation on some filesystems; harmless and noisy in the progress output
+        warnings.filterwarnings("ignore", message="mtime may not be reliable")
+        trainer.train()
+    barrier()
+    if is_main_process():
+        shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def _resolved_config(
+    recipe: Recipe, config: FinetuneConfig, encoder_dir: Path, train_df: pd.DataFrame
+) -> FinetuneConfig:
+    """``config`` with its 'auto' max_length and batch size turned into numbers."""
+    if config.max_length == "auto":
+        config = config.model_copy(
+            update={"max_length": resolve_max_length(recipe, encoder_dir, train_df).finetune.max_length}
+        )
+    return resolve_batch_size(recipe, config)
+
+
 def train_task_model(
     recipe: Recipe,
     config: FinetuneConfig,
@@ -476,18 +500,18 @@ def train_task_model(
     emit = progress or logger.info
     started = time.perf_counter()
     set_seed(recipe.seed)
-    if config.max_length == "auto":
-        config = config.model_copy(
-            update={"max_length": resolve_max_length(recipe, encoder_dir, train_df).finetune.max_length}
-        )
-    config = resolve_batch_size(recipe, config)
+    config = _resolved_config(recipe, config, encoder_dir, train_df)
     inputs = _prepare_inputs(recipe, config, encoder_dir, train_df, monitor_df)
     train_rows, monitor_rows = inputs.train_rows, inputs.monitor_rows
     device, precision = _device_and_precision()
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / int(config.batch_size)))
+    # the batch size is per process: a data-parallel launch takes fewer steps per epoch
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (int(config.batch_size) * world_size())))
     early_stopping = bool(select_best and config.early_stopping_patience > 0 and monitor_rows)
     checkpoints = Path(work_dir) / "checkpoints"
-    max_steps, budget = _plan_max_steps(recipe, config, inputs, steps_per_epoch, time_budget_minutes, emit)
+    # rank 0 times the steps; every rank of a launch trains the same number (or they wait on each other)
+    max_steps, budget = from_main(
+        lambda: _plan_max_steps(recipe, config, inputs, steps_per_epoch, time_budget_minutes, emit)
+    )
     args = _training_arguments(
         recipe,
         config,
@@ -505,13 +529,10 @@ def train_task_model(
         f"fine-tuning {recipe.task} on {len(train_rows)} rows, {steps_per_epoch} steps/epoch, device {device}"
         + (f" ({next(iter(precision))})" if device == "cuda" else "")
     )
-    with warnings.catch_warnings():
-        # checkpoint rotation on some filesystems; harmless and noisy in the progress output
-        warnings.filterwarnings("ignore", message="mtime may not be reliable")
-        trainer.train()
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    _train(trainer, checkpoints)
     details = {
         "device": device,
+        "processes": trainer.args.world_size,  # data-parallel processes that trained (the Trainer's world size)
         "precision": next(iter(precision)) if device == "cuda" else "fp32",
         "n_train": len(train_rows),
         "n_monitor": len(monitor_rows) if monitor_rows else 0,
