@@ -1,16 +1,17 @@
 """Live drift per served model version, and the observer thread that feeds it and the prediction log.
 
-    observer = Observer.from_environment(metrics)           # at service start
-    observer.submit(served, texts, encodings, answers, latency_ms)   # after answering: never blocks
-    observer.drift_document(served)                          # /metadata "drift" for that model
+    observer = Observer.from_environment(metrics)   # at service start; one of the service's hooks
+    observer.observe(observation)                   # after answering (services/hooks.py): never blocks
+    observer.drift_document(served)                 # /metadata "drift" for that model
 
-The answering path only puts a reference to what it already has (texts, their encodings, the answers) into a
-bounded queue; when the queue is full the item is dropped and counted (``dapt_monitor_dropped_total``). The
-observer thread counts each text as the training profile counts it (from the encoding the request already
-made: no second tokenization), keeps a sliding window of ``monitor.window`` texts and predicted labels per
-model *version*, compares it with the version's profile (``evidence.json`` in its bundle: the profile and
-the recipe's ``monitor`` thresholds, models/monitoring.py) and sets ``dapt_input_drift{model,version,statistic}``.
-A text longer than the model's max_length counts as max_length tokens (only that much was read).
+The answering path only puts the request's :class:`~services.hooks.Observation` (a reference to what it
+already has: texts, their encodings, the answers) into a bounded queue; when the queue is full the request is
+dropped and counted (``dapt_monitor_dropped_total``). The observer thread counts each text as the training
+profile counts it (from the encoding the request already made: no second tokenization), keeps a sliding
+window of ``monitor.window`` texts and predicted labels per model *version*, compares it with the version's
+profile (``evidence.json`` in its bundle: the profile and the recipe's ``monitor`` thresholds,
+models/monitoring.py) and sets ``dapt_input_drift{model,version,statistic}``. A text longer than the model's
+max_length counts as max_length tokens (only that much was read). Embedding requests are not watched.
 
 ``DAPT_DRIFT=off`` turns drift off; a version registered without a profile reports ``"status": "no profile"``.
 """
@@ -28,11 +29,13 @@ from typing import Any
 
 from models.monitoring import TextStats, assess, drift_statistics, monitor_settings, reference_profile
 from models.settings import DRIFT_ENV, env_text
+from services.hooks import Observation
 from services.prediction_log import PredictionLog
 
 logger = logging.getLogger("dapt.service")
 
 QUEUE_ITEMS = 1024  # requests waiting for the observer; beyond that they are dropped (and counted)
+OBSERVED_TASKS = ("classification", "ner")  # embeddings have no labels to watch or log
 
 
 def drift_enabled() -> bool:
@@ -158,14 +161,12 @@ class Observer:
 
     # ------------------------------------------------------------------ the answering path
 
-    def submit(
-        self, served: Any, texts: list[str], encodings: list[Any], answers: list[Any], latency_ms: float
-    ):
-        """Hand one answered request over; never blocks, never raises."""
-        if not self.enabled or self._closed.is_set():
+    def observe(self, observation: Observation) -> None:
+        """Hand one answered classification or NER request over; never blocks, never raises."""
+        if not self.enabled or self._closed.is_set() or observation.task not in OBSERVED_TASKS:
             return
         try:
-            self._queue.put_nowait((served, texts, encodings, answers, latency_ms, time.time()))
+            self._queue.put_nowait(observation)
         except queue.Full:
             self._drop("queue_full")
 
@@ -182,7 +183,7 @@ class Observer:
             try:
                 if item is None:
                     return
-                self._process(*item)
+                self._process(item)
                 self.processed += 1
             except Exception:  # the thread must outlive any bad item; the answer was sent long ago
                 logger.exception("observer: could not process a request")
@@ -200,11 +201,12 @@ class Observer:
                 found = self._monitors.setdefault(key, found)
         return found
 
-    def _process(self, served: Any, texts, encodings, answers, latency_ms: float, at: float) -> None:
+    def _process(self, observation: Observation) -> None:
         from datetime import datetime, timezone
 
+        served, answers = observation.served, observation.answers
         unk_id = served.predictor.tokenizer.token_to_id("[UNK]")
-        stats = [encoding_stats(encoding, unk_id) for encoding in encodings]
+        stats = [encoding_stats(encoding, unk_id) for encoding in observation.encodings]
         if self.drift:
             monitor = self.monitor(served.name, served.version, served.bundle_dir)
             report = monitor.observe(stats, [answer_labels(served.task, a) for a in answers])
@@ -217,11 +219,11 @@ class Observer:
                 name=served.name,
                 version=served.version,
                 task=served.task,
-                texts=texts,
+                texts=observation.texts,
                 stats=stats,
                 answers=answers,
-                latency_ms=latency_ms,
-                at=datetime.fromtimestamp(at, timezone.utc),
+                latency_ms=observation.latency_ms,
+                at=datetime.fromtimestamp(observation.at, timezone.utc),
             )
             try:
                 written = self.log.write(served.name, records)

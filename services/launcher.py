@@ -51,7 +51,7 @@ def start_server(
     """`bentoml serve` on a verified bundle; with an alias the service can follow it when it moves.
 
     ``extra_models`` are served beside it and ``shadow`` answers copies of its (or an extra model's) requests,
-    each a dict ``{"name", "version", "bundle_dir", "alias"?}`` (services/service.py reads them).
+    each a dict ``{"name", "version", "bundle_dir", "alias"?}`` (services/model_set.py reads them).
     The server writes to this process's stdout/stderr, or with ``log`` appends both to that file.
     """
     env = os.environ | {

@@ -155,38 +155,11 @@ class OnnxPredictor:
         self, bundle_dir: str | Path, variant: str | None = None, providers: list[str] | None = None
     ):
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.bundle_dir = Path(bundle_dir)
-        if not (self.bundle_dir / SERVING_SPEC).is_file():
-            raise BundleError(
-                f"{self.bundle_dir} is not a serving bundle ({SERVING_SPEC} is missing); "
-                "point DAPT_BUNDLE_DIR at a folder written by `dapt export`"
-            )
-        try:
-            self.spec = ServingSpec.read(self.bundle_dir)
-        except BundlePathError as exc:
-            raise BundleError(str(exc)) from None
-        if variant is not None and variant not in self.spec.variants:
-            raise BundleError(
-                f"variant {variant!r} is not in this bundle; it has {sorted(self.spec.variants)}"
-            )
-        tokenizer_path = self.bundle_dir / TOKENIZER_DIR / "tokenizer.json"
+        self._read_spec(variant)
         # Verify before use, and only what this process may read (a bundle without pytorch/ still serves).
-        embedding = self.spec.extra.get("embedding")
-        self.embedding: dict[str, Any] | None = embedding if isinstance(embedding, dict) else None
-        if self.embedding is not None:
-            self._check_embedding_entry(self.embedding)
-        verify_manifest(
-            self.bundle_dir,
-            only=[
-                f"{TOKENIZER_DIR}/tokenizer.json",
-                SERVING_SPEC,
-                *self.spec.variants.values(),
-                *([self.embedding["path"]] if self.embedding else []),
-            ],
-        )
-
+        self._verify_files()
         try:
             self.tuning = RuntimeTuning.from_environment()
         except RuntimeConfigError as exc:
@@ -194,31 +167,10 @@ class OnnxPredictor:
         self._options = self.tuning.session_options(ort, _ORT_QUIET if providers is None else 2)
         self._cuda_note = "not tried"
         self.session, self.variant = self._open_session(ort, variant, providers)
-
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        self.tokenizer.enable_truncation(max_length=self.spec.max_length)
-        pad_token = self._pad_token()
-        pad_id = self.tokenizer.token_to_id(pad_token)
-        if pad_id is None:
-            raise BundleError(f"pad token {pad_token!r} is not in {tokenizer_path}")
-        # Texts are encoded one by one (no padding, whatever tokenizer.json says) and padded per batch to its
-        # longest text (:meth:`feeds`), so a batch of short texts is never padded to a fixed length.
-        self.tokenizer.no_padding()
-        self._pad_id = pad_id
+        self._load_tokenizer()
         self._input_names = [i.name for i in self.session.get_inputs()]
         self.provider = self.session.get_providers()[0]
-        self.embedding_session = None
-        if self.embedding is not None:
-            # On the provider the classifier got (CUDA only when CUDA really started): fp32, no variants.
-            embedding_path = str(self._bundle_file(self.embedding["path"], "the embedding model"))
-            if self.provider == CUDA:
-                embedding_providers: list[Any] = [(CUDA, dict(CUDA_PROVIDER_OPTIONS)), CPU]
-            else:
-                embedding_providers = [CPU]
-            self.embedding_session = ort.InferenceSession(
-                embedding_path, self._options, providers=embedding_providers
-            )
-            self._embedding_inputs = [i.name for i in self.embedding_session.get_inputs()]
+        self._open_embedding_session(ort)
         # On CUDA, inputs and outputs go through IOBinding (one copy each way, no per-run staging).
         self.io_binding = self.provider == CUDA
         self.runtime = self.tuning.record(
@@ -234,6 +186,69 @@ class OnnxPredictor:
         )
 
     # ------------------------------------------------------------------ loading
+
+    def _read_spec(self, variant: str | None) -> None:
+        """The bundle's serving spec and its embedding entry; BundleError when this is no bundle of ``variant``."""
+        if not (self.bundle_dir / SERVING_SPEC).is_file():
+            raise BundleError(
+                f"{self.bundle_dir} is not a serving bundle ({SERVING_SPEC} is missing); "
+                "point DAPT_BUNDLE_DIR at a folder written by `dapt export`"
+            )
+        try:
+            self.spec = ServingSpec.read(self.bundle_dir)
+        except BundlePathError as exc:
+            raise BundleError(str(exc)) from None
+        if variant is not None and variant not in self.spec.variants:
+            raise BundleError(
+                f"variant {variant!r} is not in this bundle; it has {sorted(self.spec.variants)}"
+            )
+        embedding = self.spec.extra.get("embedding")
+        self.embedding: dict[str, Any] | None = embedding if isinstance(embedding, dict) else None
+        if self.embedding is not None:
+            self._check_embedding_entry(self.embedding)
+
+    def _verify_files(self) -> None:
+        """The manifest checksums of the files this process reads: tokenizer, spec, variants, embedding."""
+        verify_manifest(
+            self.bundle_dir,
+            only=[
+                f"{TOKENIZER_DIR}/tokenizer.json",
+                SERVING_SPEC,
+                *self.spec.variants.values(),
+                *([self.embedding["path"]] if self.embedding else []),
+            ],
+        )
+
+    def _load_tokenizer(self) -> None:
+        from tokenizers import Tokenizer
+
+        tokenizer_path = self.bundle_dir / TOKENIZER_DIR / "tokenizer.json"
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.enable_truncation(max_length=self.spec.max_length)
+        pad_token = self._pad_token()
+        pad_id = self.tokenizer.token_to_id(pad_token)
+        if pad_id is None:
+            raise BundleError(f"pad token {pad_token!r} is not in {tokenizer_path}")
+        # Texts are encoded one by one (no padding, whatever tokenizer.json says) and padded per batch to its
+        # longest text (:meth:`feeds`), so a batch of short texts is never padded to a fixed length.
+        self.tokenizer.no_padding()
+        self._pad_id = pad_id
+
+    def _open_embedding_session(self, ort: Any) -> None:
+        """The bundle's sentence-embedding model (fp32, no variants), or None when it has none."""
+        self.embedding_session = None
+        if self.embedding is None:
+            return
+        # On the provider the classifier got (CUDA only when CUDA really started).
+        embedding_path = str(self._bundle_file(self.embedding["path"], "the embedding model"))
+        if self.provider == CUDA:
+            embedding_providers: list[Any] = [(CUDA, dict(CUDA_PROVIDER_OPTIONS)), CPU]
+        else:
+            embedding_providers = [CPU]
+        self.embedding_session = ort.InferenceSession(
+            embedding_path, self._options, providers=embedding_providers
+        )
+        self._embedding_inputs = [i.name for i in self.embedding_session.get_inputs()]
 
     def _onnx_path(self, variant: str) -> Path:
         try:

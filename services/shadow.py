@@ -2,11 +2,11 @@
 
     shadow = Shadow(slot, metrics=service_metrics())      # slot: the shadow version's ModelSlot
     shadow.start()
-    shadow.offer(observation)   # after production answered: never blocks, never raises, drops when full
+    shadow.observe(observation) # a service hook (services/hooks.py): never blocks or raises, drops when full
     shadow.status()             # what /metadata shows under "shadow"
     shadow.stop()               # at shutdown: drains nothing, writes the summary to the registry once more
 
-Production answers first; :meth:`Shadow.offer` then puts (texts, production's answer) on a bounded queue
+Production answers first; :meth:`Shadow.observe` then puts (texts, production's answer) on a bounded queue
 (``DAPT_SHADOW_QUEUE`` requests, default 256) and returns. A full queue drops the copy and counts it: under
 load the shadow sees a sample, production never waits. One daemon thread takes copies off the queue, runs the
 shadow's ONNX session on them (its own tokenizer: versions may differ) and compares:
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from services.hooks import Observation
 from services.reloader import ModelSlot, ServedModel
 
 logger = logging.getLogger("dapt.shadow")
@@ -46,29 +47,6 @@ DEFAULT_QUEUE = 256
 DEFAULT_EVIDENCE_S = 30.0
 LATENCY_WINDOW = 1000
 SHADOW_TASKS = ("classification", "ner")
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One answered request, as a per-model hook sees it (the shadow; a prediction log or drift watcher).
-
-    ``predictions`` has one entry per text: the classification dict (``label``, ``score``, ...) or the list
-    of entity spans (``text``, ``label``, ``start``, ``end``, ``score``); for ``task == "embedding"`` the vector.
-    """
-
-    served: ServedModel
-    task: str
-    texts: list[str]
-    predictions: list[Any]
-    latency_s: float
-
-    @property
-    def name(self) -> str:
-        return self.served.name
-
-    @property
-    def version(self) -> str:
-        return self.served.version
 
 
 def _spans(found: list[dict[str, Any]]) -> set[tuple[int, int, str]]:
@@ -183,7 +161,7 @@ class Shadow:
 
     # ------------------------------------------------------------------ the request side
 
-    def offer(self, observation: Observation) -> None:
+    def observe(self, observation: Observation) -> None:
         """Queue a copy of an answered request for the shadow; returns at once (drops and counts when full)."""
         if observation.task not in SHADOW_TASKS or observation.name != self.name:
             return

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -248,27 +249,31 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(registry: Registry | None = None, admin_token: str | None = None) -> Starlette:
-    """The UI over ``registry`` (default: the one models.settings points at). ``admin_token`` (default:
-    ``DAPT_ADMIN_TOKEN``) enables promote and rollback; without it the UI is read-only."""
-    registry = registry or Registry()
-    token = admin_token if admin_token is not None else settings.admin_token()
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
-    env.filters.update(fmt=fmt, fmt_time=fmt_time, short=short, q=lambda v: quote(str(v), safe=""))
-    env.globals.update(delta_class=delta_class, admin=bool(token))
+@dataclass
+class _Ui:
+    """What every route of one app shares: the registry, the admin token and the page templates."""
 
-    def page(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+    registry: Registry
+    token: str | None
+    env: Environment
+
+    def page(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
-        body = env.get_template(template).render(request=request, csrf=csrf, **context)
+        body = self.env.get_template(template).render(request=request, csrf=csrf, **context)
         response = HTMLResponse(body, status_code=status)
-        if token and request.cookies.get(CSRF_COOKIE) != csrf:
+        if self.token and request.cookies.get(CSRF_COOKIE) != csrf:
             response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict")
         return response
 
-    def version_of(name: str, version: str) -> ModelVersion:
+    def version_of(self, name: str, version: str) -> ModelVersion:
         if not version.isdigit() or int(version) < 1:
             raise HTTPException(400, f"version must be a positive number, got {version!r}")
-        return registry.get_version(name, int(version))
+        return self.registry.get_version(name, int(version))
+
+
+def _listing_routes(ui: _Ui) -> list[Route]:
+    """``/`` (every model) and ``/models/{name}`` (its versions, sortable by any shown metric)."""
+    registry = ui.registry
 
     def index(request: Request) -> Response:
         versions = registry.list_versions()
@@ -288,7 +293,7 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
                     "aliases": registry.aliases(name),
                 }
             )
-        return page(request, "index.html", models=rows, metrics=shown_metrics(versions, 4))
+        return ui.page(request, "index.html", models=rows, metrics=shown_metrics(versions, 4))
 
     def model(request: Request) -> Response:
         name = check_name(request.path_params["name"])
@@ -314,7 +319,7 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
                 400, f"cannot sort by {sort!r}: use one of {', '.join(['version', 'created', *metrics])}"
             )
         ordered = sorted(versions, key=key, reverse=order == "desc")
-        return page(
+        return ui.page(
             request,
             "model.html",
             name=name,
@@ -328,9 +333,15 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
             message=request.query_params.get("message"),
         )
 
+    return [Route("/", index), Route("/models/{name}", model)]
+
+
+def _version_routes(ui: _Ui) -> list[Route]:
+    """``/models/{name}/{version}`` (evidence, card, plots, files, events) and its validation report."""
+
     def version_page(request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        mv = version_of(name, request.path_params["version"])
+        mv = ui.version_of(name, request.path_params["version"])
         evidence = Evidence.from_record(mv.evidence)
         files = manifest_files(mv)
         card_meta, card_body, card_error = "", "", ""
@@ -342,7 +353,7 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
             else:
                 card_meta, text = split_front_matter(text)
                 card_body = markdown_to_html(text, image_prefix=f"/models/{name}/{mv.version}/files/")
-        return page(
+        return ui.page(
             request,
             "version.html",
             mv=mv,
@@ -356,18 +367,38 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
             plots=[f for f in files if f.endswith(".png")],
             files=files,
             run_files=run_files(mv),
-            events=[m for m in registry.audit_log(name) if m.to_version == mv.version],
+            events=[m for m in ui.registry.audit_log(name) if m.to_version == mv.version],
             card_meta=card_meta,
             card_body=card_body,
             card_error=card_error,
             metrics=shown_metrics([mv], limit=100),
         )
 
+    def validation_page(request: Request) -> Response:
+        from expectations.report import render_validation_html
+
+        name = check_name(request.path_params["name"])
+        mv = ui.version_of(name, request.path_params["version"])
+        validation = Evidence.from_record(mv.evidence).validation
+        if "checks" not in validation:
+            raise HTTPException(404, f"{name} v{mv.version} has no recorded validation checks")
+        body = render_validation_html(validation, title=f"Data validation — {name} v{mv.version}")
+        return ui.page(request, "validation.html", mv=mv, body=body)
+
+    return [
+        Route("/models/{name}/{version}", version_page),
+        Route("/models/{name}/{version}/validation", validation_page),
+    ]
+
+
+def _diff_routes(ui: _Ui) -> list[Route]:
+    """``/models/{name}/compare`` (the form) and ``/models/{name}/diff/{a}/{b}`` (two versions side by side)."""
+
     def diff_page(request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        a = version_of(name, request.path_params["a"])
-        b = version_of(name, request.path_params["b"])
-        diff = registry.diff(name, a.version, b.version)
+        a = ui.version_of(name, request.path_params["a"])
+        b = ui.version_of(name, request.path_params["b"])
+        diff = ui.registry.diff(name, a.version, b.version)
         ta = evaluation_tables(Evidence.from_record(a.evidence))
         tb = evaluation_tables(Evidence.from_record(b.evidence))
         side_tables = {}
@@ -382,7 +413,7 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
             for key, values in diff.evidence.items()
             if not key.startswith(("evaluation.calibration_bins", "validation.checks", "created_at"))
         }
-        return page(
+        return ui.page(
             request,
             "diff.html",
             name=name,
@@ -406,20 +437,16 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
             raise HTTPException(400, "choose two versions to compare (query parameters a and b)")
         return RedirectResponse(f"/models/{name}/diff/{a}/{b}", status_code=303)
 
-    def validation_page(request: Request) -> Response:
-        from expectations.report import render_validation_html
+    # compare before the version page: /models/{name}/{version} would take "compare" as a version
+    return [Route("/models/{name}/compare", diff_form), Route("/models/{name}/diff/{a}/{b}", diff_page)]
 
-        name = check_name(request.path_params["name"])
-        mv = version_of(name, request.path_params["version"])
-        validation = Evidence.from_record(mv.evidence).validation
-        if "checks" not in validation:
-            raise HTTPException(404, f"{name} v{mv.version} has no recorded validation checks")
-        body = render_validation_html(validation, title=f"Data validation — {name} v{mv.version}")
-        return page(request, "validation.html", mv=mv, body=body)
+
+def _file_routes(ui: _Ui) -> list[Route]:
+    """The stylesheet, a version's files (manifest-checked) and the run folder's reports."""
 
     def version_file(request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        mv = version_of(name, request.path_params["version"])
+        mv = ui.version_of(name, request.path_params["version"])
         rel = request.path_params["path"]
         media = SERVABLE.get(Path(rel).suffix.lower())
         if media is None:
@@ -429,7 +456,7 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
 
     def run_file(request: Request) -> Response:
         name = check_name(request.path_params["name"])
-        mv = version_of(name, request.path_params["version"])
+        mv = ui.version_of(name, request.path_params["version"])
         rel = request.path_params["path"]
         folder = run_dir(mv)
         if rel not in RUN_FILES or folder is None or not (folder / rel).is_file():
@@ -439,7 +466,17 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
     def stylesheet(request: Request) -> Response:
         return Response(STYLE, media_type="text/css")
 
-    # -- admin ----------------------------------------------------------------------------------------------
+    return [
+        Route("/static/style.css", stylesheet),
+        Route("/models/{name}/{version}/files/{path:path}", version_file),
+        Route("/models/{name}/{version}/run/{path:path}", run_file),
+    ]
+
+
+def _admin_routes(ui: _Ui) -> list[Route]:
+    """POST promote and rollback: only with an admin token, from this origin, with the CSRF cookie's value."""
+    registry, token = ui.registry, ui.token
+
     async def admin_form(request: Request) -> dict[str, str]:
         if not token:
             raise HTTPException(403, "admin actions are disabled: start `dapt ui` with DAPT_ADMIN_TOKEN set")
@@ -485,11 +522,19 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
         move = await run_in_threadpool(registry.rollback, name, alias, actor)
         return done(name, f"{alias} rolled back v{move.from_version} -> v{move.to_version}")
 
-    # -- errors ---------------------------------------------------------------------------------------------
+    return [
+        Route("/models/{name}/promote", promote, methods=["POST"]),
+        Route("/models/{name}/rollback", rollback, methods=["POST"]),
+    ]
+
+
+def _error_handlers(ui: _Ui) -> dict[Any, Any]:
+    """Every error as the error page: HTTP errors with their status, registry errors as 404, 409 or 400."""
+
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         detail = getattr(exc, "detail", str(exc))
-        return page(request, "error.html", status=status, status_code=status, detail=detail)
+        return ui.page(request, "error.html", status=status, status_code=status, detail=detail)
 
     async def registry_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ModelNotFound | VersionNotFound):
@@ -498,24 +543,31 @@ def create_app(registry: Registry | None = None, admin_token: str | None = None)
             status = 409
         else:
             status = 400
-        return page(request, "error.html", status=status, status_code=status, detail=str(exc))
+        return ui.page(request, "error.html", status=status, status_code=status, detail=str(exc))
 
+    return {HTTPException: http_error, RegistryError: registry_error}
+
+
+def create_app(registry: Registry | None = None, admin_token: str | None = None) -> Starlette:
+    """The UI over ``registry`` (default: the one models.settings points at). ``admin_token`` (default:
+    ``DAPT_ADMIN_TOKEN``) enables promote and rollback; without it the UI is read-only."""
+    registry = registry or Registry()
+    token = admin_token if admin_token is not None else settings.admin_token()
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env.filters.update(fmt=fmt, fmt_time=fmt_time, short=short, q=lambda v: quote(str(v), safe=""))
+    env.globals.update(delta_class=delta_class, admin=bool(token))
+    ui = _Ui(registry, token, env)
+    # Starlette tries routes in order: the fixed paths under /models/{name}/ come before the version page.
     routes = [
-        Route("/", index),
-        Route("/static/style.css", stylesheet),
-        Route("/models/{name}", model),
-        Route("/models/{name}/compare", diff_form),
-        Route("/models/{name}/promote", promote, methods=["POST"]),
-        Route("/models/{name}/rollback", rollback, methods=["POST"]),
-        Route("/models/{name}/diff/{a}/{b}", diff_page),
-        Route("/models/{name}/{version}", version_page),
-        Route("/models/{name}/{version}/validation", validation_page),
-        Route("/models/{name}/{version}/files/{path:path}", version_file),
-        Route("/models/{name}/{version}/run/{path:path}", run_file),
+        *_listing_routes(ui),
+        *_diff_routes(ui),
+        *_admin_routes(ui),
+        *_version_routes(ui),
+        *_file_routes(ui),
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: http_error, RegistryError: registry_error},
+        exception_handlers=_error_handlers(ui),
         middleware=[Middleware(SecurityHeaders)],
     )
     app.state.registry = registry

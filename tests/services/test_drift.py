@@ -137,6 +137,7 @@ def _served(bundle: Path, name: str = "tiny", version: str = "1"):
 def test_observer_never_blocks_the_answer_and_counts_what_it_drops(classifier_bundle, tmp_path):
     """With the observer thread stuck, submits return at once and the overflow is dropped and counted."""
     from services.drift import Observer
+    from services.hooks import Observation
     from services.prediction_log import PredictionLog
 
     served = _served(classifier_bundle)
@@ -149,7 +150,7 @@ def test_observer_never_blocks_the_answer_and_counts_what_it_drops(classifier_bu
             slowest = 0.0
             for _ in range(50):
                 started = time.perf_counter()
-                observer.submit(served, texts, encodings, answers, 1.0)
+                observer.observe(Observation(served, served.task, texts, encodings, answers, 0.001))
                 slowest = max(slowest, time.perf_counter() - started)
             time.sleep(0.2)
         assert observer.wait_idle(10)
@@ -162,6 +163,7 @@ def test_observer_never_blocks_the_answer_and_counts_what_it_drops(classifier_bu
 
 def test_a_log_that_cannot_be_written_is_counted_not_raised(classifier_bundle, tmp_path):
     from services.drift import Observer
+    from services.hooks import Observation
     from services.prediction_log import PredictionLog
 
     served = _served(classifier_bundle)
@@ -170,7 +172,8 @@ def test_a_log_that_cannot_be_written_is_counted_not_raised(classifier_bundle, t
     observer = Observer(log=PredictionLog(blocker, mode="hash"))
     try:
         encodings = served.predictor.encode(["one", "two"])
-        observer.submit(served, ["one", "two"], encodings, served.predictor.classify_encoded(encodings), 1.0)
+        answers = served.predictor.classify_encoded(encodings)
+        observer.observe(Observation(served, served.task, ["one", "two"], encodings, answers, 0.001))
         assert observer.wait_idle(10)
         assert observer.dropped == {"write_error": 2}
     finally:

@@ -6,15 +6,18 @@ import time
 
 import pytest
 
+from services.hooks import Observation
 from services.reloader import ModelSlot, load_model
-from services.shadow import Observation, Shadow, ShadowStats
+from services.shadow import Shadow, ShadowStats
 from tests.services.helpers import MINIMAL_EVIDENCE, tmp_registry
 
 TEXTS = ["Aspirin eased the headache.", "No adverse events were reported", "fine", "the drug failed"]
 
 
 def _observation(served, texts=TEXTS) -> Observation:
-    return Observation(served, served.task, list(texts), served.predictor.classify(list(texts)), 0.01)
+    encodings = served.predictor.encode(list(texts))
+    answers = served.predictor.classify_encoded(encodings)
+    return Observation(served, served.task, list(texts), encodings, answers, 0.01)
 
 
 def test_a_version_shadowing_itself_agrees_fully_and_another_by_its_label_share(
@@ -55,7 +58,7 @@ def test_a_full_queue_drops_and_counts_copies_without_blocking(classifier_bundle
     observation = _observation(served)
     started = time.perf_counter()
     for _ in range(5):
-        shadow.offer(observation)
+        shadow.observe(observation)
     assert time.perf_counter() - started < 1.0
     status = shadow.status()
     assert status["dropped"] == 3 and status["queue"] == {"size": 2, "waiting": 2}
@@ -67,7 +70,7 @@ def test_a_shadow_that_fails_counts_an_error_and_the_caller_never_sees_it(classi
     broken = Shadow(ModelSlot(load_model(ner_bundle, "tiny", "2")), record_evidence=False)  # cannot classify
     broken.start()
     try:
-        broken.offer(_observation(production))
+        broken.observe(_observation(production))
         deadline = time.monotonic() + 30
         while broken.status()["errors"] == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
