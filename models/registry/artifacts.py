@@ -250,6 +250,12 @@ class ArtifactStore:
         """Delete a version's stored files (nothing when they are absent)."""
         raise NotImplementedError
 
+    def read(self, rel: str, name: str) -> bytes:
+        """One stored file of a version, as stored: unchecked (the caller checks it against the manifest), and
+        without fetching the rest of the version (a page showing a plot never downloads the weights).
+        FileNotFoundError when it is absent; RegistryError when the store cannot be reached."""
+        raise NotImplementedError
+
     def fix_hint(self, rel: str, manifest_sha256: str | None) -> str:
         return "re-register the bundle from its run, or restore the folder from a backup"
 
@@ -281,6 +287,9 @@ class LocalStore(ArtifactStore):
 
     def remove(self, rel: str) -> None:
         shutil.rmtree(self.root / rel, ignore_errors=True)
+
+    def read(self, rel: str, name: str) -> bytes:
+        return (self.root / rel / name).read_bytes()
 
 
 class FsspecStore(ArtifactStore):
@@ -394,6 +403,14 @@ class FsspecStore(ArtifactStore):
             self.fs.rm(self._remote(rel), recursive=True)
         except FileNotFoundError:
             pass
+
+    def read(self, rel: str, name: str) -> bytes:
+        try:
+            return bytes(self.fs.cat_file(self._remote(rel, name)))
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # noqa: BLE001 - botocore, aiohttp and OS errors alike
+            raise self._failed(f"reading {self.url(rel)}/{name}", error) from error
 
     def fix_hint(self, rel: str, manifest_sha256: str | None) -> str:
         return (

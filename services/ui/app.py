@@ -1,9 +1,10 @@
 """The registry UI as a Starlette app: models, versions, evidence, diffs, audit log, validation and run reports.
 
 Every page is rendered on the server from the same registry the CLI uses (``models.registry.store.Registry``);
-nothing is fetched from outside the machine (one local stylesheet, images served from the version folder,
-a Content-Security-Policy that allows only this origin). Files are served only when the manifest lists them
-and their sha256 still matches (the manifest itself is checked against the database first).
+nothing is fetched from outside the machine (one local stylesheet, images served from the version's files,
+a Content-Security-Policy that allows only this origin). Files are read through the registry's artifact store
+(a local folder or S3: services/ui/files.py) and served only when the manifest lists them and their sha256
+still matches (the manifest itself is checked against the database first).
 
 Promote and rollback exist only when an admin token is configured (``DAPT_ADMIN_TOKEN``): POST forms carry
 the token, typed by the user, and a CSRF value that must match a SameSite=Strict cookie.
@@ -11,7 +12,6 @@ the token, typed by the user, and a CSRF value that must match a SameSite=Strict
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -43,6 +43,7 @@ from models.registry.store import (
     VersionNotFound,
     check_name,
 )
+from services.ui.files import manifest_files, verified_bytes
 
 TEMPLATES = Path(__file__).with_name("templates")
 CSRF_COOKIE = "dapt_ui_csrf"
@@ -180,41 +181,6 @@ def gate_decisions(registry: Registry, name: str) -> dict[int, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ files
-def verified_file(mv: ModelVersion, rel: str) -> Path:
-    """A file of the version folder, after checking the manifest against the database and the file against the
-    manifest (only the requested file is hashed, so a plot does not cost a hash of the ONNX weights)."""
-    root = mv.path
-    manifest_path = root / "manifest.json"
-    try:
-        manifest_bytes = manifest_path.read_bytes()
-    except OSError:
-        raise HTTPException(404, f"{mv.name} v{mv.version}: manifest.json is missing") from None
-    if mv.manifest_sha256 and hashlib.sha256(manifest_bytes).hexdigest() != mv.manifest_sha256:
-        raise HTTPException(409, f"{mv.name} v{mv.version}: manifest.json differs from the registry's digest")
-    entry = (json.loads(manifest_bytes).get("files") or {}).get(rel)
-    if entry is None:
-        raise HTTPException(404, f"{rel} is not a file of {mv.name} v{mv.version} (not in its manifest)")
-    path = root / rel
-    try:
-        data = path.read_bytes()
-    except OSError:
-        raise HTTPException(
-            409, f"{mv.name} v{mv.version}: {rel} is missing from the version folder"
-        ) from None
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise HTTPException(
-            409, f"{mv.name} v{mv.version}: {rel} changed since registration (sha256 differs)"
-        )
-    return path
-
-
-def manifest_files(mv: ModelVersion) -> list[str]:
-    try:
-        return sorted(json.loads((mv.path / "manifest.json").read_text(encoding="utf-8"))["files"])
-    except (OSError, ValueError, KeyError):
-        return []
-
-
 def run_dir(mv: ModelVersion) -> Path | None:
     lineage = Evidence.from_record(mv.evidence).lineage
     folder = lineage.run_dir if lineage else None
@@ -343,11 +309,11 @@ def _version_routes(ui: _Ui) -> list[Route]:
         name = check_name(request.path_params["name"])
         mv = ui.version_of(name, request.path_params["version"])
         evidence = Evidence.from_record(mv.evidence)
-        files = manifest_files(mv)
+        files = manifest_files(registry, mv)
         card_meta, card_body, card_error = "", "", ""
         if MODEL_CARD in files:
             try:  # the card is shown only as registered (same check as every served file)
-                text = verified_file(mv, MODEL_CARD).read_text(encoding="utf-8")
+                text = verified_bytes(registry, mv, MODEL_CARD).decode("utf-8", "replace")
             except HTTPException as error:
                 card_error = str(error.detail)
             else:
@@ -423,11 +389,11 @@ def _diff_routes(ui: _Ui) -> list[Route]:
             evidence=evidence,
             side_tables=side_tables,
             plots=sorted(
-                set(f for f in manifest_files(a) if f.endswith(".png"))
-                | set(f for f in manifest_files(b) if f.endswith(".png"))
+                set(f for f in manifest_files(registry, a) if f.endswith(".png"))
+                | set(f for f in manifest_files(registry, b) if f.endswith(".png"))
             ),
-            files_a=set(manifest_files(a)),
-            files_b=set(manifest_files(b)),
+            files_a=set(manifest_files(registry, a)),
+            files_b=set(manifest_files(registry, b)),
         )
 
     def diff_form(request: Request) -> Response:
@@ -451,8 +417,8 @@ def _file_routes(ui: _Ui) -> list[Route]:
         media = SERVABLE.get(Path(rel).suffix.lower())
         if media is None:
             raise HTTPException(404, f"only {', '.join(SERVABLE)} files are served, not {rel!r}")
-        path = verified_file(mv, rel)
-        return Response(path.read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"})
+        data = verified_bytes(registry, mv, rel)
+        return Response(data, media_type=media, headers={"Cache-Control": "no-cache"})
 
     def run_file(request: Request) -> Response:
         name = check_name(request.path_params["name"])

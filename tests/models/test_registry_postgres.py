@@ -1,20 +1,13 @@
 """The same registry on a real PostgreSQL server: 8 concurrent registering processes, aliases and rollback.
 
-A throwaway server is started in a temp dir on 127.0.0.1 with a free port (initdb refuses root, so it runs as
-the `postgres` user via runuser when we are root) and stopped afterwards. Skipped only when the PostgreSQL
-binaries are absent: install them with `scripts/ensure-postgres.sh`.
+A throwaway server is started in a temp dir on 127.0.0.1 with a free port (tests/pg_server.py) and stopped
+afterwards. Skipped only when the PostgreSQL binaries are absent: install them with `scripts/ensure-postgres.sh`.
 """
 
 from __future__ import annotations
 
-import glob
 import multiprocessing
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,95 +15,26 @@ import pytest
 from models.recipe import GateConfig
 from models.registry.bundle import ServingSpec
 from models.registry.store import Registry
+from tests.pg_server import SKIP_REASON, new_database, postgres_bindir
+from tests.pg_server import postgres_server as start_postgres
 
 pytestmark = pytest.mark.integration
 
 
-def _postgres_bindir() -> Path | None:
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(os.path.realpath(initdb)).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_server():
-    """(host, port) of a throwaway PostgreSQL server, trust auth for user `postgres`."""
-    bindir = _postgres_bindir()
+    """(host, port) of a throwaway PostgreSQL server (tests/pg_server.py)."""
+    bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are absent; run scripts/ensure-postgres.sh")
-    base = Path(tempfile.mkdtemp(prefix="dapt-pg-"))  # /tmp, so the postgres user can reach it
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        import pwd
-
-        account = pwd.getpwnam("postgres")
-        os.chown(base, account.pw_uid, account.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    data, logfile, port = base / "data", base / "server.log", _free_port()
-
-    def run(*args: str) -> None:
-        subprocess.run([*prefix, *args], check=True, capture_output=True, text=True, timeout=120)
-
-    try:
-        run(
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        )
-        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
-        run(
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(logfile),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
-    except subprocess.CalledProcessError as error:
-        log = logfile.read_text() if logfile.exists() else ""
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {error.stderr}\n{log}")
-    try:
-        yield "127.0.0.1", port
-    finally:
-        subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(SKIP_REASON)
+    with start_postgres(bindir) as server:
+        yield server
 
 
 @pytest.fixture()
 def pg_registry(postgres_server, tmp_path) -> Registry:
     """A registry on a fresh database of the throwaway server."""
-    import psycopg
-
-    host, port = postgres_server
-    database = f"reg_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    registry = Registry(f"postgresql+psycopg://postgres@{host}:{port}/{database}", tmp_path / "artifacts")
+    registry = Registry(new_database(*postgres_server), tmp_path / "artifacts")
     yield registry
     registry.dispose()
 

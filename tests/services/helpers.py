@@ -1,13 +1,20 @@
-"""Helpers of the service tests: a temporary registry, a corrupter, a live `bentoml serve`, a load driver."""
+"""Helpers of the service tests: a temporary registry, a corrupter, a live `bentoml serve`, the installed
+`dapt serve` as users run it, a load driver."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DAPT = Path(sys.executable).parent / "dapt"
 
 MINIMAL_EVIDENCE = {"metrics": {"macro_f1": 0.5}, "parity": {}, "validation": {"success": True}}
 
@@ -25,6 +32,70 @@ def registry_env(root: Path) -> dict[str, str]:
         "DAPT_REGISTRY_URL": f"sqlite:///{root / 'registry.db'}",
         "DAPT_ARTIFACT_ROOT": str(root / "artifacts"),
     }
+
+
+def dapt_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `dapt` subprocess on ``root``'s registry (``extra`` overrides, e.g. another
+    DAPT_REGISTRY_URL / DAPT_ARTIFACT_ROOT)."""
+    return {
+        **os.environ,
+        **registry_env(root),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "DAPT_ORT_THREADS": "1",
+        **extra,
+    }
+
+
+@contextmanager
+def dapt_serve(root: Path, *args: str, **env: str):
+    """`dapt serve ARGS` on a free loopback port until /readyz says 200; SIGTERM at exit. Yields the URL.
+    The server's output goes to ``root/serve-<port>.log``."""
+    import httpx
+
+    from services.launcher import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = root / f"serve-{port}.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [str(DAPT), "serve", *args, "--port", str(port)],
+            env=dapt_env(root, **env),
+            cwd=root,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 300  # two or three models load before /readyz; slow on a loaded host
+        ready = False
+        while not ready and time.monotonic() < deadline and process.poll() is None:
+            try:
+                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                pass
+            if not ready:
+                time.sleep(0.5)
+        assert ready, f"not ready (exit code {process.poll()}): " + log.read_text(errors="replace")[-3000:]
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def until(condition, timeout_s: float, what: str):
+    """The first truthy value of ``condition()``, polled every 0.3 s; AssertionError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def corrupt(path: Path) -> None:

@@ -5,79 +5,21 @@ Figures (requests, errors, shadow counts) are printed: run with `pytest -s`.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.services.helpers import MINIMAL_EVIDENCE, drive_load, registry_env, tmp_registry
-
-REPO = Path(__file__).resolve().parents[2]
-DAPT = Path(sys.executable).parent / "dapt"
-
-
-def _env(root: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        **registry_env(root),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        "DAPT_ORT_THREADS": "1",
-        **extra,
-    }
-
-
-@contextmanager
-def dapt_serve(root: Path, *args: str, **env: str):
-    """`dapt serve ARGS` on a free loopback port until /readyz says 200; SIGTERM at exit. Yields the URL."""
-    from services.launcher import free_port
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = root / f"serve-{port}.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [str(DAPT), "serve", *args, "--port", str(port)],
-            env=_env(root, **env),
-            cwd=root,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 300  # two or three models load before /readyz; slow on a loaded host
-        ready = False
-        while not ready and time.monotonic() < deadline and process.poll() is None:
-            try:
-                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                pass
-            if not ready:
-                time.sleep(0.5)
-        assert ready, f"not ready (exit code {process.poll()}): " + log.read_text(errors="replace")[-3000:]
-        yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-def _until(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+from tests.services.helpers import (
+    DAPT,
+    MINIMAL_EVIDENCE,
+    dapt_serve,
+    drive_load,
+    tmp_registry,
+)
+from tests.services.helpers import dapt_env as _env
+from tests.services.helpers import until as _until
 
 
 def _metric(metrics: str, name: str, **labels: str) -> float | None:

@@ -78,11 +78,12 @@ def ui_evidence(macro_f1: float, run_dir: Path, **extra) -> dict:
     return evidence
 
 
-def populate(root: Path) -> Registry:
-    """finsent v1 (promoted), v2 (promoted over v1), v3 (refused by the gate); newsner v1 (no alias)."""
+def populate(root: Path, registry: Registry | None = None) -> Registry:
+    """finsent v1 (promoted), v2 (promoted over v1), v3 (refused by the gate); newsner v1 (no alias).
+    Sources and run folders go under ``root``; the versions into ``registry`` (default: one under ``root``)."""
     from models.evaluation.plots import plot_confusion_matrix, plot_reliability
 
-    registry = Registry(f"sqlite:///{root / 'registry.db'}", root / "artifacts")
+    registry = registry or Registry(f"sqlite:///{root / 'registry.db'}", root / "artifacts")
     for version, f1 in enumerate((0.80, 0.86, 0.50), start=1):
         run_dir = root / "runs" / f"run-{version}"
         (run_dir / "validation").mkdir(parents=True, exist_ok=True)
