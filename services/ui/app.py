@@ -309,11 +309,11 @@ def _version_routes(ui: _Ui) -> list[Route]:
         name = check_name(request.path_params["name"])
         mv = ui.version_of(name, request.path_params["version"])
         evidence = Evidence.from_record(mv.evidence)
-        files = manifest_files(registry, mv)
+        files = manifest_files(ui.registry, mv)
         card_meta, card_body, card_error = "", "", ""
         if MODEL_CARD in files:
             try:  # the card is shown only as registered (same check as every served file)
-                text = verified_bytes(registry, mv, MODEL_CARD).decode("utf-8", "replace")
+                text = verified_bytes(ui.registry, mv, MODEL_CARD).decode("utf-8", "replace")
             except HTTPException as error:
                 card_error = str(error.detail)
             else:
@@ -389,11 +389,11 @@ def _diff_routes(ui: _Ui) -> list[Route]:
             evidence=evidence,
             side_tables=side_tables,
             plots=sorted(
-                set(f for f in manifest_files(registry, a) if f.endswith(".png"))
-                | set(f for f in manifest_files(registry, b) if f.endswith(".png"))
+                set(f for f in manifest_files(ui.registry, a) if f.endswith(".png"))
+                | set(f for f in manifest_files(ui.registry, b) if f.endswith(".png"))
             ),
-            files_a=set(manifest_files(registry, a)),
-            files_b=set(manifest_files(registry, b)),
+            files_a=set(manifest_files(ui.registry, a)),
+            files_b=set(manifest_files(ui.registry, b)),
         )
 
     def diff_form(request: Request) -> Response:
@@ -417,7 +417,7 @@ def _file_routes(ui: _Ui) -> list[Route]:
         media = SERVABLE.get(Path(rel).suffix.lower())
         if media is None:
             raise HTTPException(404, f"only {', '.join(SERVABLE)} files are served, not {rel!r}")
-        data = verified_bytes(registry, mv, rel)
+        data = verified_bytes(ui.registry, mv, rel)
         return Response(data, media_type=media, headers={"Cache-Control": "no-cache"})
 
     def run_file(request: Request) -> Response:
