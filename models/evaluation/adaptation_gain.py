@@ -107,51 +107,61 @@ def _encoder(encoder_dir: Path):
 
 
 def _hidden_states(encoder_dir: Path, items: list, max_length: int, say=None, **options):
-    """(tokenised batch, last hidden states) of the frozen encoder, EMBED_BATCH_SIZE items at a time."""
+    """(item indices, tokenised batch, last hidden states) of the frozen encoder, EMBED_BATCH_SIZE items at a
+    time, shortest items first: items of similar length share a batch, so little of each batch is padding."""
     import torch
 
     from models.progress import Heartbeat
 
     tokenizer, model = _encoder(encoder_dir)
+    order = sorted(
+        range(len(items)), key=lambda i: len(items[i])
+    )  # characters of a text, words of a sentence
     heartbeat = Heartbeat(say, "[adaptation-gain] embedded", len(items))
     with torch.inference_mode():
         for start in range(0, len(items), EMBED_BATCH_SIZE):
             heartbeat.beat(start)
+            indices = order[start : start + EMBED_BATCH_SIZE]
             batch = tokenizer(
-                items[start : start + EMBED_BATCH_SIZE],
+                [items[i] for i in indices],
                 truncation=True,
                 max_length=max_length,
                 padding=True,
                 return_tensors="pt",
                 **options,
             )
-            yield batch, model(**batch).last_hidden_state
+            yield indices, batch, model(**batch).last_hidden_state
 
 
 def sentence_features(encoder_dir: Path, texts: list[str], max_length: int, say=None) -> np.ndarray:
     """Mean-pooled last hidden states (the pooling sentence encoders such as MiniLM were trained with)."""
     import numpy as np
 
-    chunks = []
-    for batch, hidden in _hidden_states(encoder_dir, texts, max_length, say):
+    out = np.zeros((len(texts), 0), dtype=np.float32)
+    for indices, batch, hidden in _hidden_states(encoder_dir, texts, max_length, say):
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
-    return np.concatenate(chunks)
+        pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+        if out.shape[1] != pooled.shape[1]:
+            out = np.zeros((len(texts), pooled.shape[1]), dtype=pooled.dtype)
+        out[indices] = pooled
+    return out
 
 
 def word_features(
     encoder_dir: Path, sentences: list[list[str]], max_length: int, say=None
 ) -> list[np.ndarray]:
     """Per sentence, one vector per word (its first word-piece); words cut by max_length are absent."""
-    out = []
-    for batch, hidden in _hidden_states(encoder_dir, sentences, max_length, say, is_split_into_words=True):
+    out: list = [None] * len(sentences)
+    for indices, batch, hidden in _hidden_states(
+        encoder_dir, sentences, max_length, say, is_split_into_words=True
+    ):
         states = hidden.numpy()
-        for row in range(states.shape[0]):
+        for row, index in enumerate(indices):
             first: dict[int, int] = {}
             for position, word in enumerate(batch.word_ids(row)):
                 if word is not None and word not in first:
                     first[word] = position
-            out.append(states[row, [first[w] for w in sorted(first)]])
+            out[index] = states[row, [first[w] for w in sorted(first)]]
     return out
 
 

@@ -164,6 +164,32 @@ def test_probe_scores_both_encoders_on_a_split_of_train_and_keeps_by_min_gain(
     assert strict.base == lenient.base  # same split, same probe: deterministic
 
 
+def test_probe_features_come_back_in_the_callers_order_although_batched_by_length(
+    tiny_base_model, monkeypatch
+):
+    import numpy as np
+
+    from models.evaluation import adaptation_gain
+
+    monkeypatch.setattr(adaptation_gain, "EMBED_BATCH_SIZE", 2)  # several batches, each of similar lengths
+    texts = [
+        "revenue rose sharply in the third quarter",
+        "ok",
+        "shares fell",
+        "the bank cut its rate again today",
+    ]
+    together = adaptation_gain.sentence_features(tiny_base_model, texts, 32)
+    alone = np.concatenate([adaptation_gain.sentence_features(tiny_base_model, [t], 32) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    sentences = [t.split() for t in texts]
+    words = adaptation_gain.word_features(tiny_base_model, sentences, 32)
+    assert [len(v) for v in words] == [len(s) for s in sentences]
+    for sentence, vectors in zip(sentences, words, strict=True):
+        np.testing.assert_allclose(
+            vectors, adaptation_gain.word_features(tiny_base_model, [sentence], 32)[0], atol=1e-5
+        )
+
+
 def test_finetune_gain_check_trains_from_both_encoders(tiny_base_model, adapted_encoder, tmp_path):
     from models.evaluation.adaptation_gain import measure_adaptation_gain
 
