@@ -1,14 +1,15 @@
 """One hop from a public request to a model batch: a micro-batcher inside the service process.
 
-    batcher = MicroBatcher(run_batch, max_batch_size=32, max_batch_tokens=4096, max_wait_ms=2, max_queue_texts=512)
+    batcher = MicroBatcher(run_batch, max_batch_size=32, max_batch_tokens=4096, max_wait_ms=0, max_queue_texts=512)
     answers = await batcher.submit(model, [(text, encoding), ...])   # one answer per text, in order
 
 A request's texts, already tokenized, join a queue one item per text. A single worker task on the event loop
 takes the oldest waiting text and the waiting texts closest to it in token length, up to ``max_batch_size``
 texts and ``max_batch_tokens`` padded tokens (longest text x texts), and runs the batch in one inference
 thread; each text's future is resolved with its answer. While a batch runs the next one gathers, so under load
-batches fill by themselves; an under-full batch waits at most ``max_wait_ms`` (counted from its oldest text's
-arrival) for company. The wait is a fixed bound, not learned: one burst cannot slow the requests after it.
+batches fill by themselves and a text that finds the inference thread idle runs at once (``max_wait_ms`` 0, the
+service's default). With ``max_wait_ms`` > 0 an under-full batch waits at most that long (counted from its oldest
+text's arrival) for company. The wait is a fixed bound, not learned: one burst cannot slow the requests after it.
 
 The queue holds at most ``max_queue_texts`` texts: a request that would go over is refused with
 :class:`QueueFull` (the service answers 503 with ``Retry-After``) instead of waiting behind a backlog. A

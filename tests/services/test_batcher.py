@@ -83,3 +83,43 @@ def test_a_cancelled_request_is_dropped_and_the_worker_goes_on(predictor):
     assert len(asyncio.run(main())) == 1
     batcher.close()
     assert [len(batch) for batch in seen] == [1]  # the cancelled texts never ran
+
+
+def test_without_a_wait_a_lone_text_runs_at_once_and_arrivals_during_a_batch_fill_the_next(
+    predictor, monkeypatch
+):
+    """The service's default (max_wait_ms 0): the inference thread idle, a text is not held for company;
+    texts arriving while a batch runs are gathered into one next batch, so batches fill by themselves."""
+    import time
+
+    from models.settings import BATCH_WAIT_MS_ENV
+    from services.answering import wait_ms_env
+
+    monkeypatch.delenv(BATCH_WAIT_MS_ENV, raising=False)
+    assert wait_ms_env() == 0.0  # the service's default
+    seen: list[list[int]] = []
+
+    def slow_run(model, payloads):
+        seen.append([len(encoding.ids) for _, encoding in payloads])
+        time.sleep(0.3)  # a long ONNX call, so the later texts arrive while it runs
+        return model.classify_encoded([encoding for _, encoding in payloads])
+
+    batcher = MicroBatcher(
+        slow_run,
+        length=lambda p: len(p[1].ids),
+        max_batch_size=32,
+        max_batch_tokens=4096,
+        max_wait_ms=wait_ms_env(),
+        max_queue_texts=512,
+    )
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(predictor, _payloads(predictor, ["alone"])))
+        await asyncio.sleep(0.05)  # the first batch is running
+        later = [batcher.submit(predictor, _payloads(predictor, [f"later {i}"])) for i in range(10)]
+        return await asyncio.gather(first, *later)
+
+    answers = asyncio.run(main())
+    batcher.close()
+    assert [len(batch) for batch in seen] == [1, 10]
+    assert all(len(answer) == 1 for answer in answers)
