@@ -27,9 +27,7 @@ from services.validation import error_response, float_env, int_env
 
 DEFAULT_MAX_BATCH_SIZE = 32  # texts per ONNX Runtime call
 DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per call: 32 texts of 128 tokens, or fewer longer ones
-# A lone request runs at once: under load the next batch gathers while the current one runs, so a wait only adds
-# latency at low concurrency (benchmarks/README, serve.py). Raise it where batches are much cheaper per text (GPUs).
-DEFAULT_BATCH_WAIT_MS = 0.0
+DEFAULT_BATCH_WAIT_MS = 2.0  # only while traffic is concurrent: a lone client never waits (batcher.py)
 DEFAULT_MAX_QUEUE_TEXTS = 512
 # Tokenizing a request this small takes less time than handing it to a thread; larger ones leave the loop.
 INLINE_TOKENIZE_CHARS = 2048

@@ -1,15 +1,16 @@
 """One hop from a public request to a model batch: a micro-batcher inside the service process.
 
-    batcher = MicroBatcher(run_batch, max_batch_size=32, max_batch_tokens=4096, max_wait_ms=0, max_queue_texts=512)
+    batcher = MicroBatcher(run_batch, max_batch_size=32, max_batch_tokens=4096, max_wait_ms=2, max_queue_texts=512)
     answers = await batcher.submit(model, [(text, encoding), ...])   # one answer per text, in order
 
 A request's texts, already tokenized, join a queue one item per text. A single worker task on the event loop
 takes the oldest waiting text and the waiting texts closest to it in token length, up to ``max_batch_size``
 texts and ``max_batch_tokens`` padded tokens (longest text x texts), and runs the batch in one inference
 thread; each text's future is resolved with its answer. While a batch runs the next one gathers, so under load
-batches fill by themselves and a text that finds the inference thread idle runs at once (``max_wait_ms`` 0, the
-service's default). With ``max_wait_ms`` > 0 an under-full batch waits at most that long (counted from its oldest
-text's arrival) for company. The wait is a fixed bound, not learned: one burst cannot slow the requests after it.
+batches fill by themselves. While traffic is concurrent (the last batch held more than one text) an under-full
+batch waits at most ``max_wait_ms`` (counted from its oldest text's arrival) for company; a lone client's text
+runs at once, since nothing could join it. The wait is a fixed bound, not learned: after a burst the first
+single request waits at most once, and the ones after it not at all.
 
 The queue holds at most ``max_queue_texts`` texts: a request that would go over is refused with
 :class:`QueueFull` (the service answers 503 with ``Retry-After``) instead of waiting behind a backlog. A
@@ -76,6 +77,7 @@ class MicroBatcher:
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self.batches = 0
+        self._last_batch_size = 0
 
     @property
     def queued(self) -> int:
@@ -131,7 +133,9 @@ class MicroBatcher:
                 arrived.clear()
                 await arrived.wait()
                 continue
-            if len(self._pending) < self.max_batch_size and self.max_wait_s > 0:
+            # Wait for company only while traffic is concurrent (the last batch held several texts): a lone
+            # client never waits, and the first lone request after a burst waits at most once.
+            if len(self._pending) < self.max_batch_size and self.max_wait_s > 0 and self._last_batch_size > 1:
                 remaining = self._pending[0].arrived + self.max_wait_s - time.monotonic()
                 if remaining > 0:
                     arrived.clear()
@@ -142,6 +146,7 @@ class MicroBatcher:
                     continue
             batch = self._take()
             self.batches += 1
+            self._last_batch_size = len(batch)
             try:
                 answers = await loop.run_in_executor(
                     self._executor, self._run_batch, batch[0].model, [item.payload for item in batch]

@@ -49,8 +49,8 @@ the OpenAPI page at ``/`` (spec at ``/docs.json``).
 Batching (services/answering.py, services/batcher.py): a request's texts are tokenized (in a thread when the request is large) and
 join the in-process micro-batcher directly, one hop: no second HTTP call. Batches hold at most
 ``DAPT_MAX_BATCH_SIZE`` (32) texts and ``DAPT_MAX_BATCH_TOKENS`` (4096) padded tokens, texts of similar length
-together; a text that finds the inference thread idle runs at once (an under-full batch waits at most
-``DAPT_BATCH_WAIT_MS``, default 0 ms); more than ``DAPT_MAX_QUEUE_TEXTS``
+together; while traffic is concurrent an under-full batch waits at most ``DAPT_BATCH_WAIT_MS`` (2) ms for
+company, and a lone client's text runs at once; more than ``DAPT_MAX_QUEUE_TEXTS``
 (512) waiting texts → 503 with ``Retry-After``. Each answer says per text whether it was ``truncated`` to the
 model's max_length.
 

@@ -85,23 +85,17 @@ def test_a_cancelled_request_is_dropped_and_the_worker_goes_on(predictor):
     assert [len(batch) for batch in seen] == [1]  # the cancelled texts never ran
 
 
-def test_without_a_wait_a_lone_text_runs_at_once_and_arrivals_during_a_batch_fill_the_next(
-    predictor, monkeypatch
-):
-    """The service's default (max_wait_ms 0): the inference thread idle, a text is not held for company;
-    texts arriving while a batch runs are gathered into one next batch, so batches fill by themselves."""
+def test_a_lone_client_never_waits_and_concurrent_traffic_waits_for_company(predictor):
+    """A text arriving while traffic is single (the last batch held one text) runs at once even with a long
+    wait bound; texts arriving while a batch runs fill the next batch; once a batch held several texts, an
+    under-full batch waits (at most the bound) for the texts that follow it."""
     import time
 
-    from models.settings import BATCH_WAIT_MS_ENV
-    from services.answering import wait_ms_env
-
-    monkeypatch.delenv(BATCH_WAIT_MS_ENV, raising=False)
-    assert wait_ms_env() == 0.0  # the service's default
-    seen: list[list[int]] = []
+    seen: list[list[str]] = []
 
     def slow_run(model, payloads):
-        seen.append([len(encoding.ids) for _, encoding in payloads])
-        time.sleep(0.3)  # a long ONNX call, so the later texts arrive while it runs
+        seen.append([text for text, _ in payloads])
+        time.sleep(0.3)  # a long ONNX call, so later texts arrive while it runs
         return model.classify_encoded([encoding for _, encoding in payloads])
 
     batcher = MicroBatcher(
@@ -109,17 +103,26 @@ def test_without_a_wait_a_lone_text_runs_at_once_and_arrivals_during_a_batch_fil
         length=lambda p: len(p[1].ids),
         max_batch_size=32,
         max_batch_tokens=4096,
-        max_wait_ms=wait_ms_env(),
+        max_wait_ms=1000,  # long, so a wait would show
         max_queue_texts=512,
     )
 
     async def main():
-        first = asyncio.ensure_future(batcher.submit(predictor, _payloads(predictor, ["alone"])))
-        await asyncio.sleep(0.05)  # the first batch is running
-        later = [batcher.submit(predictor, _payloads(predictor, [f"later {i}"])) for i in range(10)]
-        return await asyncio.gather(first, *later)
+        sent = time.monotonic()
+        await batcher.submit(predictor, _payloads(predictor, ["lone"]))
+        lone_s = time.monotonic() - sent
+        first = asyncio.ensure_future(batcher.submit(predictor, _payloads(predictor, ["first"])))
+        await asyncio.sleep(0.05)  # its batch is running
+        during = [batcher.submit(predictor, _payloads(predictor, [f"during {i}"])) for i in range(10)]
+        await asyncio.gather(first, *during)
+        early = asyncio.ensure_future(batcher.submit(predictor, _payloads(predictor, ["after a full batch"])))
+        await asyncio.sleep(0.1)  # within the wait: it is still waiting for company
+        late = batcher.submit(predictor, _payloads(predictor, ["joins it"]))
+        await asyncio.gather(early, late)
+        return lone_s
 
-    answers = asyncio.run(main())
+    lone_s = asyncio.run(main())
     batcher.close()
-    assert [len(batch) for batch in seen] == [1, 10]
-    assert all(len(answer) == 1 for answer in answers)
+    assert lone_s < 0.9  # 0.3 s of inference, not held for the 1 s bound
+    assert [len(batch) for batch in seen] == [1, 1, 10, 2]
+    assert seen[3] == ["after a full batch", "joins it"]
