@@ -294,6 +294,14 @@ class ExportConfig(_Section):
         description="Keep each layer's feed-forward output projection (intermediate -> hidden, whose inputs "
         "carry BERT's activation outliers) in fp32.",
     )
+    int8_fp32_fallback_margin: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="Single-label classifiers: a text whose int8 top-two probabilities are closer than this is "
+        "answered by fp32 instead (int8 moves logits a little, which flips only near-ties); 0 turns it off. "
+        "Parity judges int8 with this fallback, as it serves.",
+    )
 
     @field_validator("parity_batch_sizes")
     @classmethod

@@ -171,6 +171,7 @@ class OnnxPredictor:
         self._input_names = [i.name for i in self.session.get_inputs()]
         self.provider = self.session.get_providers()[0]
         self._open_embedding_session(ort)
+        self._open_fallback_session(ort)
         # On CUDA, inputs and outputs go through IOBinding (one copy each way, no per-run staging).
         self.io_binding = self.provider == CUDA
         self.runtime = self.tuning.record(
@@ -249,6 +250,27 @@ class OnnxPredictor:
             embedding_path, self._options, providers=embedding_providers
         )
         self._embedding_inputs = [i.name for i in self.embedding_session.get_inputs()]
+
+    def _open_fallback_session(self, ort: Any) -> None:
+        """int8 on the CPU for a single-label classifier whose export set ``fp32_fallback_margin``: also the fp32
+        session, which answers the texts whose int8 top-two probabilities are closer than the margin."""
+        self.fallback_session = None
+        self.fallback_margin: float | None = None
+        self.fallback_texts = 0
+        margin = (self.spec.extra.get("int8") or {}).get("fp32_fallback_margin")
+        if (
+            self.variant != "int8"
+            or self.spec.task != "classification"
+            or self.spec.multi_label
+            or "fp32" not in self.spec.variants
+            or not isinstance(margin, (int, float))
+            or margin <= 0
+        ):
+            return
+        self.fallback_session = ort.InferenceSession(
+            str(self._onnx_path("fp32")), self._options, providers=[CPU]
+        )
+        self.fallback_margin = float(margin)
 
     def _onnx_path(self, variant: str) -> Path:
         try:
@@ -388,7 +410,15 @@ class OnnxPredictor:
         return self.logits_of(self.encode(texts))
 
     def logits_of(self, encodings: list[Any]) -> np.ndarray:
-        return self._run(self.session, self.feeds(encodings))[0].astype(np.float32)
+        logits = self._run(self.session, self.feeds(encodings))[0].astype(np.float32)
+        if self.fallback_session is not None and len(logits):
+            top_two = np.sort(_softmax(logits), axis=1)[:, -2:]
+            unsure = np.flatnonzero(top_two[:, 1] - top_two[:, 0] < self.fallback_margin)
+            if unsure.size:
+                exact = self.feeds([encodings[i] for i in unsure])
+                logits[unsure] = self._run(self.fallback_session, exact)[0].astype(np.float32)
+                self.fallback_texts += int(unsure.size)
+        return logits
 
     def _run(self, session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.io_binding:
@@ -548,7 +578,17 @@ class OnnxPredictor:
             "labels": list(self.spec.labels),
             "max_length": self.spec.max_length,
             "multi_label": self.spec.multi_label,
-            "runtime": dict(self.runtime),
+            "runtime": dict(self.runtime)
+            | (
+                {}
+                if self.fallback_margin is None
+                else {
+                    "int8_fp32_fallback": {
+                        "margin": self.fallback_margin,
+                        "texts_answered_by_fp32": self.fallback_texts,
+                    }
+                }
+            ),
             "embedding": None
             if self.embedding is None
             else {

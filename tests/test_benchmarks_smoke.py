@@ -81,6 +81,9 @@ def test_quick_serve_benchmark_prints_complete_json_and_writes_histogram(isolate
     for run in ("classify", "embed"):
         assert ceiling[run]["batch1_p50_ms"] > 0 and ceiling[run]["batch4_sequences_per_s"] > 0
     assert report["targets"]["http_throughput_vs_inprocess_at_4"]["value"] > 0
+    paired = ceiling["paired_single_request"]  # the c=1 target: in-process and HTTP calls alternating
+    assert paired["calls_each"] > 0 and paired["inprocess_batch1_p50_ms"] > 0 and paired["http_c1_p50_ms"] > 0
+    assert report["targets"]["c1_p50_minus_inprocess_batch1_ms"]["value"] == paired["extra_ms"]
     recovery = report["recovery_after_burst"]
     assert recovery["burst_requests"] > 0 and recovery["first_single_requests_ms"]
     assert report["quality"]["fp32_macro_f1"] is not None

@@ -245,6 +245,13 @@ def export_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_export(out_dir, say)
     variant_paths, quantization = _export_variants(model_dir, out_dir, task, config, say)
+    multi_label = model_config.get("problem_type") == "multi_label_classification"
+    if quantization and task == "classification" and not multi_label and config.int8_fp32_fallback_margin > 0:
+        # The predictor answers near-ties with fp32 (services/predictor.py); parity below judges int8 so.
+        quantization["fp32_fallback_margin"] = config.int8_fp32_fallback_margin
+        say(
+            f"int8 answers near-ties (top two probabilities within {config.int8_fp32_fallback_margin}) with fp32"
+        )
     tokenizer, model = _save_tokenizer_and_checkpoint(model_dir, out_dir, task)
     say("tokenizer/ and pytorch/ written")
 
@@ -260,7 +267,7 @@ def export_bundle(
             "model_type": model_config["model_type"],
             **({"int8": quantization} if quantization else {}),
         },
-        multi_label=model_config.get("problem_type") == "multi_label_classification",
+        multi_label=multi_label,
     )
     # Parity runs the serving predictor on the bundle itself, so the spec must exist first.
     base.spec(variant_paths, "fp32", "fp32", {}).write(out_dir)
