@@ -246,12 +246,7 @@ def export_bundle(
     _clear_previous_export(out_dir, say)
     variant_paths, quantization = _export_variants(model_dir, out_dir, task, config, say)
     multi_label = model_config.get("problem_type") == "multi_label_classification"
-    if quantization and task == "classification" and not multi_label and config.int8_fp32_fallback_margin > 0:
-        # The predictor answers near-ties with fp32 (services/predictor.py); parity below judges int8 so.
-        quantization["fp32_fallback_margin"] = config.int8_fp32_fallback_margin
-        say(
-            f"int8 answers near-ties (top two probabilities within {config.int8_fp32_fallback_margin}) with fp32"
-        )
+    _plan_fp32_fallback(quantization, task, multi_label, config, say)
     tokenizer, model = _save_tokenizer_and_checkpoint(model_dir, out_dir, task)
     say("tokenizer/ and pytorch/ written")
 
@@ -532,6 +527,17 @@ def quantize_int8(plain: Path, output: Path, config: ExportConfig) -> tuple[Path
         "nodes_kept_fp32": kept,
     }
     return output, summary
+
+
+def _plan_fp32_fallback(
+    quantization: dict[str, Any], task: str, multi_label: bool, config: ExportConfig, say: Progress
+) -> None:
+    """Record the near-tie margin under which the predictor answers a single-label classifier's texts with fp32
+    instead of int8 (services/predictor.py); parity then judges int8 as it serves."""
+    margin = config.int8_fp32_fallback_margin
+    if quantization and task == "classification" and not multi_label and margin > 0:
+        quantization["fp32_fallback_margin"] = margin
+        say(f"int8 answers near-ties (top two probabilities within {margin}) with fp32")
 
 
 def describe_int8(summary: dict[str, Any]) -> str:
