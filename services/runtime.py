@@ -13,7 +13,8 @@ for the process's own cgroup and every parent up to the mount root (the tightest
 
 Environment (all optional): ``DAPT_ORT_THREADS`` (intra-op threads), ``DAPT_ORT_GRAPH_OPT``
 (disable|basic|extended|all, default all), ``DAPT_ORT_EXECUTION_MODE`` (sequential|parallel, default
-sequential), ``DAPT_ORT_PROVIDER`` (auto|cpu|cuda, default auto: CUDA only when a driver is present and a CUDA
+sequential), ``DAPT_ORT_SPINNING`` (off|on, default off: idle intra-op threads sleep instead of spinning),
+``DAPT_ORT_PROVIDER`` (auto|cpu|cuda, default auto: CUDA only when a driver is present and a CUDA
 session really starts; cuda: try CUDA even without a visible driver, still falling back to CPU).
 
 Only onnxruntime, numpy and the standard library are used (onnxruntime imported by the caller).
@@ -31,6 +32,7 @@ from models import settings
 
 THREADS_ENV = settings.THREADS_ENV
 GRAPH_OPT_ENV = settings.ORT_GRAPH_OPT_ENV
+SPINNING_ENV = settings.ORT_SPINNING_ENV
 EXECUTION_MODE_ENV = settings.ORT_EXECUTION_MODE_ENV
 PROVIDER_ENV = settings.ORT_PROVIDER_ENV
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -43,6 +45,7 @@ GRAPH_LEVELS = {
     "all": "ORT_ENABLE_ALL",
 }
 EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+SPINNING = {"off": "0", "on": "1"}
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 # CUDA arena grows by what is asked, not by powers of two: batches of varying shapes would otherwise reserve
 # far more device memory than they use.
@@ -181,6 +184,7 @@ class RuntimeTuning:
     graph_optimization: str = "all"
     execution_mode: str = "sequential"
     provider_choice: str = "auto"
+    spinning: str = "off"
 
     @classmethod
     def from_environment(cls, cores: dict[str, Any] | None = None) -> RuntimeTuning:
@@ -204,6 +208,7 @@ class RuntimeTuning:
             graph_optimization=_choice(GRAPH_OPT_ENV, GRAPH_LEVELS, "all"),
             execution_mode=_choice(EXECUTION_MODE_ENV, EXECUTION_MODES, "sequential"),
             provider_choice=_choice(PROVIDER_ENV, PROVIDER_CHOICES, "auto"),
+            spinning=_choice(SPINNING_ENV, SPINNING, "off"),
         )
 
     def session_options(self, ort: Any, log_severity: int = 2) -> Any:
@@ -220,6 +225,9 @@ class RuntimeTuning:
         # growing with each new shape, so a long-running server's RSS creeps up. Plain allocations stay flat.
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
+        # Idle intra-op threads spin by default, which on a few cores takes CPU from the event loop answering
+        # the request that batch just finished (benchmarks/README, serve.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING[self.spinning])
         options.log_severity_level = log_severity
         return options
 
@@ -232,6 +240,7 @@ class RuntimeTuning:
             "cores": dict(self.cores),
             "inter_op_threads": 1,
             "execution_mode": self.execution_mode,
+            "intra_op_spinning": self.spinning,
             "graph_optimization_level": self.graph_optimization,
             "cpu_mem_arena": False,
             "mem_pattern": False,

@@ -116,6 +116,21 @@ def test_the_session_runs_with_the_recorded_settings(classifier_bundle, monkeypa
     assert runtime["io_binding"] is False
 
 
+def test_idle_intra_op_threads_do_not_spin_unless_asked(classifier_bundle, monkeypatch):
+    """Spinning threads take the few cores from the event loop between batches (benchmarks/README, serve.py)."""
+    monkeypatch.delenv("DAPT_ORT_SPINNING", raising=False)
+    predictor = OnnxPredictor(classifier_bundle, providers=[CPU])
+    options = predictor.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert predictor.info()["runtime"]["intra_op_spinning"] == "off"
+    monkeypatch.setenv("DAPT_ORT_SPINNING", "on")
+    spinning = OnnxPredictor(classifier_bundle, providers=[CPU]).session.get_session_options()
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    monkeypatch.setenv("DAPT_ORT_SPINNING", "fast")
+    with pytest.raises(BundleError, match="DAPT_ORT_SPINNING must be one of off, on"):
+        OnnxPredictor(classifier_bundle)
+
+
 def test_a_bad_runtime_setting_is_a_clear_bundle_error(classifier_bundle, monkeypatch):
     monkeypatch.setenv("DAPT_ORT_PROVIDER", "tpu")
     with pytest.raises(BundleError, match="DAPT_ORT_PROVIDER must be one of auto, cpu, cuda"):
