@@ -569,6 +569,12 @@ class OnnxPredictor:
 
     def info(self) -> dict[str, Any]:
         """What this predictor runs (the served name and version are the service's to say)."""
+        runtime = dict(self.runtime)
+        if self.fallback_margin is not None:
+            runtime["int8_fp32_fallback"] = {
+                "margin": self.fallback_margin,
+                "texts_answered_by_fp32": self.fallback_texts,
+            }
         return {
             "name": self.spec.name,
             "version": str(self.spec.extra.get("version", "unversioned")),
@@ -578,17 +584,7 @@ class OnnxPredictor:
             "labels": list(self.spec.labels),
             "max_length": self.spec.max_length,
             "multi_label": self.spec.multi_label,
-            "runtime": dict(self.runtime)
-            | (
-                {}
-                if self.fallback_margin is None
-                else {
-                    "int8_fp32_fallback": {
-                        "margin": self.fallback_margin,
-                        "texts_answered_by_fp32": self.fallback_texts,
-                    }
-                }
-            ),
+            "runtime": runtime,
             "embedding": None
             if self.embedding is None
             else {

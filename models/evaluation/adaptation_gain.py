@@ -114,9 +114,8 @@ def _hidden_states(encoder_dir: Path, items: list, max_length: int, say=None, **
     from models.progress import Heartbeat
 
     tokenizer, model = _encoder(encoder_dir)
-    order = sorted(
-        range(len(items)), key=lambda i: len(items[i])
-    )  # characters of a text, words of a sentence
+    # shortest first: characters of a text, words of a sentence
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
     heartbeat = Heartbeat(say, "[adaptation-gain] embedded", len(items))
     with torch.inference_mode():
         for start in range(0, len(items), EMBED_BATCH_SIZE):
@@ -137,14 +136,16 @@ def sentence_features(encoder_dir: Path, texts: list[str], max_length: int, say=
     """Mean-pooled last hidden states (the pooling sentence encoders such as MiniLM were trained with)."""
     import numpy as np
 
-    out = np.zeros((len(texts), 0), dtype=np.float32)
+    rows: list[int] = []
+    chunks = []
     for indices, batch, hidden in _hidden_states(encoder_dir, texts, max_length, say):
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-        if out.shape[1] != pooled.shape[1]:
-            out = np.zeros((len(texts), pooled.shape[1]), dtype=pooled.dtype)
-        out[indices] = pooled
-    return out
+        chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+        rows += indices
+    pooled = np.concatenate(chunks)
+    features = np.empty_like(pooled)
+    features[rows] = pooled  # back in the callers' order
+    return features
 
 
 def word_features(
