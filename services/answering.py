@@ -7,8 +7,9 @@ Runtime on the batch, then hand the answered request to the hooks (services/hook
     # answers is an error response (503 with Retry-After) instead when the queue is full
 
 Batches hold at most ``DAPT_MAX_BATCH_SIZE`` texts and ``DAPT_MAX_BATCH_TOKENS`` padded tokens, texts of similar
-length together; an under-full batch waits at most ``DAPT_BATCH_WAIT_MS``; more than ``DAPT_MAX_QUEUE_TEXTS``
-waiting texts are refused (services/batcher.py).
+length together; while traffic is concurrent an under-full batch waits at most ``DAPT_BATCH_WAIT_MS`` for company
+(a lone client's text runs at once); more than ``DAPT_MAX_QUEUE_TEXTS`` waiting texts are refused
+(services/batcher.py).
 """
 
 from __future__ import annotations

@@ -23,7 +23,11 @@ TRUNCATED_DESCRIPTION = (
 class ModelInfo(BaseModel):
     name: str = Field(examples=["demo"])
     version: str = Field(examples=["3"])
-    variant: str = Field(examples=["int8"], description="ONNX variant that answered (fp32, int8, fp16)")
+    variant: str = Field(
+        examples=["int8"],
+        description="ONNX variant that answered (fp32, int8, fp16); int8 answers near-ties with fp32 "
+        "(/metadata runtime.int8_fp32_fallback)",
+    )
     provider: str = Field(examples=["CPUExecutionProvider"])
 
     @classmethod
