@@ -20,11 +20,17 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from models.settings import BATCH_WAIT_MS_ENV, MAX_BATCH_SIZE_ENV, MAX_BATCH_TOKENS_ENV, MAX_QUEUE_TEXTS_ENV
+from models.settings import (
+    BATCH_WAIT_MS_ENV,
+    MAX_BATCH_SIZE_ENV,
+    MAX_BATCH_TOKENS_ENV,
+    MAX_QUEUE_TEXTS_ENV,
+    env_number,
+)
 from services.batcher import MicroBatcher, QueueFull
 from services.hooks import Hook, Observation, notify
 from services.reloader import ServedModel
-from services.validation import error_response, float_env, int_env
+from services.validation import error_response, int_env
 
 DEFAULT_MAX_BATCH_SIZE = 32  # texts per ONNX Runtime call
 DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per call: 32 texts of 128 tokens, or fewer longer ones
@@ -35,10 +41,13 @@ INLINE_TOKENIZE_CHARS = 2048
 
 
 def wait_ms_env() -> float:
-    value = float_env(BATCH_WAIT_MS_ENV, DEFAULT_BATCH_WAIT_MS)
-    if value > 1000:
-        raise RuntimeError(f"{BATCH_WAIT_MS_ENV} is a wait in milliseconds, at most 1000; got {value}")
-    return value
+    return env_number(
+        BATCH_WAIT_MS_ENV,
+        DEFAULT_BATCH_WAIT_MS,
+        kind=float,
+        valid=lambda ms: 0 <= ms <= 1000,
+        requirement="a wait in milliseconds from 0 to 1000",
+    )
 
 
 @dataclass(frozen=True, eq=False)

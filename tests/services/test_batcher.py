@@ -126,3 +126,14 @@ def test_a_lone_client_never_waits_and_concurrent_traffic_waits_for_company(pred
     assert lone_s < 0.9  # 0.3 s of inference, not held for the 1 s bound
     assert [len(batch) for batch in seen] == [1, 1, 10, 2]
     assert seen[3] == ["after a full batch", "joins it"]
+
+
+@pytest.mark.parametrize("value", ["-1", "5000", "soon"])
+def test_a_batch_wait_outside_0_to_1000_ms_is_refused_naming_the_unit(value, monkeypatch):
+    from services.answering import wait_ms_env
+
+    monkeypatch.setenv("DAPT_BATCH_WAIT_MS", value)
+    with pytest.raises(
+        RuntimeError, match="DAPT_BATCH_WAIT_MS must be a wait in milliseconds from 0 to 1000"
+    ):
+        wait_ms_env()
