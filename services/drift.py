@@ -35,6 +35,7 @@ from services.prediction_log import PredictionLog
 logger = logging.getLogger("dapt.service")
 
 QUEUE_ITEMS = 1024  # requests waiting for the observer; beyond that they are dropped (and counted)
+DRAIN_ITEMS = 256  # requests the observer takes at once before judging the windows they changed
 OBSERVED_TASKS = ("classification", "ner")  # embeddings have no labels to watch or log
 
 
@@ -81,6 +82,7 @@ class DriftMonitor:
         self._labels: deque[list[str]] = deque(maxlen=config.window)
         self._lock = threading.Lock()
         self._last: dict[str, Any] | None = None
+        self._changed = False
 
     @classmethod
     def for_bundle(cls, name: str, version: str, bundle_dir: Path) -> DriftMonitor:
@@ -94,15 +96,23 @@ class DriftMonitor:
                 logger.warning("drift: cannot read %s (%s); no profile to compare with", path, exc)
         return cls(name, version, reference_profile(evidence), monitor_settings(evidence))
 
-    def observe(self, stats: list[TextStats], labels: list[list[str]]) -> dict[str, Any] | None:
-        """Add texts to the window and return the new assessment (None without a profile)."""
+    def add(self, stats: list[TextStats], labels: list[list[str]]) -> None:
+        """Add texts to the window; the assessment follows on the next ``assess_window``."""
         with self._lock:
             self._stats.extend(stats)
             self._labels.extend(labels)
+            self._changed = True
+
+    def assess_window(self) -> dict[str, Any] | None:
+        """The window's assessment (None without a profile), computed again only when texts came since."""
+        with self._lock:
             if self.reference is None:
                 return None
+            if not self._changed:
+                return self._last
             stats_now = list(self._stats)
             labels_now = [label for per_text in self._labels for label in per_text]
+            self._changed = False
         report = assess(
             drift_statistics(stats_now, labels_now, self.reference),
             self.config,
@@ -112,10 +122,16 @@ class DriftMonitor:
         self._last = report
         return report
 
+    def observe(self, stats: list[TextStats], labels: list[list[str]]) -> dict[str, Any] | None:
+        """Add texts to the window and return the new assessment (None without a profile)."""
+        self.add(stats, labels)
+        return self.assess_window()
+
     def document(self) -> dict[str, Any]:
         base = {"version": self.version, "window": self.config.window, "min_texts": self.config.min_texts}
         if self.reference is None:
             return {**base, "status": "no profile", "texts": len(self._stats), "statistics": {}}
+        self.assess_window()  # texts added since the observer's last assessment count too
         if self._last is None:
             return {
                 **base,
@@ -179,17 +195,44 @@ class Observer:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            try:
+            # Take everything waiting, add it to the windows, then judge each changed window once: judging
+            # costs a pass over the whole window, and per request it took ~4 % of a core at 135 requests/s.
+            items = [self._queue.get()]
+            while items[-1] is not None and len(items) < DRAIN_ITEMS:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            changed: dict[int, DriftMonitor] = {}
+            for item in items:
                 if item is None:
-                    return
-                self._process(item)
-                self.processed += 1
-            except Exception:  # the thread must outlive any bad item; the answer was sent long ago
-                logger.exception("observer: could not process a request")
-                self._drop("error")
-            finally:
+                    continue
+                try:
+                    monitor = self._process(item)
+                    if monitor is not None:
+                        changed[id(monitor)] = monitor
+                    self.processed += 1
+                except Exception:  # the thread must outlive any bad item; the answer was sent long ago
+                    logger.exception("observer: could not process a request")
+                    self._drop("error")
+            for monitor in changed.values():
+                try:
+                    self._judge(monitor)
+                except Exception:
+                    logger.exception(
+                        "observer: could not judge drift of %s v%s", monitor.name, monitor.version
+                    )
+            for _ in items:  # done only once judged: wait_idle() then sees the metrics of every item
                 self._queue.task_done()
+            if items[-1] is None:
+                return
+
+    def _judge(self, monitor: DriftMonitor) -> None:
+        report = monitor.assess_window()
+        if report is not None and self.metrics is not None:
+            for statistic, judged in report["statistics"].items():
+                if judged["value"] is not None:
+                    self.metrics.record_drift(monitor.name, monitor.version, statistic, judged["value"])
 
     def monitor(self, name: str, version: str, bundle_dir: Path) -> DriftMonitor:
         key = (name, version)
@@ -201,19 +244,18 @@ class Observer:
                 found = self._monitors.setdefault(key, found)
         return found
 
-    def _process(self, observation: Observation) -> None:
+    def _process(self, observation: Observation) -> DriftMonitor | None:
+        """Add one request to its version's drift window and write it to the prediction log; returns the
+        window it changed (judged by the caller once per drained batch of requests)."""
         from datetime import datetime, timezone
 
         served, answers = observation.served, observation.answers
         unk_id = served.predictor.tokenizer.token_to_id("[UNK]")
         stats = [encoding_stats(encoding, unk_id) for encoding in observation.encodings]
+        monitor = None
         if self.drift:
             monitor = self.monitor(served.name, served.version, served.bundle_dir)
-            report = monitor.observe(stats, [answer_labels(served.task, a) for a in answers])
-            if report is not None and self.metrics is not None:
-                for statistic, judged in report["statistics"].items():
-                    if judged["value"] is not None:
-                        self.metrics.record_drift(served.name, served.version, statistic, judged["value"])
+            monitor.add(stats, [answer_labels(served.task, a) for a in answers])
         if self.log is not None:
             records = self.log.records(
                 name=served.name,
@@ -232,9 +274,10 @@ class Observer:
                 if not self._write_error_logged:  # a full disk stays full: say it once
                     logger.warning("prediction log: cannot write (%s); records are dropped and counted", exc)
                     self._write_error_logged = True
-                return
+                return monitor
             if self.metrics is not None and written:
                 self.metrics.record_logged(served.name, written)
+        return monitor
 
     # ------------------------------------------------------------------ reading
 

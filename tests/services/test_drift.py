@@ -241,3 +241,40 @@ def test_a_version_without_a_profile_says_so(classifier_bundle):
         assert observer.drift_document(served)["status"] == "no profile"
     finally:
         observer.close()
+
+
+def test_the_observer_judges_a_window_once_per_drained_batch_not_once_per_request(
+    classifier_bundle, monkeypatch
+):
+    """Judging a window is a pass over all of it: requests that queued up while the observer was busy are all
+    added first and the window judged once, and wait_idle() returns only after that judgement counts them."""
+    import services.drift as drift
+    from expectations.drift import profile_data
+    from models.recipe import MonitorConfig
+    from services.hooks import Observation
+
+    served = _served(classifier_bundle)
+    texts, labels = sample_texts(100)
+    reference = profile_data(texts, labels, classifier_bundle / "tokenizer" / "tokenizer.json")
+    judged = []
+    real_statistics = drift.drift_statistics
+    monkeypatch.setattr(
+        drift, "drift_statistics", lambda *a, **k: judged.append(1) or real_statistics(*a, **k)
+    )
+    observer = drift.Observer()
+    observer._monitors[(served.name, served.version)] = drift.DriftMonitor(
+        served.name, served.version, reference, MonitorConfig(window=100, min_texts=10)
+    )
+    encodings = served.predictor.encode(texts[:1])
+    answers = served.predictor.classify_encoded(encodings)
+    try:
+        with observer._monitors_lock:  # the observer is stuck on its first request while 20 more queue up
+            for _ in range(20):
+                observer.observe(Observation(served, served.task, texts[:1], encodings, answers, 0.001))
+            time.sleep(0.2)
+        assert observer.wait_idle(10)
+        assert 1 <= len(judged) <= 3, f"the window was judged {len(judged)} times for 20 requests"
+        document = observer.drift_document(served)
+        assert document["texts"] == 20 and document["status"] != "waiting"
+    finally:
+        observer.close()
