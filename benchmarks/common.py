@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: load generation, percentiles, FLOP counting, matmul FLOP/s, plots.
 
-Only the standard library is imported at module level; numpy, httpx, tokenizers and matplotlib are imported
+Only the standard library is imported at module level; numpy, aiohttp, tokenizers and matplotlib are imported
 inside the functions that need them.
 """
 
@@ -166,6 +166,8 @@ def texts_body(text: str) -> dict[str, Any]:
     return {"texts": [text]}
 
 
+# The load generator shares the machine's cores with the servers it measures, so it must be light: httpx's
+# AsyncClient spent 1.6-1.9 ms of CPU per request here against aiohttp's 0.33 (benchmarks/README, session 8).
 async def _drive(
     url: str,
     texts: list[str],
@@ -177,15 +179,16 @@ async def _drive(
     body: Callable[[str], dict[str, Any]] = texts_body,
     answer_key: str = "predictions",
 ) -> dict[str, Any]:
-    import httpx
+    import aiohttp
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
     issued = 0
     deadline = time.perf_counter() + max_seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
             nonlocal issued
@@ -194,10 +197,11 @@ async def _drive(
                 issued += 1
                 sent = time.perf_counter()
                 try:
-                    response = await client.post(f"{url}{endpoint}", json=body(text))
-                    ok = response.status_code == 200 and len(response.json().get(answer_key, [])) == 1
-                    reason = "" if ok else f"http {response.status_code}"
-                except httpx.HTTPError as exc:
+                    async with session.post(f"{url}{endpoint}", json=body(text)) as response:
+                        answer = await response.json(content_type=None)
+                    ok = response.status == 200 and len(answer.get(answer_key, [])) == 1
+                    reason = "" if ok else f"http {response.status}"
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                     ok, reason = False, type(exc).__name__
                 if ok:
                     latencies.append((time.perf_counter() - sent) * 1000.0)
@@ -221,17 +225,21 @@ def drive_load(
     body: Callable[[str], dict[str, Any]] = texts_body,
     answer_key: str = "predictions",
 ) -> dict[str, Any]:
-    """Closed-loop load: ``concurrency`` clients, each sending one text per POST ``endpoint`` (body built by
-    ``body``; an answer counts when it is 200 with one item under ``answer_key``) and waiting for the answer
-    before the next, until ``max_requests`` were sent or ``max_seconds`` passed.
+    """Closed-loop load: ``concurrency`` clients (one aiohttp session), each sending one text per POST
+    ``endpoint`` (body built by ``body``; an answer counts when it is 200 with one item under ``answer_key``)
+    and waiting for the answer before the next, until ``max_requests`` were sent or ``max_seconds`` passed.
 
-    Returns throughput (successful requests per second of wall time), latency percentiles, error counts and
-    the raw latencies (``latencies_ms``, for plots).
+    Returns throughput (successful requests per second of wall time), latency percentiles, error counts, the
+    CPU the load generator itself used per request (its share of the cores the servers also use) and the raw
+    latencies (``latencies_ms``, for plots).
     """
+    cpu_before = time.process_time()
     run = asyncio.run(
         _drive(url, texts, concurrency, max_requests, max_seconds, timeout_s, endpoint, body, answer_key)
     )
+    client_cpu_s = time.process_time() - cpu_before
     done = len(run["latencies_ms"])
+    sent = done + sum(run["errors"].values())
     return {
         "concurrency": concurrency,
         "requests": done,
@@ -240,8 +248,54 @@ def drive_load(
         "seconds": round(run["seconds"], 3),
         "throughput_rps": round(done / run["seconds"], 2) if run["seconds"] > 0 else 0.0,
         **latency_summary(run["latencies_ms"]),
+        "client_cpu_ms_per_request": round(client_cpu_s * 1000.0 / sent, 3) if sent else None,
         "latencies_ms": run["latencies_ms"],
     }
+
+
+class KeepAliveClient:
+    """One keep-alive HTTP/1.1 connection from the standard library, for one request at a time: the c=1 and
+    burst-recovery measurements time the server, and http.client spends ~0.5 ms of CPU per request here
+    against httpx.Client's ~1.2 (benchmarks/README, session 8)."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0):
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self._connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+
+    def post_json(self, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        """(status, decoded JSON answer or None when the body is not JSON)."""
+        import http.client
+        import json
+
+        body = json.dumps(payload).encode("utf-8")
+        for attempt in (1, 2):
+            try:
+                self._connection.request(
+                    "POST", path, body=body, headers={"Content-Type": "application/json"}
+                )
+                response = self._connection.getresponse()
+                raw = response.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._connection.close()  # the server closed the kept-alive connection: reconnect once
+                if attempt == 2:
+                    raise
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, None
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> KeepAliveClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------- plots

@@ -17,7 +17,7 @@ In one run, on one machine and one exported bundle:
     project's), its optimum/ONNX Runtime engine serving the bundle's embedding ``model.onnx`` — see
     benchmarks/peer_infinity.py for the layout it needs — driven on ``POST /embeddings`` against our ``/embed``.
 
-Load: one 64-token text per request, closed loop from this process (async httpx), at each concurrency level,
+Load: one 64-token text per request, closed loop from this process (aiohttp), at each concurrency level,
 each bounded by a request count and a time limit; the servers take turns level by level. Then a burst
 (concurrency 64) against ours followed by single requests, timing how long until single-request latency is
 back. Servers use the same number of CPU threads.
@@ -50,6 +50,7 @@ if str(REPO) not in sys.path:
 from benchmarks import peer_infinity  # noqa: E402
 from benchmarks.common import (  # noqa: E402 - after the sys.path fix so `python benchmarks/serve.py` works
     BenchmarkError,
+    KeepAliveClient,
     cpu_count,
     drive_load,
     encoder_flops_per_sequence,
@@ -390,21 +391,19 @@ def burst_recovery(
     """A burst (concurrency 64, ``args.burst`` requests) then single requests one after another for up to
     ``RECOVERY_WINDOW_S``: the time from the burst's end until single-request latency is back at or below
     ``threshold_ms`` for ``RECOVERED_AFTER`` requests in a row (None when it never is in the window)."""
-    import httpx
-
     burst = drive_load(url, texts, 64, args.burst, 30)
     ended = time.perf_counter()
     samples: list[tuple[float, float]] = []
     recovered_at = None
     streak = 0
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with KeepAliveClient(url) as client:
         index = 0
         while time.perf_counter() - ended < RECOVERY_WINDOW_S:
             sent = time.perf_counter()
-            response = client.post("/classify", json={"texts": [texts[index % len(texts)]]})
+            status, _ = client.post_json("/classify", {"texts": [texts[index % len(texts)]]})
             latency_ms = (time.perf_counter() - sent) * 1000.0
             index += 1
-            if response.status_code != 200:
+            if status != 200:
                 streak = 0
                 continue
             samples.append((round(sent - ended, 4), round(latency_ms, 2)))
@@ -428,31 +427,30 @@ def burst_recovery(
 def paired_single_latency(url: str, bundle: Path, texts: list[str], rounds: int) -> dict[str, Any]:
     """Batch-1 latency in process and one text per request over HTTP, alternating in blocks of
     ``PAIRED_BLOCK`` calls for ``rounds`` rounds, so both see the same stretch of machine load (on these shared
-    cores the same call's p50 moves by several ms between minutes). The HTTP side is a plain keep-alive
-    ``httpx.Client``: a lone caller needs no async client, whose own overhead is not the server's."""
-    import httpx
-
+    cores the same call's p50 moves by several ms between minutes). The HTTP side is one keep-alive
+    connection (``KeepAliveClient``, the standard library's): a lone caller needs no async client, and the
+    client's own CPU is not the server's."""
     from services.predictor import OnnxPredictor
 
     predictor = OnnxPredictor(bundle)
     predictor.warmup()
     inprocess: list[float] = []
     http: list[float] = []
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with KeepAliveClient(url) as client:
         for index in range(rounds * PAIRED_BLOCK * 2):
             text = texts[index % len(texts)]
             in_process = (index // PAIRED_BLOCK) % 2 == 0
             sent = time.perf_counter()
             if in_process:
                 predictor.logits([text])
-            elif client.post("/classify", json={"texts": [text]}).status_code != 200:
+            elif client.post_json("/classify", {"texts": [text]})[0] != 200:
                 continue
             (inprocess if in_process else http).append((time.perf_counter() - sent) * 1000.0)
     inprocess_p50 = latency_summary(inprocess)["p50_ms"]
     http_p50 = latency_summary(http)["p50_ms"]
     return {
         "what": f"alternating blocks of {PAIRED_BLOCK} in-process batch-1 calls and {PAIRED_BLOCK} HTTP requests "
-        "(httpx.Client, keep-alive), same texts",
+        "(one keep-alive http.client connection), same texts",
         "inprocess_batch1_p50_ms": inprocess_p50,
         "http_c1_p50_ms": http_p50,
         "extra_ms": None if None in (inprocess_p50, http_p50) else round(http_p50 - inprocess_p50, 2),
@@ -617,7 +615,7 @@ def build_report(
             "max_seconds_per_level": args.max_seconds,
             "warmup_requests": args.warmup,
             "texts_per_request": 1,
-            "client": "httpx.AsyncClient, closed loop, in the benchmark process",
+            "client": "aiohttp, closed loop, in the benchmark process (its CPU per request: client_cpu_ms_per_request)",
         },
         "matmul_fp32_flops_per_s": round(matmul, 1),
         "inprocess_ceiling": ceiling,
