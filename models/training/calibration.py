@@ -27,8 +27,9 @@ class Timing:
         return self.tokens / self.seconds if self.seconds > 0 else float("inf")
 
 
-def time_forward_backward(model: Any, batches: Iterable[dict]) -> Timing:
-    """Time ``model(**batch).loss.backward()`` per collated batch; gradients are dropped, weights unchanged."""
+def time_forward_backward(model: Any, batches: Iterable[dict], *, bf16: bool = False) -> Timing:
+    """Time ``model(**batch).loss.backward()`` per collated batch (in bf16 autocast when training will be);
+    gradients are dropped, weights unchanged."""
     import torch
 
     device = next(model.parameters()).device
@@ -39,7 +40,9 @@ def time_forward_backward(model: Any, batches: Iterable[dict]) -> Timing:
         for step, collated in enumerate(batches):
             batch = {k: v.to(device) for k, v in collated.items() if hasattr(v, "to")}
             started = time.perf_counter()
-            model(**batch).loss.backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**batch).loss
+            loss.backward()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if step:  # the first batch pays one-off costs (allocation, kernel choice)

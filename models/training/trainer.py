@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from models.distributed import barrier, from_main
 from models.settings import is_main_process, world_size
+from models.training.precision import device_and_precision, precision_name
 from models.training.task_model import (
     IGNORE_INDEX,
     class_weight_vector,
@@ -248,18 +249,16 @@ def _metrics_function(recipe: Recipe, multi_label: bool):
 # ------------------------------------------------------------------------------------------------------ training
 
 
-def _device_and_precision() -> tuple[str, dict]:
-    import torch
-
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return "cuda", {"bf16": True}
-        return "cuda", {"fp16": True}
-    return "cpu", {"use_cpu": True}
-
-
 def plan_steps_for_budget(
-    model, collator, rows: list[dict], config: FinetuneConfig, steps_per_epoch: int, minutes: float, seed: int
+    model,
+    collator,
+    rows: list[dict],
+    config: FinetuneConfig,
+    steps_per_epoch: int,
+    minutes: float,
+    seed: int,
+    *,
+    bf16: bool = False,
 ) -> dict:
     """How many optimizer steps fit ``minutes`` here: forward + backward timed on a few real batches.
 
@@ -278,7 +277,7 @@ def plan_steps_for_budget(
     sample.sort(key=lambda row: len(row["input_ids"]))
     batches = [sample[i : i + size] for i in range(0, len(sample), size)]
     rng.shuffle(batches)
-    per_step = time_forward_backward(model, (collator(b) for b in batches)).seconds_per_batch
+    per_step = time_forward_backward(model, (collator(b) for b in batches), bf16=bf16).seconds_per_batch
     wanted = max(1, math.ceil(config.epochs * steps_per_epoch))
     affordable = int(minutes * 60 * BUDGET_SAFETY / per_step) if per_step > 0 else wanted
     floor = max(steps_per_epoch, math.ceil(config.min_epochs * steps_per_epoch))
@@ -338,6 +337,7 @@ def _plan_max_steps(
     steps_per_epoch: int,
     time_budget_minutes: float | None,
     emit: Progress,
+    precision: dict,
 ) -> tuple[int, dict | None]:
     """``config.max_steps``, or with a time budget (and no fixed step count) the steps that fit it here."""
     if time_budget_minutes is None or config.max_steps > 0:
@@ -350,6 +350,7 @@ def _plan_max_steps(
         steps_per_epoch,
         time_budget_minutes,
         recipe.seed,
+        bf16=bool(precision.get("bf16")),  # timed as it will train
     )
     if budget["planned_steps"] >= budget["steps_wanted"]:
         emit(
@@ -503,14 +504,14 @@ def train_task_model(
     config = _resolved_config(recipe, config, encoder_dir, train_df)
     inputs = _prepare_inputs(recipe, config, encoder_dir, train_df, monitor_df)
     train_rows, monitor_rows = inputs.train_rows, inputs.monitor_rows
-    device, precision = _device_and_precision()
+    device, precision = device_and_precision()
     # the batch size is per process: a data-parallel launch takes fewer steps per epoch
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (int(config.batch_size) * world_size())))
     early_stopping = bool(select_best and config.early_stopping_patience > 0 and monitor_rows)
     checkpoints = Path(work_dir) / "checkpoints"
     # rank 0 times the steps; every rank of a launch trains the same number (or they wait on each other)
     max_steps, budget = from_main(
-        lambda: _plan_max_steps(recipe, config, inputs, steps_per_epoch, time_budget_minutes, emit)
+        lambda: _plan_max_steps(recipe, config, inputs, steps_per_epoch, time_budget_minutes, emit, precision)
     )
     args = _training_arguments(
         recipe,
@@ -526,14 +527,14 @@ def train_task_model(
     trainer, group_summary = _build_trainer(recipe, config, inputs, args, callbacks)
     trainer.remove_callback(PrinterCallback)  # ProgressLines replaces the raw dict printing
     emit(
-        f"fine-tuning {recipe.task} on {len(train_rows)} rows, {steps_per_epoch} steps/epoch, device {device}"
-        + (f" ({next(iter(precision))})" if device == "cuda" else "")
+        f"fine-tuning {recipe.task} on {len(train_rows)} rows, {steps_per_epoch} steps/epoch, device {device} "
+        f"({precision_name(precision)})"
     )
     _train(trainer, checkpoints)
     details = {
         "device": device,
         "processes": trainer.args.world_size,  # data-parallel processes that trained (the Trainer's world size)
-        "precision": next(iter(precision)) if device == "cuda" else "fp32",
+        "precision": precision_name(precision),
         "n_train": len(train_rows),
         "n_monitor": len(monitor_rows) if monitor_rows else 0,
         "steps_per_epoch": steps_per_epoch,

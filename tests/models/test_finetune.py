@@ -462,3 +462,58 @@ def test_time_budget_that_fits_every_epoch_changes_nothing(tiny_base_model, tmp_
 
     assert result.params["time_budget"]["planned_steps"] == result.params["time_budget"]["steps_wanted"] == 8
     assert result.params["global_steps"] == 8
+
+
+def test_cpu_bf16_follows_the_hardware_unless_forced_and_a_bad_value_is_named(monkeypatch):
+    from models.training.precision import cpu_trains_in_bf16
+    from models.training.task_model import FinetuneError
+
+    def hardware(avx512_bf16: bool, amx: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+    monkeypatch.setenv("DAPT_CPU_BF16", "auto")
+    hardware(False, False)
+    assert not cpu_trains_in_bf16()  # emulated bf16 is slower than fp32
+    hardware(True, False)
+    assert cpu_trains_in_bf16()
+    hardware(False, True)
+    assert cpu_trains_in_bf16()
+    monkeypatch.setenv("DAPT_CPU_BF16", "off")
+    assert not cpu_trains_in_bf16()
+    hardware(False, False)
+    monkeypatch.setenv("DAPT_CPU_BF16", "on")
+    assert cpu_trains_in_bf16()
+    monkeypatch.setenv("DAPT_CPU_BF16", "sometimes")
+    with pytest.raises(FinetuneError, match=r"DAPT_CPU_BF16='sometimes': use auto, on or off"):
+        cpu_trains_in_bf16()
+
+
+def test_bf16_on_the_cpu_trains_and_times_the_budget_in_autocast_keeps_fp32_weights_and_says_so(
+    tiny_base_model, tmp_path, monkeypatch
+):
+    from transformers import AutoModelForSequenceClassification
+
+    from models.training.finetune import finetune
+
+    monkeypatch.setenv("DAPT_CPU_BF16", "on")
+    linear_outputs: list[torch.dtype] = []
+    real_linear = torch.nn.functional.linear
+
+    def recording_linear(*args, **kwargs):
+        output = real_linear(*args, **kwargs)
+        linear_outputs.append(output.dtype)
+        return output
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
+    frame = classification_frame(10)
+    recipe = make_recipe(tiny_base_model, epochs=2, early_stopping_patience=0, time_budget_minutes=60)
+    lines: list[str] = []
+
+    result = finetune(recipe, tiny_base_model, frame, frame.iloc[:3], tmp_path, lines.append)
+
+    assert torch.bfloat16 in linear_outputs  # the steps ran in autocast
+    assert result.params["precision"] == "bf16" and result.params["global_steps"] == 8
+    assert any("device cpu (bf16)" in line for line in lines)
+    model = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # autocast leaves the weights in fp32
