@@ -669,9 +669,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="Tiny model, few requests (smoke test).")
     parser.add_argument("--concurrency", default="1,8,32", help="Comma-separated client counts.")
-    parser.add_argument("--requests", type=int, default=None, help="Max requests per level (400; quick 24).")
+    parser.add_argument("--requests", type=int, default=None, help="Max requests per level (5000; quick 24).")
     parser.add_argument(
-        "--max-seconds", type=float, default=None, help="Max seconds per level (30; quick 4)."
+        "--max-seconds", type=float, default=None, help="Max seconds per level (20; quick 4)."
     )
     parser.add_argument("--warmup", type=int, default=None, help="Untimed requests first (64; quick 8).")
     parser.add_argument("--burst", type=int, default=None, help="Requests in the burst (256; quick 32).")
@@ -710,8 +710,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--epochs must be at least 1")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
-    args.requests = args.requests or (24 if args.quick else 400)
-    args.max_seconds = args.max_seconds or (4.0 if args.quick else 30.0)
+    # Levels end on the clock: 400 requests at concurrency 32 lasted 2-3 s, mostly the closed loop's start and
+    # end (124 req/s where 15 s of the same server gave 158; benchmarks/README, session 8).
+    args.requests = args.requests or (24 if args.quick else 5000)
+    args.max_seconds = args.max_seconds or (4.0 if args.quick else 20.0)
     args.warmup = args.warmup if args.warmup is not None else (8 if args.quick else 64)
     args.burst = args.burst or (32 if args.quick else 256)
     args.inprocess_calls = args.inprocess_calls or (20 if args.quick else 200)
