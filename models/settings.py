@@ -54,6 +54,7 @@ PREDICTION_LOG_SAMPLE_ENV = "DAPT_PREDICTION_LOG_SAMPLE"
 PREDICTION_LOG_MAX_MB_ENV = "DAPT_PREDICTION_LOG_MAX_MB"
 PREDICTION_LOG_FILES_ENV = "DAPT_PREDICTION_LOG_FILES"
 DRIFT_ENV = "DAPT_DRIFT"  # on (default) | off
+TRACING_ENV = "DAPT_TRACING"  # off (default) | on: OpenTelemetry spans for the prediction endpoints
 CPU_BF16_ENV = "DAPT_CPU_BF16"  # auto (default) | on | off: fine-tuning on the CPU in bf16 autocast
 
 N = TypeVar("N", int, float)

@@ -54,6 +54,9 @@ company, and a lone client's text runs at once; more than ``DAPT_MAX_QUEUE_TEXTS
 (512) waiting texts → 503 with ``Retry-After``. Each answer says per text whether it was ``truncated`` to the
 model's max_length.
 
+Tracing: the prediction endpoints are left out of BentoML's OpenTelemetry middleware unless ``DAPT_TRACING=on``
+(BentoML samples no traces by default, and the spans cost the event loop CPU on every request).
+
 Shutdown: SIGTERM stops accepting connections and lets requests in flight finish (uvicorn's graceful
 shutdown under BentoML's process manager), then stops the reload thread.
 """
@@ -71,6 +74,7 @@ from models.settings import (
     MAX_QUEUE_TEXTS_ENV,
     MAX_TEXTS_ENV,
     RELOAD_POLL_ENV,
+    TRACING_ENV,
     admin_token,
     env_text,
 )
@@ -118,6 +122,20 @@ def _bento_model_tag() -> str | None:
 BENTO_MODEL_TAG = _bento_model_tag()
 
 
+PREDICTION_PATHS = ("/classify", "/entities", "/embed")
+
+
+def tracing_config() -> dict[str, Any]:
+    """BentoML's tracing settings for this service: ``DAPT_TRACING=off`` (default) leaves the prediction
+    endpoints out of OpenTelemetry. BentoML samples no traces unless configured to (``tracing.sample_rate`` is
+    0), yet its middleware built a span for each request: ~0.6 ms of the event loop's CPU per request under
+    load (benchmarks/README, session 8). Set ``on`` when BentoML tracing is configured."""
+    value = env_text(TRACING_ENV, "off").strip().lower()
+    if value not in ("off", "on"):
+        raise RuntimeError(f"{TRACING_ENV}={value!r}: use off or on")
+    return {} if value == "on" else {"excluded_urls": list(PREDICTION_PATHS)}
+
+
 def _show_dapt_logs() -> None:
     dapt_logger = logging.getLogger("dapt")
     if dapt_logger.level == logging.NOTSET:  # BentoML's root level is WARNING: show load/reload lines
@@ -129,6 +147,7 @@ def _show_dapt_logs() -> None:
     description="Domain-adapted BERT served with ONNX Runtime: text classification and entity extraction.",
     traffic={"timeout": 60},
     logging={"access": {"skip_paths": ["/livez", "/readyz", "/metrics"]}},  # probes and scrapes are noise
+    tracing=tracing_config(),
     workers=1,
 )
 class DaptService:
