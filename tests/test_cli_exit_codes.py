@@ -94,6 +94,19 @@ def test_validate_exits_1_when_a_data_check_fails_and_0_when_all_pass(tmp_path, 
     assert "Traceback" not in failed.stderr
 
 
+def test_a_bad_training_setting_stops_dapt_run_before_any_stage_with_exit_2(
+    tmp_path, sample_dir, tiny_base_model, monkeypatch
+):
+    home = tmp_path / "home"
+    recipe = write_tiny_recipe(tmp_path / "recipe", sample_dir, tiny_base_model)
+    monkeypatch.setenv("DAPT_CPU_BF16", "fast")
+    result = dapt("run", str(recipe), home=home)
+    output = result.stdout + result.stderr
+    assert result.returncode == ExitCode.USAGE == 2, output
+    assert "DAPT_CPU_BF16='fast': use auto, on or off" in output
+    assert "Traceback" not in output and "validate-data" not in output  # no stage ran
+
+
 # ------------------------------------------------------------------ a refused gate, and what follows it
 # One flow run on tiny data whose gate floor (0.99) a 6-step model cannot reach: the version is registered,
 # `production` does not move. The model name has a '_' (the recipe allows it; Prefect artifact keys do not).

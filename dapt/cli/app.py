@@ -118,6 +118,17 @@ def _run_flow(recipe, adopt_log_handlers):
     return state
 
 
+def _check_training_environment() -> None:
+    """Settings read deep inside the flow, checked before it starts: a typo must not cost a whole adaptation."""
+    from models.training.precision import cpu_bf16_setting
+    from models.training.task_model import FinetuneError
+
+    try:
+        cpu_bf16_setting()
+    except FinetuneError as exc:
+        raise UserError(str(exc)) from None
+
+
 def run_recipe(recipe_path: Path) -> dict:
     """Run the retrain flow; return its summary or raise UserError with a readable report."""
     from dapt.progress_view import adopt_log_handlers, say, watched
@@ -125,6 +136,7 @@ def run_recipe(recipe_path: Path) -> dict:
     # A bar per stage in a terminal, plain lines (never silent for long) in logs and CI.
     with watched(err):
         recipe = read_recipe(recipe_path)
+        _check_training_environment()
         say(f"run {recipe.name}: validate → adapt → fine-tune → evaluate → export → register → promote")
         with stage(f"run {recipe.name}"):
             state = _run_flow(recipe, adopt_log_handlers)

@@ -6,6 +6,14 @@ from models.settings import CPU_BF16_ENV, env_text
 from models.training.task_model import FinetuneError
 
 
+def cpu_bf16_setting() -> str:
+    """``DAPT_CPU_BF16`` checked (auto, on or off); FinetuneError naming the variable otherwise."""
+    value = env_text(CPU_BF16_ENV, "auto").strip().lower()
+    if value not in ("auto", "on", "off"):
+        raise FinetuneError(f"{CPU_BF16_ENV}={value!r}: use auto, on or off")
+    return value
+
+
 def cpu_trains_in_bf16() -> bool:
     """Whether fine-tuning on the CPU runs in bf16 autocast (weights and optimizer stay fp32).
 
@@ -14,9 +22,7 @@ def cpu_trains_in_bf16() -> bool:
     support bf16 is emulated and slower than fp32. ``on`` / ``off`` force it."""
     import torch
 
-    value = env_text(CPU_BF16_ENV, "auto").strip().lower()
-    if value not in ("auto", "on", "off"):
-        raise FinetuneError(f"{CPU_BF16_ENV}={value!r}: use auto, on or off")
+    value = cpu_bf16_setting()
     if value != "auto":
         return value == "on"
     probes = (
