@@ -129,6 +129,7 @@ def follow() -> None:
         message = _broadcast()
         if message == _DONE:
             _say("rank 0 is done")
+            _leave()
             return
         module, name, arguments = message
         _say(f"following rank 0 into {name}")
@@ -144,6 +145,20 @@ def leading() -> Iterator[None]:
     finally:
         if not _state["in_stage"]:
             _broadcast(_DONE)
+            _leave()
+
+
+def _leave() -> None:
+    """Every rank waits for the others, then the process groups are destroyed. Left to the interpreter's exit,
+    gloo's threads raced it: "terminate called without an active exception" and exit -6 on rank 0 after a run
+    that had finished."""
+    import torch.distributed as dist
+
+    try:
+        dist.barrier(group=_state["group"])
+    finally:
+        dist.destroy_process_group()
+        _state["group"] = None
 
 
 def lead_or_follow(command: Callable[[], int]) -> int:
