@@ -8,7 +8,7 @@ Nothing here runs at import: call :func:`configure_environment` at the start of 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TypeVar
 
@@ -86,6 +86,17 @@ def env_number(
     if not valid(number):
         raise error(f"{name} must be {requirement}, got {value!r}")
     return number
+
+
+def env_choice(
+    name: str, choices: Collection[str], default: str, *, error: type[Exception] = RuntimeError
+) -> str:
+    """A variable that takes one of ``choices`` (case-insensitive): ``default`` when unset or empty; ``error``
+    naming the variable and the choices otherwise."""
+    value = env_text(name, default).strip().lower()
+    if value not in choices:
+        raise error(f"{name} must be one of {', '.join(choices)}; got {os.environ.get(name)!r}")
+    return value
 
 
 def dapt_home() -> Path:

@@ -168,10 +168,7 @@ def available_cores(
 
 
 def _choice(env: str, choices, default: str) -> str:
-    value = settings.env_text(env, default).strip().lower()
-    if value not in choices:
-        raise RuntimeConfigError(f"{env} must be one of {', '.join(choices)}; got {settings.env_text(env)!r}")
-    return value
+    return settings.env_choice(env, choices, default, error=RuntimeConfigError)
 
 
 @dataclass(frozen=True)

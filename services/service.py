@@ -76,6 +76,7 @@ from models.settings import (
     RELOAD_POLL_ENV,
     TRACING_ENV,
     admin_token,
+    env_choice,
     env_text,
 )
 from services.answering import Answering
@@ -130,10 +131,9 @@ def tracing_config() -> dict[str, Any]:
     endpoints out of OpenTelemetry. BentoML samples no traces unless configured to (``tracing.sample_rate`` is
     0), yet its middleware built a span for each request: ~0.6 ms of the event loop's CPU per request under
     load (benchmarks/README, session 8). Set ``on`` when BentoML tracing is configured."""
-    value = env_text(TRACING_ENV, "off").strip().lower()
-    if value not in ("off", "on"):
-        raise RuntimeError(f"{TRACING_ENV}={value!r}: use off or on")
-    return {} if value == "on" else {"excluded_urls": list(PREDICTION_PATHS)}
+    if env_choice(TRACING_ENV, ("off", "on"), "off") == "on":
+        return {}
+    return {"excluded_urls": list(PREDICTION_PATHS)}
 
 
 def _show_dapt_logs() -> None:

@@ -103,7 +103,7 @@ def test_a_bad_training_setting_stops_dapt_run_before_any_stage_with_exit_2(
     result = dapt("run", str(recipe), home=home)
     output = result.stdout + result.stderr
     assert result.returncode == ExitCode.USAGE == 2, output
-    assert "DAPT_CPU_BF16='fast': use auto, on or off" in output
+    assert "DAPT_CPU_BF16 must be one of auto, on, off; got 'fast'" in output
     assert "Traceback" not in output and "validate-data" not in output  # no stage ran
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from models.settings import CPU_BF16_ENV, env_text
+from models.settings import CPU_BF16_ENV, env_choice
 from models.training.task_model import FinetuneError
 
 
 def cpu_bf16_setting() -> str:
     """``DAPT_CPU_BF16`` checked (auto, on or off); FinetuneError naming the variable otherwise."""
-    value = env_text(CPU_BF16_ENV, "auto").strip().lower()
-    if value not in ("auto", "on", "off"):
-        raise FinetuneError(f"{CPU_BF16_ENV}={value!r}: use auto, on or off")
-    return value
+    return env_choice(CPU_BF16_ENV, ("auto", "on", "off"), "auto", error=FinetuneError)
 
 
 def cpu_trains_in_bf16() -> bool:

@@ -485,7 +485,7 @@ def test_cpu_bf16_follows_the_hardware_unless_forced_and_a_bad_value_is_named(mo
     monkeypatch.setenv("DAPT_CPU_BF16", "on")
     assert cpu_trains_in_bf16()
     monkeypatch.setenv("DAPT_CPU_BF16", "sometimes")
-    with pytest.raises(FinetuneError, match=r"DAPT_CPU_BF16='sometimes': use auto, on or off"):
+    with pytest.raises(FinetuneError, match=r"DAPT_CPU_BF16 must be one of auto, on, off; got 'sometimes'"):
         cpu_trains_in_bf16()
 
 

@@ -22,7 +22,7 @@ def test_prediction_endpoints_are_left_out_of_tracing_unless_it_is_switched_on(m
     monkeypatch.setenv("DAPT_TRACING", "on")
     assert tracing_config() == {}
     monkeypatch.setenv("DAPT_TRACING", "yes please")
-    with pytest.raises(RuntimeError, match=r"DAPT_TRACING='yes please': use off or on"):
+    with pytest.raises(RuntimeError, match=r"DAPT_TRACING must be one of off, on; got 'yes please'"):
         tracing_config()
 
 
