@@ -211,6 +211,13 @@ class FinetuneConfig(_Section):
         description="Weight the loss by inverse class frequency. 'auto': on for classification, off for NER, "
         "where 'O' outnumbers the entity tags and the weights trade precision away.",
     )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each target's probability spread over the other labels (single-label "
+        "classification and NER; multi-label ignores it).",
+    )
     multi_label: bool = False
     early_stopping_patience: int = Field(
         default=2,

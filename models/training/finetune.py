@@ -58,6 +58,7 @@ HYPERPARAMETERS = (
     "warmup_ratio",
     "weight_decay",
     "class_weights",
+    "label_smoothing",
     "multi_label",
     "early_stopping_patience",
     "augment_fraction",

@@ -152,14 +152,20 @@ def _trainer_class():
             param_groups: list[dict],
             class_weights: list[float] | None,
             multi_label: bool,
+            label_smoothing: float = 0.0,
             **kwargs,
         ):
             super().__init__(*args, **kwargs)
             self.param_groups = param_groups
             self.class_weights = class_weights
             self.multi_label = multi_label
-            if class_weights is not None:
+            self.label_smoothing = 0.0 if multi_label else label_smoothing
+            if self._own_loss:
                 self.model_accepts_loss_kwargs = False  # our loss averages itself per batch
+
+        @property
+        def _own_loss(self) -> bool:
+            return self.class_weights is not None or self.label_smoothing > 0
 
         def create_optimizer(self):
             if self.optimizer is None:
@@ -167,12 +173,16 @@ def _trainer_class():
             return self.optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.class_weights is None:
+            if not self._own_loss:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             logits = outputs.logits.float()
-            weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32)
+            weights = (
+                None
+                if self.class_weights is None
+                else torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32)
+            )
             if self.multi_label:
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(
                     logits, labels.float(), pos_weight=weights
@@ -183,6 +193,7 @@ def _trainer_class():
                     labels.view(-1),
                     weight=weights,
                     ignore_index=IGNORE_INDEX,
+                    label_smoothing=self.label_smoothing,
                 )
             return (loss, outputs) if return_outputs else loss
 
@@ -451,6 +462,7 @@ def _build_trainer(recipe: Recipe, config: FinetuneConfig, inputs: _Inputs, args
         param_groups=groups,
         class_weights=inputs.weights,
         multi_label=inputs.multi_label,
+        label_smoothing=config.label_smoothing,
     )
     return trainer, group_summary
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.recipe import recipe_from_dict
+from models.recipe import RecipeError, recipe_from_dict
 
 torch.set_num_threads(1)
 
@@ -289,6 +289,41 @@ def test_class_weights_are_inverse_frequency_and_used_in_the_loss(tiny_base_mode
     expected = F.cross_entropy(logits, batch["labels"], weight=torch.tensor([1.0, 1.0, 10.0]))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.item() != pytest.approx(F.cross_entropy(logits, batch["labels"]).item(), rel=1e-3)
+
+
+def test_label_smoothing_softens_the_targets_of_the_loss_and_is_recorded(tiny_base_model, tmp_path):
+    import torch.nn.functional as F
+    from transformers import TrainingArguments
+
+    from models.training.task_model import load_task_model, optimizer_param_groups
+    from models.training.trainer import _trainer_class
+
+    recipe = make_recipe(tiny_base_model, class_weights=False, label_smoothing=0.1)
+    model, _ = load_task_model(recipe, tiny_base_model)
+    model.eval()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    batch = {"input_ids": torch.tensor([[101, 2000, 102], [101, 3000, 102]]), "labels": torch.tensor([2, 0])}
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits
+    for weights in (None, [1.0, 1.0, 10.0]):
+        trainer = _trainer_class()(
+            model=model,
+            args=args,
+            param_groups=optimizer_param_groups(model, recipe.finetune),
+            class_weights=weights,
+            multi_label=False,
+            label_smoothing=recipe.finetune.label_smoothing,
+        )
+        with torch.no_grad():
+            loss = trainer.compute_loss(model, dict(batch))
+        weight = None if weights is None else torch.tensor(weights)
+        smoothed = F.cross_entropy(logits, batch["labels"], weight=weight, label_smoothing=0.1)
+        assert loss.item() == pytest.approx(smoothed.item(), rel=1e-5)
+        assert loss.item() != pytest.approx(
+            F.cross_entropy(logits, batch["labels"], weight=weight).item(), rel=1e-3
+        )
+    with pytest.raises(RecipeError, match="label_smoothing"):
+        make_recipe(tiny_base_model, label_smoothing=1.0)
 
 
 def test_class_weights_default_to_classification_only_since_they_cost_ner_its_precision(tiny_base_model):
