@@ -8,6 +8,7 @@ measured adaptation gain, int8 agreement and whether the first version was promo
 
     .venv/bin/python benchmarks/quality.py --data-dir ../shared/data              # both tasks, all runs
     .venv/bin/python benchmarks/quality.py --task sentiment --runs default,plain --corpus fomc
+    .venv/bin/python benchmarks/quality.py --task sentiment --runs default,plain --seeds 42,7,13
 
 Synthetic (``--synthetic``, issue 5's check, never a quality claim): a generated 4000-sentence set in the
 Financial PhraseBank's style (3% of labels flipped) through ``dapt run``; then the int8 and fp32 ONNX variants
@@ -339,6 +340,23 @@ def torch_threads(home: Path) -> int | None:
 # --------------------------------------------------------------------------- main
 
 
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``--seeds 42,7`` → [42, 7]; None when not given."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise BenchmarkError(
+            f"--seeds: {text!r} is not a comma-separated list of integers, e.g. --seeds 42,7"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise BenchmarkError(
+            f"--seeds: give one or more different integers, e.g. --seeds 42,7 (got {text!r})"
+        )
+    return seeds
+
+
 def real_main(args) -> dict[str, Any]:
     from benchmarks.quality_real import find_data_dir, run_task
 
@@ -349,6 +367,7 @@ def real_main(args) -> dict[str, Any]:
     args.runs = runs
     args.overrides = parse_overrides(args.recipe_override)
     args.ner_types = [t.strip() for t in args.ner_types.split(",") if t.strip()]
+    args.seeds = parse_seeds(args.seeds)
     data = find_data_dir(args.data_dir)
     out = (args.out or Path(tempfile.mkdtemp(prefix="dapt-quality-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -398,6 +417,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--corpus", choices=sorted(CORPORA), default="headlines", help="sentiment's domain corpus"
     )
     real.add_argument("--ner-types", default="Disease", help="BC5CDR entity types kept (comma-separated)")
+    real.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated training seeds: every run is repeated per seed (the recipe's seed, the plain "
+        "Trainer's seed) and the report adds each run's mean and range over them (default: one run each, "
+        "recipe seed 42)",
+    )
     args = parser.parse_args(argv)
     if not (args.synthetic or args.quick):
         return real_main(args)

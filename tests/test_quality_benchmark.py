@@ -279,3 +279,63 @@ def test_comparison_in_points_and_whether_the_probe_agreed(real):
     # the default run kept the adapted encoder, so it is the adapted run: fine-tuning shows a loss, the probe a gain
     assert comparison["adapted_run"] == "default" and comparison["finetune_gain_of_adaptation_points"] == -0.5
     assert comparison["probe_gain_points"] == 0.4 and comparison["probe_agrees_with_finetune"] is False
+
+
+def test_seeds_parse_into_integers_and_a_bad_list_says_what_to_pass(quality):
+    from benchmarks.common import BenchmarkError
+
+    assert quality.parse_seeds(None) is None
+    assert quality.parse_seeds("42, 7") == [42, 7]
+    for bad in ("42,x", "", "7,7"):
+        with pytest.raises(BenchmarkError, match="--seeds 42,7"):
+            quality.parse_seeds(bad)
+
+
+def test_over_seeds_gives_each_runs_mean_and_range_and_default_minus_plain_per_seed(real):
+    by_seed = {
+        "42": {"default": {"metrics": {"macro_f1": 0.797}}, "plain": {"metrics": {"macro_f1": 0.790}}},
+        "7": {"default": {"metrics": {"macro_f1": 0.806}}, "plain": {"metrics": {"macro_f1": 0.810}}},
+    }
+    summary = real.over_seeds("sentiment", by_seed)
+    assert summary["seeds"] == ["42", "7"]
+    assert summary["runs"]["default"] == {
+        "per_seed": [0.797, 0.806],
+        "mean": 0.8015,
+        "min": 0.797,
+        "max": 0.806,
+    }
+    assert summary["runs"]["plain"]["mean"] == 0.8
+    assert summary["default_minus_plain_points"] == {"per_seed": [0.7, -0.4], "mean": 0.15}
+
+
+def test_each_run_is_repeated_per_seed_with_that_seed_in_the_recipe_and_the_plain_trainer(
+    real, tmp_path, monkeypatch
+):
+    import argparse
+
+    calls = []
+    prepared = {"recipe": {"task": "classification", "data": {"corpus": "c", "labels": ["a", "b"]}}}
+    prepared |= {"train": [("t", "a")], "test": [{"text": "t", "label": "a"}]}
+    monkeypatch.setattr(real, "prepare_sentiment", lambda *a: prepared)
+
+    def dapt_run(name, recipe, out):
+        calls.append(("dapt", name, recipe["seed"]))
+        return {"metrics": {"macro_f1": 0.8 + recipe["seed"] / 1000}, "wall_seconds": 1}
+
+    def plain_run(task, prepared, out, base, seed):
+        calls.append(("plain", out.name, seed))
+        return {"metrics": {"macro_f1": 0.8}, "wall_seconds": 1}
+
+    monkeypatch.setattr(real, "dapt_run", dapt_run)
+    monkeypatch.setattr(real, "plain_run", plain_run)
+    args = argparse.Namespace(runs=["default", "plain"], overrides={}, seeds=[42, 7], train_rows=1)
+    args.corpus, args.seed = "headlines", 7
+    report = real.run_task("sentiment", args, tmp_path, tmp_path)
+    assert calls == [
+        ("dapt", "default-seed42", 42),
+        ("plain", "plain-seed42", 42),
+        ("dapt", "default-seed7", 7),
+        ("plain", "plain-seed7", 7),
+    ]
+    assert report["over_seeds"]["default_minus_plain_points"] == {"per_seed": [4.2, 0.7], "mean": 2.45}
+    assert report["by_seed"]["7"]["comparison"]["default_minus_plain_points"] == 0.7
