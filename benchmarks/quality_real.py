@@ -371,7 +371,7 @@ def run_task(task: str, args, data: Path, out: Path) -> dict[str, Any]:
         prepared = prepare_sentiment(data, folder, args.train_rows, args.corpus, args.seed)
     else:
         prepared = prepare_ner(data, folder, args.ner_types)
-    seeds = getattr(args, "seeds", None) or [None]
+    seeds = args.seeds or [None]  # None: the recipe's own seed, one run each
     by_seed: dict[str, dict[str, dict]] = {}
     for seed in seeds:
         results: dict[str, dict] = {}

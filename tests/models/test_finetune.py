@@ -291,7 +291,9 @@ def test_class_weights_are_inverse_frequency_and_used_in_the_loss(tiny_base_mode
     assert loss.item() != pytest.approx(F.cross_entropy(logits, batch["labels"]).item(), rel=1e-3)
 
 
-def test_label_smoothing_softens_the_targets_of_the_loss_and_is_recorded(tiny_base_model, tmp_path):
+def test_label_smoothing_softens_the_loss_with_or_without_class_weights_and_must_stay_below_one(
+    tiny_base_model, tmp_path
+):
     import torch.nn.functional as F
     from transformers import TrainingArguments
 
@@ -301,11 +303,15 @@ def test_label_smoothing_softens_the_targets_of_the_loss_and_is_recorded(tiny_ba
     recipe = make_recipe(tiny_base_model, class_weights=False, label_smoothing=0.1)
     model, _ = load_task_model(recipe, tiny_base_model)
     model.eval()
+    # confident logits and a confidently right label: a fresh head's near-uniform logits barely feel the
+    # smoothing, and a confidently wrong label cancels a right one
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([3.0, 0.0, -3.0]))
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    batch = {"input_ids": torch.tensor([[101, 2000, 102], [101, 3000, 102]]), "labels": torch.tensor([2, 0])}
+    batch = {"input_ids": torch.tensor([[101, 2000, 102], [101, 3000, 102]]), "labels": torch.tensor([0, 1])}
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"]).logits
-    for weights in (None, [1.0, 1.0, 10.0]):
+    for weights in (None, [1.0, 10.0, 1.0]):
         trainer = _trainer_class()(
             model=model,
             args=args,
