@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from services.heap import freeze_long_lived_objects
 from services.predictor import BundleError, OnnxPredictor
 
 logger = logging.getLogger("dapt.service")
@@ -207,6 +208,7 @@ class ModelSlot:
             ) from exc
 
         self._served = candidate  # the swap: requests that already hold `old` finish on it
+        freeze_long_lived_objects()  # the new model too; `old` is still freed when its last request ends
         seconds = round(time.perf_counter() - started, 3)
         self.last_reload = {
             "from_version": old.version,

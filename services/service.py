@@ -83,6 +83,7 @@ from services.answering import Answering
 from services.connections import install as install_connection_guard
 from services.drift import Observer
 from services.guard import RequestGuard
+from services.heap import freeze_long_lived_objects, frozen_objects
 from services.hooks import Hook
 from services.metrics import describe as describe_metrics
 from services.metrics import service_metrics
@@ -182,6 +183,7 @@ class DaptService:
         if self.observer.enabled:
             self.observers.append(self.observer)
         self.models.start()
+        freeze_long_lived_objects()
         self._ready = True
 
     def __is_ready__(self) -> bool:
@@ -304,6 +306,7 @@ class DaptService:
             "max_chars": self.limits.max_chars,
             "max_body_bytes": self.limits.max_body_bytes,
             "batching": self.batcher.settings(),
+            "gc_frozen_objects": frozen_objects(),
             **self.slot.status(operator=operator),
             "admin_reload_enabled": bool(admin_token()),
             "metrics": describe_metrics(),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import pytest
 
@@ -120,3 +122,19 @@ def test_a_reload_to_a_version_pins_it_until_a_reload_without_one(registry_with_
     assert back["swapped"] is True and back["to_version"] == "2" and back["following_alias"] is True
     registry.set_alias("tiny", "production", 1, reason="test")
     assert slot.poll_once()["to_version"] == "1"  # following again
+
+
+def test_a_swapped_out_model_is_freed_without_the_cycle_collector(registry_with_two_versions):
+    """Serving freezes the loaded objects out of the garbage collector (services/heap.py), after each swap
+    too; that is only safe while a model holds no reference cycles, so reference counting alone frees it."""
+    slot = _slot(registry_with_two_versions)
+    frozen_before = gc.get_freeze_count()
+    old_predictor = weakref.ref(slot.current.predictor)
+    gc.disable()
+    try:
+        assert slot.reload(2, reason="test")["swapped"] is True
+        assert gc.get_freeze_count() > frozen_before  # the new model was frozen in
+        assert old_predictor() is None  # v1 already gone, with the collector off
+    finally:
+        gc.enable()
+        gc.unfreeze()
