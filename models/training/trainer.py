@@ -41,10 +41,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-BUDGET_SAFETY = (
-    0.85  # share of the fine-tuning budget planned for steps; evaluation and checkpoints take the rest
-)
-CALIBRATION_STEPS = 3
+# share of the fine-tuning budget planned for steps and evaluations, both measured; loading, the measuring
+# itself and checkpoints take the rest
+BUDGET_SAFETY = 0.95
+CALIBRATION_STEPS = 8  # timed batches spread over the length distribution; a few seconds
 
 
 @dataclass
@@ -260,6 +260,24 @@ def _metrics_function(recipe: Recipe, multi_label: bool):
 # ------------------------------------------------------------------------------------------------------ training
 
 
+def calibration_batches(rows: list[dict], size: int, count: int = CALIBRATION_STEPS) -> list[list[dict]]:
+    """``count`` batches of ``size`` rows of near-equal length, centred on evenly spaced quantiles of length, after
+    one warm-up batch.
+
+    Training groups rows of similar length (group_by_length), so a step pads little and costs what its length
+    costs; batches taken the same way across the length distribution give the mean step cost without the luck of
+    a random draw (3 random batches once planned 0.17 or 0.32 s per step for the same data: benchmarks/README.md).
+    """
+    ordered = sorted(rows, key=lambda row: len(row["input_ids"]))
+    size = min(size, len(ordered))
+    batches = []
+    for quantile in range(count):
+        centre = round((quantile + 0.5) * len(ordered) / count)
+        first = min(max(0, centre - size // 2), len(ordered) - size)
+        batches.append(ordered[first : first + size])
+    return [batches[count // 2], *batches]  # the first batch timed pays one-off costs and is dropped
+
+
 def plan_steps_for_budget(
     model,
     collator,
@@ -267,40 +285,43 @@ def plan_steps_for_budget(
     config: FinetuneConfig,
     steps_per_epoch: int,
     minutes: float,
-    seed: int,
     *,
+    monitor_rows: int = 0,
     bf16: bool = False,
 ) -> dict:
-    """How many optimizer steps fit ``minutes`` here: forward + backward timed on a few real batches.
+    """How many optimizer steps fit ``minutes`` here, with an evaluation of ``monitor_rows`` after each epoch.
 
-    The timed batches are random rows grouped by length, as training batches are. At least
-    ``config.min_epochs`` (and one whole epoch) are always planned: cutting epochs to keep to the clock costs
-    more quality than the minutes it saves (benchmarks/README.md, ``finetune.min_epochs``).
+    A step is timed whole (forward, backward, clipping, the AdamW update) on batches spread over the training
+    rows' lengths; an evaluation is costed from the same forward passes. At least ``config.min_epochs`` (and one
+    whole epoch) are always planned: cutting epochs to keep to the clock costs more quality than the minutes it
+    saves (benchmarks/README.md, ``finetune.min_epochs``).
     """
-    import random
+    from models.training.calibration import time_training_steps
 
-    from models.training.calibration import time_forward_backward
-
-    rng = random.Random(seed)
     size = int(config.batch_size)  # resolved from 'auto' by train_task_model
-    sample = rng.sample(rows, min(len(rows), size * (CALIBRATION_STEPS + 1)))
-    # training groups rows of similar length (group_by_length), so the timed batches do too
-    sample.sort(key=lambda row: len(row["input_ids"]))
-    batches = [sample[i : i + size] for i in range(0, len(sample), size)]
-    rng.shuffle(batches)
-    per_step = time_forward_backward(model, (collator(b) for b in batches), bf16=bf16).seconds_per_batch
+    batches = calibration_batches(rows, size)
+    timing = time_training_steps(model, (collator(b) for b in batches), bf16=bf16, update=True)
+    per_step = timing.seconds_per_batch
+    evaluation = monitor_rows * timing.forward_seconds_per_row  # one pass over the validation split
+    per_step_with_evaluations = per_step + evaluation / steps_per_epoch
     wanted = max(1, math.ceil(config.epochs * steps_per_epoch))
-    affordable = int(minutes * 60 * BUDGET_SAFETY / per_step) if per_step > 0 else wanted
+    affordable = (
+        int(minutes * 60 * BUDGET_SAFETY / per_step_with_evaluations)
+        if per_step_with_evaluations > 0
+        else wanted
+    )
     floor = max(steps_per_epoch, math.ceil(config.min_epochs * steps_per_epoch))
     planned = min(wanted, max(floor, affordable))
     return {
         "minutes": minutes,
         "seconds_per_step": round(per_step, 4),
+        "evaluation_seconds": round(evaluation, 4),
         "steps_wanted": wanted,
         "steps_affordable": affordable,
         "min_steps": min(wanted, floor),
         "planned_steps": planned,
         "epochs_planned": round(planned / steps_per_epoch, 2),
+        "planned_seconds": round(planned * per_step_with_evaluations, 1),
     }
 
 
@@ -360,7 +381,7 @@ def _plan_max_steps(
         config,
         steps_per_epoch,
         time_budget_minutes,
-        recipe.seed,
+        monitor_rows=len(inputs.monitor_rows or []),
         bf16=bool(precision.get("bf16")),  # timed as it will train
     )
     if budget["planned_steps"] >= budget["steps_wanted"]:
@@ -467,15 +488,17 @@ def _build_trainer(recipe: Recipe, config: FinetuneConfig, inputs: _Inputs, args
     return trainer, group_summary
 
 
-def _train(trainer, checkpoints: Path) -> None:
-    """Train, then remove the checkpoints (rank 0, once every rank of a launch has loaded the best one)."""
+def _train(trainer, checkpoints: Path) -> float:
+    """Train, then remove the checkpoints (rank 0, once every rank of a launch has loaded the best one); the
+    seconds training took (evaluations and checkpoints included)."""
     with warnings.catch_warnings():
         # checkpoint rotation on some filesystems; harmless and noisy in the progress output
         warnings.filterwarnings("ignore", message="mtime may not be reliable")
-        trainer.train()
+        output = trainer.train()
     barrier()
     if is_main_process():
         shutil.rmtree(checkpoints, ignore_errors=True)
+    return float(output.metrics.get("train_runtime", 0.0))
 
 
 def _resolved_config(
@@ -542,7 +565,9 @@ def train_task_model(
         f"fine-tuning {recipe.task} on {len(train_rows)} rows, {steps_per_epoch} steps/epoch, device {device} "
         f"({precision_name(precision)})"
     )
-    _train(trainer, checkpoints)
+    trained_seconds = _train(trainer, checkpoints)
+    if budget is not None:  # what the plan cost in fact, beside what it expected
+        budget["trained_seconds"] = round(trained_seconds, 1)
     details = {
         "device": device,
         "processes": trainer.args.world_size,  # data-parallel processes that trained (the Trainer's world size)

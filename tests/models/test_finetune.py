@@ -469,6 +469,44 @@ def test_measure_augmentation_effect_trains_both_variants(tiny_base_model, tmp_p
     assert study["macro_f1_delta"] == pytest.approx(study["with"]["macro_f1"] - study["without"]["macro_f1"])
 
 
+def test_step_timing_includes_the_update_and_leaves_the_weights_and_gradients_untouched(tiny_base_model):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from models.training.calibration import time_training_steps
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base_model, num_labels=3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    collate = DataCollatorWithPadding(tokenizer)
+    rows = [dict(tokenizer(text), labels=i % 3) for i, text in enumerate(TEXTS["positive"] * 4)]
+    batches = [collate(rows[i : i + 4]) for i in range(0, 12, 4)]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    timing = time_training_steps(model, batches, update=True)
+
+    assert timing.batches == 2 and timing.rows == 8  # the first batch (one-off costs) is not counted
+    assert 0 < timing.forward_seconds < timing.seconds
+    assert timing.forward_seconds_per_row == pytest.approx(timing.forward_seconds / 8)
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]), name  # the AdamW steps were undone
+        assert param.grad is None
+
+
+def test_calibration_batches_span_the_length_distribution_in_tight_batches_after_a_warm_up_batch():
+    from models.training.trainer import calibration_batches
+
+    rows = [{"input_ids": [0] * length} for length in range(1, 101)]
+
+    batches = calibration_batches(rows, size=4, count=5)
+
+    assert len(batches) == 6 and all(len(b) == 4 for b in batches)
+    lengths = [[len(row["input_ids"]) for row in batch] for batch in batches[1:]]
+    assert all(max(b) - min(b) == 3 for b in lengths)  # neighbours in length, as group_by_length batches them
+    assert lengths[0][0] < 15 and lengths[-1][-1] > 85  # short and long rows both timed
+    mean = sum(map(sum, lengths)) / 20
+    assert mean == pytest.approx(50.5, abs=1)  # the mean length, not a lucky draw
+    assert batches[0] == batches[3]  # the warm-up (untimed) is the middle batch
+
+
 def test_time_budget_that_fits_less_than_all_epochs_plans_fewer_steps_but_never_under_min_epochs(
     tiny_base_model, tmp_path
 ):
@@ -486,6 +524,8 @@ def test_time_budget_that_fits_less_than_all_epochs_plans_fewer_steps_but_never_
     assert budget["steps_wanted"] == 12 and budget["steps_affordable"] == 0
     assert budget["planned_steps"] == budget["min_steps"] == 8  # two epochs: finetune.min_epochs
     assert budget["seconds_per_step"] > 0
+    assert budget["evaluation_seconds"] > 0  # the 3 validation rows are evaluated after each epoch
+    assert budget["trained_seconds"] > 0  # what the plan really took, beside budget["planned_seconds"]
     assert result.params["global_steps"] == 8
     assert result.params["best_metric"] is not None  # the shortened run still picks its checkpoint
     budget_lines = [line for line in lines if line.startswith("[finetune] budget")]
