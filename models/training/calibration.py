@@ -80,8 +80,9 @@ def time_training_steps(
                 rows += int(batch["attention_mask"].shape[0])
     finally:
         model.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for param, original in zip(trainable, saved, strict=True):
-                param.copy_(original)
+        if update:
+            with torch.no_grad():
+                for param, original in zip(trainable, saved, strict=True):
+                    param.copy_(original)
         model.train(was_training)
     return Timing(seconds, timed, tokens, forward, rows)
