@@ -209,7 +209,7 @@ def run_task(
         AutoTokenizer,
     )
 
-    from models.export.onnx import _optimize, _optimum_export, quantize_int8
+    from models.export.onnx import _optimize, _optimum_export, int8_settings_for, quantize_int8
     from models.export.parity import compare_variants, pytorch_reference
     from models.recipe import ExportConfig
     from models.registry.bundle import ServingSpec
@@ -256,7 +256,7 @@ def run_task(
             static_int8(plain, target, tokenizer, calibration, max_length)
             summary: dict[str, Any] = {"static": True, "calibration_texts": len(calibration)}
         else:
-            _, summary = quantize_int8(plain, target, ExportConfig(**overrides))
+            _, summary = quantize_int8(plain, target, int8_settings_for(ExportConfig(**overrides), task))
         quantize_s = time.perf_counter() - started
         write_spec(["fp32", "int8"])
         record = compare_variants(

@@ -296,10 +296,12 @@ class ExportConfig(_Section):
     )
     int8_fp32_head: bool = Field(default=True, description="Keep the classifier and pooler in fp32.")
     int8_fp32_last_layers: int = Field(default=0, ge=0, description="Keep the top N encoder layers in fp32.")
-    int8_fp32_ffn_output: bool = Field(
-        default=False,
+    int8_fp32_ffn_output: bool | Literal["auto"] = Field(
+        default="auto",
         description="Keep each layer's feed-forward output projection (intermediate -> hidden, whose inputs "
-        "carry BERT's activation outliers) in fp32.",
+        "carry BERT's activation outliers) in fp32. 'auto': on for NER, whose entity F1 int8 otherwise moved by "
+        "more than max_accuracy_drop; off for classification, whose near-ties the fp32 fallback answers "
+        "(benchmarks/README.md).",
     )
     int8_fp32_fallback_margin: float = Field(
         default=0.3,

@@ -80,7 +80,9 @@ def _export_variants(model_dir: Path, out_dir: Path, task: ExportTask, config: E
         variant_dirs = {"fp32": _optimize(plain, work / "fp32", level="O2")}
         say("fp32: O2 graph optimisation done")
         if "int8" in variants_wanted:
-            variant_dirs["int8"], quantization = quantize_int8(plain, work / "int8", config)
+            variant_dirs["int8"], quantization = quantize_int8(
+                plain, work / "int8", int8_settings_for(config, task)
+            )
             say(f"int8: dynamic quantization done ({describe_int8(quantization)})")
         if "fp16" in variants_wanted:
             variant_dirs["fp16"] = _optimize(plain, work / "fp16", level="O4")
@@ -450,6 +452,13 @@ _HEAD = ("/classifier/", "/pooler/")
 _FFN_OUTPUT = re.compile(r"/encoder/layer\.\d+/output/dense/")
 
 
+def int8_settings_for(config: ExportConfig, task: str) -> ExportConfig:
+    """``config`` with its 'auto' int8 settings decided for ``task``."""
+    if config.int8_fp32_ffn_output == "auto":
+        config = config.model_copy(update={"int8_fp32_ffn_output": task == "ner"})
+    return config
+
+
 def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], dict[str, int]]:
     """Names of the nodes int8 keeps in fp32 under ``config``, and how many nodes each rule kept.
 
@@ -461,6 +470,10 @@ def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], d
     """
     import onnx
 
+    if config.int8_fp32_ffn_output == "auto":
+        raise ValueError(
+            "int8_fp32_ffn_output is 'auto': decide it with int8_settings_for(config, task) first"
+        )
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     weights = {initializer.name for initializer in graph.initializer}
     layers = [int(m.group(1)) for node in graph.node if (m := _LAYER.search(node.name))]
