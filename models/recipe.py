@@ -159,7 +159,7 @@ class AdaptConfig(_Section):
         default=0.0, description="Smallest gain (macro-F1 / entity F1) that keeps adaptation."
     )
     gain_noise_margin: float = Field(
-        default=2.0,
+        default=3.0,
         ge=0.0,
         description="The probe's gain must beat min_gain by this many standard errors (paired bootstrap over the "
         "validation rows), so a gain within noise does not buy an encoder that forgot general text; 0 keeps any "
