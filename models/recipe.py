@@ -196,8 +196,8 @@ class FinetuneConfig(_Section):
     )
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto",
-        description="Examples per step. 'auto': 32 for classification, 16 for NER (twice the updates per epoch "
-        "for the few thousand sentences NER sets have; benchmarks/README.md).",
+        description="Examples per step. 'auto': 16 (twice the updates per epoch of 32 for the few thousand "
+        "labelled rows these sets have; benchmarks/README.md).",
     )
     max_length: Annotated[int, Field(ge=8, le=512)] | Literal["auto"] = Field(
         default="auto",
@@ -219,11 +219,11 @@ class FinetuneConfig(_Section):
         "classification and NER; multi-label ignores it).",
     )
     multi_label: bool = False
-    early_stopping_patience: int = Field(
-        default=2,
-        ge=0,
+    early_stopping_patience: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        default="auto",
         description="Epochs without a better macro-F1 on a 10% validation split of train before stopping; the best "
-        "epoch is kept. 0 trains every epoch and keeps the last (the eval set is then only watched).",
+        "epoch is kept. 0 fits every training row for every epoch and keeps the last (the eval set is then only "
+        "watched). 'auto': 0 for classification, 2 for NER (benchmarks/README.md).",
     )
     augment_fraction: float = Field(
         default=0.0,

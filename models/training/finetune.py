@@ -6,7 +6,8 @@ What this adds on top of a plain ``Trainer.train()``:
 - gradual unfreezing (top encoder layer first, one more per scheduled epoch) through a TrainerCallback;
 - inverse-frequency class weights in the loss for imbalanced labels;
 - early stopping on macro-F1 against a validation split carved out of train (the eval set is never used to
-  pick a checkpoint, so reported metrics stay honest);
+  pick a checkpoint, so reported metrics stay honest); by default for NER only, classification fits every
+  training row and keeps the last epoch;
 - NER label alignment (only the first word-piece of each word carries the tag);
 - multi-label classification (labels written ``"a|b"``);
 - optional MLM contextual augmentation (models/training/augment.py) and Optuna search (models/training/search.py).
@@ -32,8 +33,8 @@ from models.training.task_model import (
     FinetuneError,
     check_encoder_dir,
     check_task_frame,
-    resolve_batch_size,
     resolve_max_length,
+    resolve_task_defaults,
     task_labels,
 )
 from models.training.trainer import TrainRun, train_task_model
@@ -183,7 +184,7 @@ def finetune(
     check_task_frame(recipe, eval_df, "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = resolve_max_length(recipe, encoder_dir, train_df)
-    recipe = recipe.model_copy(update={"finetune": resolve_batch_size(recipe, recipe.finetune)})
+    recipe = recipe.model_copy(update={"finetune": resolve_task_defaults(recipe, recipe.finetune)})
     emit(f"max_length {recipe.finetune.max_length} tokens")
 
     config, search_report = _searched_config(recipe, encoder_dir, train_df, out_dir, emit)

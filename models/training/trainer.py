@@ -27,8 +27,8 @@ from models.training.task_model import (
     encoder_units,
     load_task_model,
     optimizer_param_groups,
-    resolve_batch_size,
     resolve_max_length,
+    resolve_task_defaults,
     task_labels,
     uses_class_weights,
 )
@@ -459,7 +459,7 @@ def _training_callbacks(config: FinetuneConfig, emit: Progress, early_stopping: 
         unfreezing = gradual_unfreezing_callback(config.unfreeze_schedule)
         callbacks.append(unfreezing)
     if early_stopping:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(config.early_stopping_patience)))
     return callbacks, unfreezing
 
 
@@ -504,12 +504,12 @@ def _train(trainer, checkpoints: Path) -> float:
 def _resolved_config(
     recipe: Recipe, config: FinetuneConfig, encoder_dir: Path, train_df: pd.DataFrame
 ) -> FinetuneConfig:
-    """``config`` with its 'auto' max_length and batch size turned into numbers."""
+    """``config`` with its 'auto' max_length, batch size and early-stopping patience turned into numbers."""
     if config.max_length == "auto":
         config = config.model_copy(
             update={"max_length": resolve_max_length(recipe, encoder_dir, train_df).finetune.max_length}
         )
-    return resolve_batch_size(recipe, config)
+    return resolve_task_defaults(recipe, config)
 
 
 def train_task_model(
@@ -542,7 +542,7 @@ def train_task_model(
     device, precision = device_and_precision()
     # the batch size is per process: a data-parallel launch takes fewer steps per epoch
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (int(config.batch_size) * world_size())))
-    early_stopping = bool(select_best and config.early_stopping_patience > 0 and monitor_rows)
+    early_stopping = bool(select_best and int(config.early_stopping_patience) > 0 and monitor_rows)
     checkpoints = Path(work_dir) / "checkpoints"
     # rank 0 times the steps; every rank of a launch trains the same number (or they wait on each other)
     max_steps, budget = from_main(

@@ -345,10 +345,11 @@ def test_class_weights_default_to_classification_only_since_they_cost_ner_its_pr
     assert not uses_class_weights(off, off.finetune)
 
 
-def test_batch_size_auto_takes_16_for_ner_and_32_for_classification(tiny_base_model):
-    from models.training.task_model import resolve_batch_size
+def test_auto_batch_size_and_patience_are_chosen_per_task_and_explicit_values_win(tiny_base_model):
+    from models.training.task_model import resolve_task_defaults
 
-    for task, expected in (("classification", 32), ("ner", 16)):
+    # classification: batch 16 and every training row fitted (no early stopping); NER: batch 16, patience 2
+    for task, batch, patience in (("classification", 16, 0), ("ner", 16, 2)):
         recipe = recipe_from_dict(
             {
                 "name": "tiny",
@@ -357,10 +358,25 @@ def test_batch_size_auto_takes_16_for_ner_and_32_for_classification(tiny_base_mo
                 "data": {"corpus": "c.txt", "train": "t.csv", "labels": ["A", "B"]},
             }
         )
-        assert recipe.finetune.batch_size == "auto"
-        assert resolve_batch_size(recipe, recipe.finetune).batch_size == expected
-    fixed = make_recipe(tiny_base_model, task="ner", batch_size=8)
-    assert resolve_batch_size(fixed, fixed.finetune).batch_size == 8
+        assert recipe.finetune.batch_size == "auto" and recipe.finetune.early_stopping_patience == "auto"
+        resolved = resolve_task_defaults(recipe, recipe.finetune)
+        assert (resolved.batch_size, resolved.early_stopping_patience) == (batch, patience)
+    fixed = make_recipe(tiny_base_model, task="ner", batch_size=8, early_stopping_patience=0)
+    resolved = resolve_task_defaults(fixed, fixed.finetune)
+    assert (resolved.batch_size, resolved.early_stopping_patience) == (8, 0)
+
+
+def test_classification_by_default_fits_every_training_row_and_only_watches_eval(tiny_base_model, tmp_path):
+    from models.training.finetune import finetune
+
+    frame = classification_frame(10)  # 30 rows, all fitted
+    recipe = make_recipe(tiny_base_model, epochs=1, batch_size=10, early_stopping_patience="auto")
+
+    result = finetune(recipe, tiny_base_model, frame, frame.iloc[:3], tmp_path)
+
+    assert result.params["early_stopping_patience"] == 0
+    assert result.params["monitor_set"] == "eval"
+    assert result.params["global_steps"] == 3  # 30 rows / 10 per step: no validation rows held back
 
 
 def test_early_stopping_selects_on_a_split_of_train_not_on_eval(tiny_base_model, tmp_path):
