@@ -366,14 +366,16 @@ CALIBRATION_STEPS = 3
 
 
 def _training_tokens_per_second(model, tokenizer, texts: list[str], adapt: AdaptConfig, seed: int) -> float:
-    """Forward + backward speed of this model on this machine, measured on a few real batches (no update)."""
+    """Forward + backward speed of this model on this machine, in the precision training will use, measured on
+    a few real batches (no update)."""
     from models.training.calibration import time_training_steps
 
     sample = random.Random(seed).sample(texts, min(len(texts), adapt.batch_size * (CALIBRATION_STEPS + 1)))
     features = encode_texts(tokenizer, sample, adapt, seed)
     collator = mlm_collator(tokenizer, adapt, seed, None)
     chunks = [features[i : i + adapt.batch_size] for i in range(0, len(features), adapt.batch_size)]
-    return time_training_steps(model, (collator(rows) for rows in chunks)).tokens_per_second
+    batches = (collator(rows) for rows in chunks)
+    return time_training_steps(model, batches, bf16=precision_flags()["bf16"]).tokens_per_second
 
 
 def _budget_plan(phases: list[Phase], model, tokenizer, recipe: Recipe, plan_file: Path, key: str) -> dict:

@@ -113,13 +113,16 @@ def texts_sha256(texts: list[str]) -> str:
 
 
 def precision_flags() -> dict[str, Any]:
-    """TrainingArguments precision flags: bf16 where CUDA supports it, fp16 on older GPUs, fp32 on CPU."""
+    """TrainingArguments precision flags: bf16 where CUDA supports it, fp16 on older GPUs; on the CPU bf16
+    autocast where fine-tuning uses it (``DAPT_CPU_BF16``, native bf16 only), else fp32."""
     import torch
+
+    from models.training.precision import cpu_trains_in_bf16
 
     if torch.cuda.is_available():
         bf16 = torch.cuda.is_bf16_supported()
         return {"bf16": bf16, "fp16": not bf16, "use_cpu": False}
-    return {"bf16": False, "fp16": False, "use_cpu": True}
+    return {"bf16": cpu_trains_in_bf16(), "fp16": False, "use_cpu": True}
 
 
 def mlm_model_class(objective: str, model_type: str):
