@@ -21,7 +21,7 @@ def isolated_home(tmp_path_factory) -> Path:
     for key, value in stack_environment(home).items():
         os.environ[key] = value
     # fp32 training everywhere, so the tiny models train alike on CPUs with and without native bf16; the bf16
-    # path has its own tests (tests/models/test_finetune.py)
+    # path has its own tests (the bf16_linear_outputs fixture below)
     os.environ.setdefault("DAPT_CPU_BF16", "off")
     return home
 
@@ -32,6 +32,25 @@ def tiny_base_model(tmp_path_factory) -> Path:
     from models.tiny import save_tiny_bert
 
     return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture()
+def bf16_linear_outputs(monkeypatch) -> list:
+    """CPU training in bf16 (``DAPT_CPU_BF16=on``, as 'auto' picks on a CPU with native bf16), and the dtype of
+    every linear layer's output from then on: bf16 among them shows the work ran in autocast."""
+    import torch
+
+    monkeypatch.setenv("DAPT_CPU_BF16", "on")
+    dtypes: list = []
+    real_linear = torch.nn.functional.linear
+
+    def recording_linear(*args, **kwargs):
+        output = real_linear(*args, **kwargs)
+        dtypes.append(output.dtype)
+        return output
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
+    return dtypes
 
 
 @pytest.fixture()

@@ -347,20 +347,10 @@ def test_a_probe_gain_must_clear_min_gain_by_the_noise_margin(tiny_base_model, a
 
 
 def test_cpu_adaptation_trains_and_times_its_budget_in_bf16_where_fine_tuning_does(
-    tiny_base_model, tmp_path, monkeypatch
+    tiny_base_model, tmp_path, bf16_linear_outputs
 ):
     import torch
 
-    monkeypatch.setenv("DAPT_CPU_BF16", "on")  # as 'auto' chooses on a CPU with native bf16
-    linear_outputs: list[torch.dtype] = []
-    real_linear = torch.nn.functional.linear
-
-    def recording_linear(*args, **kwargs):
-        output = real_linear(*args, **kwargs)
-        linear_outputs.append(output.dtype)
-        return output
-
-    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
     result = run_adapt(
         tiny_base_model,
         tmp_path / "a",
@@ -370,6 +360,6 @@ def test_cpu_adaptation_trains_and_times_its_budget_in_bf16_where_fine_tuning_do
         time_budget_minutes=0.0005,
     )
 
-    assert torch.bfloat16 in linear_outputs  # the MLM steps ran in autocast
+    assert torch.bfloat16 in bf16_linear_outputs  # the MLM steps ran in autocast
     assert result.metrics["precision"] == "bf16"
     assert result.metrics["budget"]["tokens_per_second"] > 0 and result.metrics["train_texts"] > 0

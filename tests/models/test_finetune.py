@@ -587,29 +587,19 @@ def test_cpu_bf16_follows_the_hardware_unless_forced_and_a_bad_value_is_named(mo
 
 
 def test_bf16_on_the_cpu_trains_and_times_the_budget_in_autocast_keeps_fp32_weights_and_says_so(
-    tiny_base_model, tmp_path, monkeypatch
+    tiny_base_model, tmp_path, bf16_linear_outputs
 ):
     from transformers import AutoModelForSequenceClassification
 
     from models.training.finetune import finetune
 
-    monkeypatch.setenv("DAPT_CPU_BF16", "on")
-    linear_outputs: list[torch.dtype] = []
-    real_linear = torch.nn.functional.linear
-
-    def recording_linear(*args, **kwargs):
-        output = real_linear(*args, **kwargs)
-        linear_outputs.append(output.dtype)
-        return output
-
-    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
     frame = classification_frame(10)
     recipe = make_recipe(tiny_base_model, epochs=2, early_stopping_patience=0, time_budget_minutes=60)
     lines: list[str] = []
 
     result = finetune(recipe, tiny_base_model, frame, frame.iloc[:3], tmp_path, lines.append)
 
-    assert torch.bfloat16 in linear_outputs  # the steps ran in autocast
+    assert torch.bfloat16 in bf16_linear_outputs  # the steps ran in autocast
     assert result.params["precision"] == "bf16" and result.params["global_steps"] == 8
     assert any("device cpu (bf16)" in line for line in lines)
     model = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
