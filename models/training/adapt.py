@@ -24,7 +24,8 @@ Layout under ``out_dir``::
     scratch_tokenizer/           the trained tokenizer (strategy scratch), reused on resume
     adapt_curves.png             training loss, held-out domain loss, general loss before/after
 
-Devices: bf16 on CUDA when supported, else fp16; fp32 on CPU. Several GPUs: run the calling script with
+Devices: bf16 on CUDA when supported, else fp16; on the CPU bf16 autocast where fine-tuning uses it
+(``DAPT_CPU_BF16``), else fp32. Several GPUs: run the calling script with
 ``accelerate launch --multi_gpu --num_processes N script.py`` or ``torchrun --nproc_per_node N script.py``;
 the Trainer then trains data-parallel (the batch size is per device), and only the main process writes files.
 """
