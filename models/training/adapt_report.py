@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from models.training.adapt_phase import PhaseRun
 from models.training.head_warmup import HeadWarmupResult
 from models.training.mlm import precision_flags
+from models.training.precision import precision_name
 
 if TYPE_CHECKING:
     from models.recipe import AdaptConfig
@@ -98,7 +99,7 @@ def adapt_metrics(
         "resumed_from_step": next(
             (r.resumed_from_step for r in runs if r.resumed_from_step is not None), None
         ),
-        "precision": "bf16" if precision_flags()["bf16"] else "fp16" if precision_flags()["fp16"] else "fp32",
+        "precision": precision_name(precision_flags()),
         "device": facts.device,
         "wall_seconds": facts.wall_seconds,
     }

@@ -113,16 +113,17 @@ def texts_sha256(texts: list[str]) -> str:
 
 
 def precision_flags() -> dict[str, Any]:
-    """TrainingArguments precision flags: bf16 where CUDA supports it, fp16 on older GPUs; on the CPU bf16
-    autocast where fine-tuning uses it (``DAPT_CPU_BF16``, native bf16 only), else fp32."""
-    import torch
+    """TrainingArguments precision flags, chosen as for fine-tuning (``precision.device_and_precision``): bf16
+    where CUDA supports it, fp16 on older GPUs; on the CPU bf16 autocast where ``DAPT_CPU_BF16`` allows, else
+    fp32."""
+    from models.training.precision import device_and_precision
 
-    from models.training.precision import cpu_trains_in_bf16
-
-    if torch.cuda.is_available():
-        bf16 = torch.cuda.is_bf16_supported()
-        return {"bf16": bf16, "fp16": not bf16, "use_cpu": False}
-    return {"bf16": cpu_trains_in_bf16(), "fp16": False, "use_cpu": True}
+    device, precision = device_and_precision()
+    return {
+        "bf16": bool(precision.get("bf16")),
+        "fp16": bool(precision.get("fp16")),
+        "use_cpu": device == "cpu",
+    }
 
 
 def mlm_model_class(objective: str, model_type: str):
