@@ -1,5 +1,6 @@
 """One training run of a task model with the Hugging Face Trainer: the callbacks (gradual unfreezing,
-progress lines), the Trainer with our optimizer and weighted loss, metrics, and the step plan for a time budget.
+progress lines), the Trainer with our optimizer and weighted loss, metrics; the time budget's step plan and its
+watch come from models/training/step_budget.py.
 
 Used by models/training/finetune.py, the search and the adaptation-gain check.
 """
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from models.distributed import barrier, from_main
 from models.settings import is_main_process, world_size
 from models.training.precision import device_and_precision, precision_name
+from models.training.step_budget import budget_watch, plan_steps_for_budget
 from models.training.task_model import (
     IGNORE_INDEX,
     class_weight_vector,
@@ -41,10 +43,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-# share of the fine-tuning budget planned for steps and evaluations, both measured; loading, the measuring
-# itself and checkpoints take the rest
-BUDGET_SAFETY = 0.95
-CALIBRATION_STEPS = 8  # timed batches spread over the length distribution; a few seconds
 
 
 @dataclass
@@ -260,71 +258,6 @@ def _metrics_function(recipe: Recipe, multi_label: bool):
 # ------------------------------------------------------------------------------------------------------ training
 
 
-def calibration_batches(rows: list[dict], size: int, count: int = CALIBRATION_STEPS) -> list[list[dict]]:
-    """``count`` batches of ``size`` rows of near-equal length, centred on evenly spaced quantiles of length, after
-    one warm-up batch.
-
-    Training groups rows of similar length (group_by_length), so a step pads little and costs what its length
-    costs; batches taken the same way across the length distribution give the mean step cost without the luck of
-    a random draw (3 random batches once planned 0.17 or 0.32 s per step for the same data: benchmarks/README.md).
-    """
-    ordered = sorted(rows, key=lambda row: len(row["input_ids"]))
-    size = min(size, len(ordered))
-    batches = []
-    for quantile in range(count):
-        centre = round((quantile + 0.5) * len(ordered) / count)
-        first = min(max(0, centre - size // 2), len(ordered) - size)
-        batches.append(ordered[first : first + size])
-    return [batches[count // 2], *batches]  # the first batch timed pays one-off costs and is dropped
-
-
-def plan_steps_for_budget(
-    model,
-    collator,
-    rows: list[dict],
-    config: FinetuneConfig,
-    steps_per_epoch: int,
-    minutes: float,
-    *,
-    monitor_rows: int = 0,
-    bf16: bool = False,
-) -> dict:
-    """How many optimizer steps fit ``minutes`` here, with an evaluation of ``monitor_rows`` after each epoch.
-
-    A step is timed whole (forward, backward, clipping, the AdamW update) on batches spread over the training
-    rows' lengths; an evaluation is costed from the same forward passes. At least ``config.min_epochs`` (and one
-    whole epoch) are always planned: cutting epochs to keep to the clock costs more quality than the minutes it
-    saves (benchmarks/README.md, ``finetune.min_epochs``).
-    """
-    from models.training.calibration import time_training_steps
-
-    size = int(config.batch_size)  # resolved from 'auto' by train_task_model
-    batches = calibration_batches(rows, size)
-    timing = time_training_steps(model, (collator(b) for b in batches), bf16=bf16, update=True)
-    per_step = timing.seconds_per_batch
-    evaluation = monitor_rows * timing.forward_seconds_per_row  # one pass over the validation split
-    per_step_with_evaluations = per_step + evaluation / steps_per_epoch
-    wanted = max(1, math.ceil(config.epochs * steps_per_epoch))
-    affordable = (
-        int(minutes * 60 * BUDGET_SAFETY / per_step_with_evaluations)
-        if per_step_with_evaluations > 0
-        else wanted
-    )
-    floor = max(steps_per_epoch, math.ceil(config.min_epochs * steps_per_epoch))
-    planned = min(wanted, max(floor, affordable))
-    return {
-        "minutes": minutes,
-        "seconds_per_step": round(per_step, 4),
-        "evaluation_seconds": round(evaluation, 4),
-        "steps_wanted": wanted,
-        "steps_affordable": affordable,
-        "min_steps": min(wanted, floor),
-        "planned_steps": planned,
-        "epochs_planned": round(planned / steps_per_epoch, 2),
-        "planned_seconds": round(planned * per_step_with_evaluations, 1),
-    }
-
-
 @dataclass
 class _Inputs:
     """The model, tokenizer and encoded rows one training run starts from."""
@@ -448,12 +381,17 @@ def _training_arguments(
     )
 
 
-def _training_callbacks(config: FinetuneConfig, emit: Progress, early_stopping: bool) -> tuple[list, Any]:
-    """Progress lines, gradual unfreezing and early stopping as configured; also the unfreezing callback."""
+def _training_callbacks(
+    config: FinetuneConfig, emit: Progress, early_stopping: bool, budget_watch=None
+) -> tuple[list, Any]:
+    """Progress lines, the budget watch, gradual unfreezing and early stopping as configured; also the
+    unfreezing callback."""
     from transformers import EarlyStoppingCallback
 
     _, progress_class = _callbacks()
     callbacks = [progress_class(emit)]
+    if budget_watch is not None:
+        callbacks.append(budget_watch)
     unfreezing = None
     if config.unfreeze_schedule:
         unfreezing = gradual_unfreezing_callback(config.unfreeze_schedule)
@@ -528,8 +466,8 @@ def train_task_model(
 
     With ``select_best`` (and patience > 0) the best epoch by macro-F1 on ``monitor_df`` is restored and
     training stops after ``early_stopping_patience`` epochs without gain. With ``time_budget_minutes`` the
-    steps are planned to fit that time on this machine (see ``plan_steps_for_budget``). Checkpoints live in
-    ``work_dir/checkpoints`` and are deleted afterwards.
+    steps are planned to fit that time on this machine and re-planned from the real steps' pace while training
+    (models/training/step_budget.py). Checkpoints live in ``work_dir/checkpoints`` and are deleted afterwards.
     """
     from transformers import PrinterCallback, set_seed
 
@@ -558,7 +496,8 @@ def train_task_model(
         early_stopping=early_stopping,
         precision=precision,
     )
-    callbacks, unfreezing = _training_callbacks(config, emit, early_stopping)
+    watch = budget_watch(budget, steps_per_epoch, emit, decide=from_main)  # all processes stop at one step
+    callbacks, unfreezing = _training_callbacks(config, emit, early_stopping, watch)
     trainer, group_summary = _build_trainer(recipe, config, inputs, args, callbacks)
     trainer.remove_callback(PrinterCallback)  # ProgressLines replaces the raw dict printing
     emit(
@@ -566,8 +505,8 @@ def train_task_model(
         f"({precision_name(precision)})"
     )
     trained_seconds = _train(trainer, checkpoints)
-    if budget is not None:  # what the plan cost in fact, beside what it expected
-        budget["trained_seconds"] = round(trained_seconds, 1)
+    if budget is not None:  # what the plan cost in fact, beside what it expected, and what the watch changed
+        budget.update(trained_seconds=round(trained_seconds, 1), replanned=watch.watch.log)
     details = {
         "device": device,
         "processes": trainer.args.world_size,  # data-parallel processes that trained (the Trainer's world size)

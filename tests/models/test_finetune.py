@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -508,7 +509,7 @@ def test_step_timing_includes_the_update_and_leaves_the_weights_and_gradients_un
 
 
 def test_calibration_batches_span_the_length_distribution_in_tight_batches_after_a_warm_up_batch():
-    from models.training.trainer import calibration_batches
+    from models.training.step_budget import calibration_batches
 
     rows = [{"input_ids": [0] * length} for length in range(1, 101)]
 
@@ -558,7 +559,120 @@ def test_time_budget_that_fits_every_epoch_changes_nothing(tiny_base_model, tmp_
     result = finetune(recipe, tiny_base_model, frame, frame.iloc[:3], tmp_path)
 
     assert result.params["time_budget"]["planned_steps"] == result.params["time_budget"]["steps_wanted"] == 8
+    assert result.params["time_budget"]["replanned"] == []  # the real steps kept to the plan: nothing cut
     assert result.params["global_steps"] == 8
+
+
+def test_steps_that_fit_cut_the_plan_to_the_measured_pace_but_never_under_the_minimum_or_over_the_plan():
+    from models.training.step_budget import steps_that_fit
+
+    pace = {"steps_done": 10, "step_seconds": 5.0, "boundaries_left": 2, "seconds_per_boundary": 2.5}
+
+    # 0.5 s a step; 20 s left less two epoch ends of 2.5 s: 30 more steps
+    assert steps_that_fit(**pace, seconds_left=20, planned_steps=100, min_steps=20) == 40
+    assert steps_that_fit(**pace, seconds_left=20, planned_steps=100, min_steps=50) == 50  # min_epochs' floor
+    assert (
+        steps_that_fit(**pace, seconds_left=20, planned_steps=30, min_steps=20) == 30
+    )  # never more than planned
+    assert (
+        steps_that_fit(**pace, seconds_left=-5, planned_steps=100, min_steps=5) == 10
+    )  # past the deadline: stop now
+
+
+def test_step_watch_takes_epoch_ends_apart_from_step_time_and_gives_steps_back_when_the_pace_recovers(
+    monkeypatch,
+):
+    from models.training import step_budget
+
+    clock = [0.0]
+    monkeypatch.setattr(step_budget.time, "monotonic", lambda: clock[0])
+    watch = step_budget.StepWatch(seconds=100, min_steps=10, steps_per_epoch=50, planned_boundary_seconds=5)
+    watch.begin(200)
+
+    def steps(first: int, last: int, seconds_each: float) -> None:
+        for _ in range(first, last + 1):
+            watch.step_begins()
+            clock[0] += seconds_each
+
+    steps(1, 10, 1.0)  # a slow start: 1 s a step
+    assert not watch.due(9, 200) and watch.due(10, 200) and not watch.due(10, 200)  # each check once
+    # 90 s left: 2 epoch ends of 5 s ahead of step 90, 80 s of 1-s steps
+    assert watch.replan(10) == 90
+    steps(11, 30, 0.25)
+    assert watch.due(30, 90)
+    # 0.5 s a step on average now, 85 s left, 4 epoch ends: back to the whole plan
+    assert watch.replan(30) == 160
+    steps(31, 50, 0.5)
+    watch.epoch_ended()
+    clock[0] += 20.0  # a slow evaluation
+    steps(51, 60, 0.5)
+    assert watch.step_seconds() == pytest.approx(30.0)  # the evaluation is not step time
+    assert watch.boundaries == 1 and watch.boundary_seconds == pytest.approx(20.0)
+
+
+def test_reaimed_schedule_decays_to_zero_at_the_new_last_step_and_keeps_its_warm_up():
+    from transformers import get_linear_schedule_with_warmup
+
+    from models.training.step_budget import reaim_schedule
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=10, num_training_steps=100)
+    for _ in range(20):
+        optimizer.step()
+        schedule.step()
+    before = schedule.get_last_lr()[0]  # 80 of 90 decay steps left
+
+    assert reaim_schedule(schedule, 60)
+
+    assert schedule.lr_lambdas[0](5) == pytest.approx(0.5)  # warm-up unchanged
+    assert schedule.lr_lambdas[0](20) == pytest.approx(40 / 50) and before == pytest.approx(80 / 90)
+    assert schedule.lr_lambdas[0](60) == 0.0
+    assert not reaim_schedule(
+        torch.optim.lr_scheduler.StepLR(optimizer, step_size=5), 60
+    )  # another kind: untouched
+
+
+def test_steps_slower_in_training_than_timed_are_cut_to_keep_the_time_budget(
+    tiny_base_model, tmp_path, monkeypatch
+):
+    from transformers import Trainer
+
+    from models.training import calibration
+    from models.training.finetune import finetune
+    from models.training.step_budget import BUDGET_SAFETY
+
+    # the plan times steps as nearly free, then each real step takes at least 50 ms: the plan overruns 4 s
+    monkeypatch.setattr(
+        calibration, "time_training_steps", lambda *a, **k: calibration.Timing(1e-4, 1, 10, 1e-5, 8)
+    )
+    original_step = Trainer.training_step
+
+    def slow_step(self, *args, **kwargs):
+        time.sleep(0.05)
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", slow_step)
+    frame = classification_frame(10)  # 30 rows: 4 steps of 8 an epoch
+    seconds = 1.5
+    recipe = make_recipe(
+        tiny_base_model, epochs=20, min_epochs=1, time_budget_minutes=seconds / 60 / BUDGET_SAFETY
+    )
+    lines: list[str] = []
+
+    result = finetune(recipe, tiny_base_model, frame, frame.iloc[:3], tmp_path, lines.append)
+
+    budget = result.params["time_budget"]
+    assert budget["planned_steps"] == budget["steps_wanted"] == 80  # the plan believed everything fits
+    cuts = budget["replanned"]
+    assert cuts and cuts[0]["at_step"] == 10 and cuts[0]["max_steps_before"] == 80
+    assert all(cut["schedule_reaimed"] for cut in cuts)
+    assert 10 <= result.params["global_steps"] == cuts[-1]["max_steps"] <= 30  # 1.5 s at >= 50 ms a step
+    assert cuts[0]["seconds_per_step"] >= 0.05
+    watch_lines = [line for line in lines if "planned steps fit" in line]
+    assert len(watch_lines) == len(cuts)
+    assert (
+        f"{cuts[0]['max_steps']} of the 80 planned steps fit the 2 s the budget gives them" in watch_lines[0]
+    )
 
 
 def test_cpu_bf16_follows_the_hardware_unless_forced_and_a_bad_value_is_named(monkeypatch):

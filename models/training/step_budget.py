@@ -1,0 +1,270 @@
+"""The fine-tuning time budget: how many steps fit it on this machine (planned before training from a few timed
+steps), and a watch that keeps training to it as the real steps are measured.
+
+The plan times a handful of isolated steps; the Trainer's own per-step costs (data loading, collation, logging,
+callbacks) are not in them, and at batch 16 they made a tweets run 19 % longer than planned (benchmarks/README.md).
+So the watch re-makes the plan from the steps really taken, a few times early in training: the count moves between
+the plan's minimum and the plan (never above it: the plan already holds every epoch wanted), and the learning-rate
+schedule is re-aimed so it still decays to zero at the new last step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.recipe import FinetuneConfig
+
+# share of the fine-tuning budget planned for steps and evaluations, both measured; loading, the measuring
+# itself and checkpoints take the rest
+BUDGET_SAFETY = 0.95
+CALIBRATION_STEPS = 8  # timed batches spread over the length distribution; a few seconds
+
+
+# ------------------------------------------------------------------------------------------------------ the plan
+
+
+def calibration_batches(rows: list[dict], size: int, count: int = CALIBRATION_STEPS) -> list[list[dict]]:
+    """``count`` batches of ``size`` rows of near-equal length, centred on evenly spaced quantiles of length, after
+    one warm-up batch.
+
+    Training groups rows of similar length (group_by_length), so a step pads little and costs what its length
+    costs; batches taken the same way across the length distribution give the mean step cost without the luck of
+    a random draw (3 random batches once planned 0.17 or 0.32 s per step for the same data: benchmarks/README.md).
+    """
+    ordered = sorted(rows, key=lambda row: len(row["input_ids"]))
+    size = min(size, len(ordered))
+    batches = []
+    for quantile in range(count):
+        centre = round((quantile + 0.5) * len(ordered) / count)
+        first = min(max(0, centre - size // 2), len(ordered) - size)
+        batches.append(ordered[first : first + size])
+    return [batches[count // 2], *batches]  # the first batch timed pays one-off costs and is dropped
+
+
+def plan_steps_for_budget(
+    model,
+    collator,
+    rows: list[dict],
+    config: FinetuneConfig,
+    steps_per_epoch: int,
+    minutes: float,
+    *,
+    monitor_rows: int = 0,
+    bf16: bool = False,
+) -> dict:
+    """How many optimizer steps fit ``minutes`` here, with an evaluation of ``monitor_rows`` after each epoch.
+
+    A step is timed whole (forward, backward, clipping, the AdamW update) on batches spread over the training
+    rows' lengths; an evaluation is costed from the same forward passes. At least ``config.min_epochs`` (and one
+    whole epoch) are always planned: cutting epochs to keep to the clock costs more quality than the minutes it
+    saves (benchmarks/README.md, ``finetune.min_epochs``).
+    """
+    from models.training.calibration import time_training_steps
+
+    size = int(config.batch_size)  # resolved from 'auto' by train_task_model
+    batches = calibration_batches(rows, size)
+    timing = time_training_steps(model, (collator(b) for b in batches), bf16=bf16, update=True)
+    per_step = timing.seconds_per_batch
+    evaluation = monitor_rows * timing.forward_seconds_per_row  # one pass over the validation split
+    per_step_with_evaluations = per_step + evaluation / steps_per_epoch
+    wanted = max(1, math.ceil(config.epochs * steps_per_epoch))
+    affordable = (
+        int(minutes * 60 * BUDGET_SAFETY / per_step_with_evaluations)
+        if per_step_with_evaluations > 0
+        else wanted
+    )
+    floor = max(steps_per_epoch, math.ceil(config.min_epochs * steps_per_epoch))
+    planned = min(wanted, max(floor, affordable))
+    return {
+        "minutes": minutes,
+        "seconds_per_step": round(per_step, 4),
+        "evaluation_seconds": round(evaluation, 4),
+        "steps_wanted": wanted,
+        "steps_affordable": affordable,
+        "min_steps": min(wanted, floor),
+        "planned_steps": planned,
+        "epochs_planned": round(planned / steps_per_epoch, 2),
+        "planned_seconds": round(planned * per_step_with_evaluations, 1),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- the watch
+
+# shares of the planned steps after which the plan is re-made: early enough to act, late enough that the
+# first evaluation and the warm-up steps are in the measurement by the later checks
+CHECK_FRACTIONS = (0.05, 0.15, 0.3, 0.5, 0.7)
+MIN_STEPS_MEASURED = 10  # fewer steps are too noisy to re-plan from
+
+
+def steps_that_fit(
+    *,
+    steps_done: int,
+    step_seconds: float,
+    seconds_left: float,
+    boundaries_left: int,
+    seconds_per_boundary: float,
+    planned_steps: int,
+    min_steps: int,
+) -> int:
+    """The last step to train so the rest ends within ``seconds_left``, at the measured seconds per step plus
+    ``boundaries_left`` epoch ends (evaluation, checkpoint) of ``seconds_per_boundary`` each; never more than
+    planned, never fewer than ``min_steps`` nor than the steps already done."""
+    per_step = step_seconds / steps_done if steps_done else 0.0
+    if per_step <= 0:
+        return planned_steps
+    room = seconds_left - boundaries_left * seconds_per_boundary
+    affordable = steps_done + max(0, math.floor(room / per_step))
+    return max(steps_done, min(planned_steps, max(min_steps, affordable)))
+
+
+def reaim_schedule(lr_scheduler: Any, total_steps: int) -> bool:
+    """Point a Transformers warm-up/decay schedule (a LambdaLR of partials that take ``num_training_steps``) at
+    ``total_steps``; the warm-up is kept. False when the schedule is of another kind (left as it is)."""
+    lr_scheduler = getattr(
+        lr_scheduler, "scheduler", lr_scheduler
+    )  # Accelerate's wrapper, where there is one
+    lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+    if not lambdas or not all(
+        isinstance(f, functools.partial) and "num_training_steps" in f.keywords for f in lambdas
+    ):
+        return False
+    lr_scheduler.lr_lambdas = [
+        functools.partial(f.func, *f.args, **{**f.keywords, "num_training_steps": total_steps})
+        for f in lambdas
+    ]
+    return True
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+class StepWatch:
+    """The pace of a training run against its budget: step time apart from the epoch ends (evaluation,
+    checkpoint), and at each of a few early checks the step count that still fits (``steps_that_fit``)."""
+
+    def __init__(self, seconds: float, min_steps: int, steps_per_epoch: int, planned_boundary_seconds: float):
+        self.seconds = seconds
+        self.min_steps = min_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.planned_boundary_seconds = planned_boundary_seconds
+        self.log: list[dict] = []
+        self.begin(0)
+
+    def begin(self, planned_steps: int) -> None:
+        self.started = time.monotonic()
+        self.boundary_seconds = 0.0
+        self.boundaries = 0
+        self.boundary_started: float | None = None
+        self.planned = planned_steps
+        self.checks = sorted({max(MIN_STEPS_MEASURED, math.ceil(f * planned_steps)) for f in CHECK_FRACTIONS})
+
+    def epoch_ended(self) -> None:
+        self.boundary_started = time.monotonic()
+
+    def step_begins(self) -> None:
+        if self.boundary_started is not None:
+            self.boundary_seconds += time.monotonic() - self.boundary_started
+            self.boundaries += 1
+            self.boundary_started = None
+
+    def due(self, steps_done: int, max_steps: int) -> bool:
+        """Whether a check falls at ``steps_done`` (each is taken once)."""
+        if not self.checks or steps_done < self.checks[0] or steps_done >= max_steps:
+            return False
+        self.checks = [c for c in self.checks if c > steps_done]
+        return True
+
+    def step_seconds(self) -> float:
+        return time.monotonic() - self.started - self.boundary_seconds
+
+    def replan(self, steps_done: int) -> int:
+        elapsed = time.monotonic() - self.started
+        per_boundary = (
+            self.boundary_seconds / self.boundaries if self.boundaries else self.planned_boundary_seconds
+        )
+
+        def fit(last_step: int) -> int:  # the epoch ends still ahead depend on where training will stop
+            return steps_that_fit(
+                steps_done=steps_done,
+                step_seconds=self.step_seconds(),
+                seconds_left=self.seconds - elapsed,
+                boundaries_left=max(0, math.ceil(last_step / self.steps_per_epoch) - self.boundaries),
+                seconds_per_boundary=per_boundary,
+                planned_steps=self.planned,
+                min_steps=self.min_steps,
+            )
+
+        return fit(fit(self.planned))
+
+    def record(self, steps_done: int, before: int, after: int, reaimed: bool) -> str:
+        """Keep the change in ``log``; the progress line that tells it."""
+        entry = {
+            "at_step": steps_done,
+            "seconds_per_step": round(self.step_seconds() / steps_done, 4),
+            "max_steps_before": before,
+            "max_steps": after,
+            "schedule_reaimed": reaimed,
+        }
+        self.log.append(entry)
+        return (
+            f"[finetune] budget: steps take {entry['seconds_per_step']:.2f} s here in training; {after} of the "
+            f"{self.planned} planned steps fit the {_duration(self.seconds)} the budget gives them "
+            f"({after / self.steps_per_epoch:.1f} epochs; learning-rate schedule "
+            f"{'re-aimed to end there' if reaimed else 'unchanged'})"
+        )
+
+
+@functools.cache
+def _watch_callback_class():
+    """The TrainerCallback around a StepWatch, defined lazily so importing this module stays light."""
+    from transformers import TrainerCallback
+
+    class BudgetWatch(TrainerCallback):
+        def __init__(self, watch: StepWatch, emit: Callable[[str], None], decide: Callable):
+            self.watch, self.emit, self.decide = watch, emit, decide
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.watch.begin(state.max_steps)
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.watch.epoch_ended()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.watch.step_begins()
+
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+            if not self.watch.due(state.global_step, state.max_steps):
+                return
+            before = state.max_steps
+            after = self.decide(lambda: self.watch.replan(state.global_step))
+            if after != before:
+                state.max_steps = after
+                reaimed = reaim_schedule(lr_scheduler, after)
+                self.emit(self.watch.record(state.global_step, before, after, reaimed))
+
+    return BudgetWatch
+
+
+def budget_watch(
+    budget: dict | None,
+    steps_per_epoch: int,
+    emit: Callable[[str], None],
+    decide: Callable[[Callable[[], int]], int] = lambda compute: compute(),
+):
+    """With a time budget (``plan_steps_for_budget``'s plan), the callback that keeps training to it; its
+    changes are in ``.watch.log``. ``decide`` runs the re-planning where every process of a launch agrees on it."""
+    if budget is None:
+        return None
+    watch = StepWatch(
+        seconds=budget["minutes"] * 60 * BUDGET_SAFETY,
+        min_steps=budget["min_steps"],
+        steps_per_epoch=steps_per_epoch,
+        planned_boundary_seconds=budget["evaluation_seconds"],
+    )
+    return _watch_callback_class()(watch, emit, decide)
