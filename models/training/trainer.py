@@ -382,7 +382,7 @@ def _training_arguments(
 
 
 def _training_callbacks(
-    config: FinetuneConfig, emit: Progress, early_stopping: bool, budget_watch=None
+    config: FinetuneConfig, emit: Progress, early_stopping: bool, watch=None
 ) -> tuple[list, Any]:
     """Progress lines, the budget watch, gradual unfreezing and early stopping as configured; also the
     unfreezing callback."""
@@ -390,8 +390,8 @@ def _training_callbacks(
 
     _, progress_class = _callbacks()
     callbacks = [progress_class(emit)]
-    if budget_watch is not None:
-        callbacks.append(budget_watch)
+    if watch is not None:
+        callbacks.append(watch)
     unfreezing = None
     if config.unfreeze_schedule:
         unfreezing = gradual_unfreezing_callback(config.unfreeze_schedule)
