@@ -99,6 +99,9 @@ def plan_steps_for_budget(
 # first evaluation and the warm-up steps are in the measurement by the later checks
 CHECK_FRACTIONS = (0.05, 0.15, 0.3, 0.5, 0.7)
 MIN_STEPS_MEASURED = 10  # fewer steps are too noisy to re-plan from
+# a re-plan that moves the count by less than this share of the plan (about 4 s of a 7-minute budget) is noise:
+# the count and the schedule are left alone
+REPLAN_TOLERANCE = 0.01
 
 
 def steps_that_fit(
@@ -243,7 +246,7 @@ def _watch_callback_class():
                 return
             before = state.max_steps
             after = self.decide(lambda: self.watch.replan(state.global_step))
-            if after != before:
+            if abs(after - before) > REPLAN_TOLERANCE * self.watch.planned:
                 state.max_steps = after
                 reaimed = reaim_schedule(lr_scheduler, after)
                 self.emit(self.watch.record(state.global_step, before, after, reaimed))
