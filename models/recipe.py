@@ -223,7 +223,7 @@ class FinetuneConfig(_Section):
         default="auto",
         description="Epochs without a better macro-F1 on a 10% validation split of train before stopping; the best "
         "epoch is kept. 0 fits every training row for every epoch and keeps the last (the eval set is then only "
-        "watched). 'auto': 0 for classification, 2 for NER (benchmarks/README.md).",
+        "watched). 'auto': 0 for classification and NER (benchmarks/README.md).",
     )
     augment_fraction: float = Field(
         default=0.0,

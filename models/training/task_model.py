@@ -134,7 +134,7 @@ def position_limit(encoder_dir: Path) -> int:
 
 # Each value and the figure that chose it: benchmarks/README.md ("Defaults and the figures that chose them").
 AUTO_BATCH_SIZE = {"classification": 16, "ner": 16}
-AUTO_EARLY_STOPPING_PATIENCE = {"classification": 0, "ner": 2}
+AUTO_EARLY_STOPPING_PATIENCE = {"classification": 0, "ner": 0}
 
 
 def resolve_task_defaults(recipe: Recipe, config: FinetuneConfig) -> FinetuneConfig:

@@ -349,8 +349,8 @@ def test_class_weights_default_to_classification_only_since_they_cost_ner_its_pr
 def test_auto_batch_size_and_patience_are_chosen_per_task_and_explicit_values_win(tiny_base_model):
     from models.training.task_model import resolve_task_defaults
 
-    # classification: batch 16 and every training row fitted (no early stopping); NER: batch 16, patience 2
-    for task, batch, patience in (("classification", 16, 0), ("ner", 16, 2)):
+    # both tasks: batch 16 and every training row fitted (no early stopping, the last epoch kept)
+    for task, batch, patience in (("classification", 16, 0), ("ner", 16, 0)):
         recipe = recipe_from_dict(
             {
                 "name": "tiny",
@@ -362,9 +362,9 @@ def test_auto_batch_size_and_patience_are_chosen_per_task_and_explicit_values_wi
         assert recipe.finetune.batch_size == "auto" and recipe.finetune.early_stopping_patience == "auto"
         resolved = resolve_task_defaults(recipe, recipe.finetune)
         assert (resolved.batch_size, resolved.early_stopping_patience) == (batch, patience)
-    fixed = make_recipe(tiny_base_model, task="ner", batch_size=8, early_stopping_patience=0)
+    fixed = make_recipe(tiny_base_model, task="ner", batch_size=8, early_stopping_patience=2)
     resolved = resolve_task_defaults(fixed, fixed.finetune)
-    assert (resolved.batch_size, resolved.early_stopping_patience) == (8, 0)
+    assert (resolved.batch_size, resolved.early_stopping_patience) == (8, 2)
 
 
 def test_classification_by_default_fits_every_training_row_and_only_watches_eval(tiny_base_model, tmp_path):
@@ -378,6 +378,26 @@ def test_classification_by_default_fits_every_training_row_and_only_watches_eval
     assert result.params["early_stopping_patience"] == 0
     assert result.params["monitor_set"] == "eval"
     assert result.params["global_steps"] == 3  # 30 rows / 10 per step: no validation rows held back
+
+
+def test_without_early_stopping_a_large_eval_set_is_watched_through_a_seeded_sample(
+    tiny_base_model, tmp_path, monkeypatch
+):
+    from models.training import finetune as finetune_module
+
+    monkeypatch.setattr(finetune_module, "WATCHED_EVAL_ROWS", 12)
+    frame = classification_frame(10)  # 30 rows
+    recipe = make_recipe(tiny_base_model, epochs=2, batch_size=10)
+
+    result = finetune_module.finetune(recipe, tiny_base_model, frame, frame, tmp_path)
+
+    assert result.params["monitor_set"] == "eval_sample"
+    assert result.params["n_monitor"] == 12 and result.params["n_train"] == 30
+    assert len([h for h in result.history if "eval_macro_f1" in h]) == 2  # the curve still has every epoch
+    _, watched, _ = finetune_module._fit_and_monitor_rows(recipe, recipe.finetune, frame, frame)
+    assert list(watched.index) == sorted(watched.index) and len(set(watched.index)) == 12
+    _, again, _ = finetune_module._fit_and_monitor_rows(recipe, recipe.finetune, frame, frame)
+    assert list(again.index) == list(watched.index)  # the same rows every run of the seed
 
 
 def test_early_stopping_selects_on_a_split_of_train_not_on_eval(tiny_base_model, tmp_path):
