@@ -184,7 +184,11 @@ class FinetuneConfig(_Section):
     # Each default and the figure that chose it: benchmarks/README.md ("quality.py").
     epochs: float = Field(default=5.0, gt=0, description="At most; early stopping keeps the best epoch.")
     max_steps: int = -1
-    learning_rate: float = Field(default=1e-4, gt=0, description="Encoder learning rate.")
+    learning_rate: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        default="auto",
+        description="Encoder learning rate (the top layer's; lower layers take layer_lr_decay steps less). "
+        "'auto': 1e-4 for classification, 2e-4 for NER (benchmarks/README.md).",
+    )
     head_learning_rate: float = Field(default=1e-3, gt=0)
     layer_lr_decay: float = Field(
         default=0.9, gt=0, le=1.0, description="Per-layer LR multiplier, top to bottom."

@@ -135,11 +135,15 @@ def position_limit(encoder_dir: Path) -> int:
 # Each value and the figure that chose it: benchmarks/README.md ("Defaults and the figures that chose them").
 AUTO_BATCH_SIZE = {"classification": 16, "ner": 16}
 AUTO_EARLY_STOPPING_PATIENCE = {"classification": 0, "ner": 0}
+AUTO_LEARNING_RATE = {"classification": 1e-4, "ner": 2e-4}
 
 
 def resolve_task_defaults(recipe: Recipe, config: FinetuneConfig) -> FinetuneConfig:
-    """``config`` with ``batch_size`` and ``early_stopping_patience`` numbers ('auto' chosen by task)."""
-    update: dict[str, int] = {}
+    """``config`` with ``learning_rate``, ``batch_size`` and ``early_stopping_patience`` numbers ('auto' chosen
+    by task)."""
+    update: dict[str, float] = {}
+    if config.learning_rate == "auto":
+        update["learning_rate"] = AUTO_LEARNING_RATE[recipe.task]
     if config.batch_size == "auto":
         update["batch_size"] = AUTO_BATCH_SIZE[recipe.task]
     if config.early_stopping_patience == "auto":
@@ -372,17 +376,18 @@ def optimizer_param_groups(model, config: FinetuneConfig, *, fresh_pooler: bool 
     """
     prefix = model.base_model_prefix
     num_layers = model.config.num_hidden_layers
+    top_lr = float(config.learning_rate)  # resolved from 'auto' by train_task_model
     groups: dict[tuple[str, bool], dict] = {}
     for name, parameter in model.named_parameters():
         if not name.startswith(f"{prefix}.") or (fresh_pooler and ".pooler." in name):
             group_name, lr = "head", config.head_learning_rate
         elif ".embeddings." in name:
-            group_name, lr = "embeddings", config.learning_rate * config.layer_lr_decay**num_layers
+            group_name, lr = "embeddings", top_lr * config.layer_lr_decay**num_layers
         elif match := _LAYER_PATTERN.search(name):
             depth = num_layers - 1 - int(match.group(1))
-            group_name, lr = f"layer_{match.group(1)}", config.learning_rate * config.layer_lr_decay**depth
+            group_name, lr = f"layer_{match.group(1)}", top_lr * config.layer_lr_decay**depth
         else:  # pooler and anything else on top of the encoder
-            group_name, lr = "encoder_top", config.learning_rate
+            group_name, lr = "encoder_top", top_lr
         no_decay = name.endswith(".bias") or "LayerNorm" in name or "layer_norm" in name
         key = (group_name, no_decay)
         if key not in groups:

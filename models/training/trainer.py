@@ -358,7 +358,9 @@ def _training_arguments(
         max_steps=max_steps,
         per_device_train_batch_size=int(config.batch_size),
         per_device_eval_batch_size=max(64, int(config.batch_size)),
-        learning_rate=config.learning_rate,  # per-group LRs come from our optimizer; this one is unused
+        learning_rate=float(
+            config.learning_rate
+        ),  # per-group LRs come from our optimizer; this one is unused
         weight_decay=config.weight_decay,
         warmup_ratio=config.warmup_ratio,
         lr_scheduler_type="linear",

@@ -346,11 +346,14 @@ def test_class_weights_default_to_classification_only_since_they_cost_ner_its_pr
     assert not uses_class_weights(off, off.finetune)
 
 
-def test_auto_batch_size_and_patience_are_chosen_per_task_and_explicit_values_win(tiny_base_model):
+def test_auto_learning_rate_batch_size_and_patience_are_chosen_per_task_and_explicit_values_win(
+    tiny_base_model,
+):
     from models.training.task_model import resolve_task_defaults
 
-    # both tasks: batch 16 and every training row fitted (no early stopping, the last epoch kept)
-    for task, batch, patience in (("classification", 16, 0), ("ner", 16, 0)):
+    # both tasks: batch 16 and every training row fitted (no early stopping, the last epoch kept); NER trains its
+    # encoder at twice classification's rate
+    for task, rate, batch, patience in (("classification", 1e-4, 16, 0), ("ner", 2e-4, 16, 0)):
         recipe = recipe_from_dict(
             {
                 "name": "tiny",
@@ -359,12 +362,19 @@ def test_auto_batch_size_and_patience_are_chosen_per_task_and_explicit_values_wi
                 "data": {"corpus": "c.txt", "train": "t.csv", "labels": ["A", "B"]},
             }
         )
+        assert recipe.finetune.learning_rate == "auto"
         assert recipe.finetune.batch_size == "auto" and recipe.finetune.early_stopping_patience == "auto"
         resolved = resolve_task_defaults(recipe, recipe.finetune)
-        assert (resolved.batch_size, resolved.early_stopping_patience) == (batch, patience)
-    fixed = make_recipe(tiny_base_model, task="ner", batch_size=8, early_stopping_patience=2)
+        assert (resolved.learning_rate, resolved.batch_size, resolved.early_stopping_patience) == (
+            rate,
+            batch,
+            patience,
+        )
+    fixed = make_recipe(
+        tiny_base_model, task="ner", learning_rate=3e-5, batch_size=8, early_stopping_patience=2
+    )
     resolved = resolve_task_defaults(fixed, fixed.finetune)
-    assert (resolved.batch_size, resolved.early_stopping_patience) == (8, 2)
+    assert (resolved.learning_rate, resolved.batch_size, resolved.early_stopping_patience) == (3e-5, 8, 2)
 
 
 def test_classification_by_default_fits_every_training_row_and_only_watches_eval(tiny_base_model, tmp_path):
