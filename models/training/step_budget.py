@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from models.distributed import from_main
+
 if TYPE_CHECKING:
     from models.recipe import FinetuneConfig
 
@@ -128,9 +130,8 @@ def steps_that_fit(
 def reaim_schedule(lr_scheduler: Any, total_steps: int) -> bool:
     """Point a Transformers warm-up/decay schedule (a LambdaLR of partials that take ``num_training_steps``) at
     ``total_steps``; the warm-up is kept. False when the schedule is of another kind (left as it is)."""
-    lr_scheduler = getattr(
-        lr_scheduler, "scheduler", lr_scheduler
-    )  # Accelerate's wrapper, where there is one
+    # Accelerate's wrapper, where there is one
+    lr_scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
     lambdas = getattr(lr_scheduler, "lr_lambdas", None)
     if not lambdas or not all(
         isinstance(f, functools.partial) and "num_training_steps" in f.keywords for f in lambdas
@@ -229,8 +230,8 @@ def _watch_callback_class():
     from transformers import TrainerCallback
 
     class BudgetWatch(TrainerCallback):
-        def __init__(self, watch: StepWatch, emit: Callable[[str], None], decide: Callable):
-            self.watch, self.emit, self.decide = watch, emit, decide
+        def __init__(self, watch: StepWatch, emit: Callable[[str], None]):
+            self.watch, self.emit = watch, emit
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.watch.begin(state.max_steps)
@@ -245,7 +246,8 @@ def _watch_callback_class():
             if not self.watch.due(state.global_step, state.max_steps):
                 return
             before = state.max_steps
-            after = self.decide(lambda: self.watch.replan(state.global_step))
+            # rank 0 re-plans; every process of a launch stops at the same step
+            after = from_main(lambda: self.watch.replan(state.global_step))
             if abs(after - before) > REPLAN_TOLERANCE * self.watch.planned:
                 state.max_steps = after
                 reaimed = reaim_schedule(lr_scheduler, after)
@@ -254,14 +256,9 @@ def _watch_callback_class():
     return BudgetWatch
 
 
-def budget_watch(
-    budget: dict | None,
-    steps_per_epoch: int,
-    emit: Callable[[str], None],
-    decide: Callable[[Callable[[], int]], int] = lambda compute: compute(),
-):
+def budget_watch(budget: dict | None, steps_per_epoch: int, emit: Callable[[str], None]):
     """With a time budget (``plan_steps_for_budget``'s plan), the callback that keeps training to it; its
-    changes are in ``.watch.log``. ``decide`` runs the re-planning where every process of a launch agrees on it."""
+    changes are in ``.watch.log``."""
     if budget is None:
         return None
     watch = StepWatch(
@@ -270,4 +267,4 @@ def budget_watch(
         steps_per_epoch=steps_per_epoch,
         planned_boundary_seconds=budget["evaluation_seconds"],
     )
-    return _watch_callback_class()(watch, emit, decide)
+    return _watch_callback_class()(watch, emit)

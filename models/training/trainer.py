@@ -498,7 +498,7 @@ def train_task_model(
         early_stopping=early_stopping,
         precision=precision,
     )
-    watch = budget_watch(budget, steps_per_epoch, emit, decide=from_main)  # all processes stop at one step
+    watch = budget_watch(budget, steps_per_epoch, emit)
     callbacks, unfreezing = _training_callbacks(config, emit, early_stopping, watch)
     trainer, group_summary = _build_trainer(recipe, config, inputs, args, callbacks)
     trainer.remove_callback(PrinterCallback)  # ProgressLines replaces the raw dict printing
