@@ -7,10 +7,12 @@
 For each task it needs a fine-tuned checkpoint: ``--model`` / ``--ner-model``, or it fine-tunes the shipped
 MiniLM itself (``--train-rows`` tweets for ``--epochs``; ``--ner-rows`` BC5CDR sentences for 1 epoch) and caches
 the result under ``--out``. The checkpoint is exported once with Optimum (plain graph + fp32 O2, exactly as
-``models.export.onnx`` does); every option then re-quantizes the plain graph with ``models.export.onnx.quantize_int8``
-(static QDQ with ``onnxruntime.quantization.quantize_static``, calibrated on training texts, not eval ones) and is
-scored the way the export judges parity: through the serving predictor (services/predictor.py) at batch sizes
-1 and 32, against PyTorch's labels; the worst batch size counts. Latency: ms per text through the same
+``models.export.onnx`` does); every option then re-quantizes the plain graph with the scheme it names
+(``models.export.int8.QUANTIZERS``: 'dynamic' or 'blockwise'; static QDQ with
+``onnxruntime.quantization.quantize_static``, calibrated on training texts, not eval ones) and is scored the way
+the export judges parity: through the serving predictor (services/predictor.py) at batch sizes 1 and 32, with the
+export's fp32 fallback for a classifier's near-ties (the ``*-no-fallback`` options turn it off), against
+PyTorch's labels; the worst batch size counts. Latency: ms per text through the same
 predictor at batch 32 and batch 1, fp32 timed in the same run.
 
 stdout is one JSON document; progress goes to stderr.
@@ -57,6 +59,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "default-fp32-last-layer": {"int8_fp32_last_layers": 1},
     "default-fp32-ffn-output": {"int8_fp32_ffn_output": True},
     "default-fp32-ffn-output-last-layer": {"int8_fp32_ffn_output": True, "int8_fp32_last_layers": 1},
+    "blockwise": {"int8_schemes": ["blockwise"]},  # 8-bit MatMulNBits, blocks of 128 (int8_block_size)
+    "blockwise-b64": {"int8_schemes": ["blockwise"], "int8_block_size": 64},
+    "blockwise-b32": {"int8_schemes": ["blockwise"], "int8_block_size": 32},
+    "default-no-fallback": {"int8_fp32_fallback_margin": 0.0},
+    "blockwise-no-fallback": {"int8_schemes": ["blockwise"], "int8_fp32_fallback_margin": 0.0},
     "static-qdq": {"static": True},  # static QDQ, per-channel, MinMax-calibrated on training texts
 }
 
@@ -209,7 +216,8 @@ def run_task(
         AutoTokenizer,
     )
 
-    from models.export.onnx import _optimize, _optimum_export, int8_settings_for, quantize_int8
+    from models.export.int8 import QUANTIZERS, int8_settings_for, plan_fp32_fallback
+    from models.export.onnx import _optimize, _optimum_export
     from models.export.parity import compare_variants, pytorch_reference
     from models.recipe import ExportConfig
     from models.registry.bundle import ServingSpec
@@ -229,13 +237,14 @@ def run_task(
     say(f"{task}: PyTorch reference on {len(texts)} texts")
     reference = pytorch_reference(model, tokenizer, texts, max_length, task)
 
-    def write_spec(variants: list[str]) -> None:
+    def write_spec(variants: list[str], int8: dict[str, Any] | None = None) -> None:
         ServingSpec(
             name="int8-bench",
             task=task,
             labels=labels,
             max_length=max_length,
             variants={v: f"onnx/{v}/model.onnx" for v in variants},
+            extra={"int8": int8} if int8 else {},
         ).write(bundle)
 
     write_spec(["fp32"])
@@ -252,13 +261,18 @@ def run_task(
         if target.exists():
             shutil.rmtree(target)
         started = time.perf_counter()
+        settings = int8_settings_for(
+            ExportConfig(**{k: v for k, v in overrides.items() if k != "static"}), task
+        )
         if overrides.get("static"):
             static_int8(plain, target, tokenizer, calibration, max_length)
             summary: dict[str, Any] = {"static": True, "calibration_texts": len(calibration)}
         else:
-            _, summary = quantize_int8(plain, target, int8_settings_for(ExportConfig(**overrides), task))
+            _, summary = QUANTIZERS[settings.int8_schemes[0]](plain, target, settings)
         quantize_s = time.perf_counter() - started
-        write_spec(["fp32", "int8"])
+        # as the export serves it: a single-label classifier's near-ties answered by fp32 (margin 0 turns it off)
+        plan_fp32_fallback(summary, task, False, settings)
+        write_spec(["fp32", "int8"], summary)
         record = compare_variants(
             reference, bundle, {"int8": target / "model.onnx"}, task, labels, judge, texts, gold
         )["int8"]

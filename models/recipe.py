@@ -286,8 +286,24 @@ class ExportConfig(_Section):
         description="Parity runs on at most this many eval texts (evenly spaced through the eval set): batch-1 "
         "runs over every text of a large eval set cost minutes of the run's budget. null checks them all.",
     )
-    int8_per_channel: bool = Field(default=True, description="One weight scale per output channel.")
-    int8_reduce_range: bool = Field(default=False, description="7-bit weights (for CPUs without VNNI).")
+    int8_schemes: list[Literal["dynamic", "blockwise"]] = Field(
+        default_factory=lambda: ["dynamic", "blockwise"],  # type: ignore[arg-type]
+        min_length=1,
+        description="int8 schemes to try in order; the first whose parity holds serves (int8 is dropped when "
+        "none does). 'dynamic': one activation scale per tensor, set per batch (MatMulInteger), the fastest; "
+        "'blockwise': 8-bit MatMulNBits, one scale per int8_block_size inputs (weights and activations), "
+        "slower but it holds where an outlier activation breaks 'dynamic' (benchmarks/README.md).",
+    )
+    int8_block_size: int = Field(
+        default=128,
+        description="'blockwise' int8: inputs per quantization block (a power of two, at least 16).",
+    )
+    int8_per_channel: bool = Field(
+        default=True, description="'dynamic' int8: one weight scale per output channel."
+    )
+    int8_reduce_range: bool = Field(
+        default=False, description="'dynamic' int8: 7-bit weights (for CPUs without VNNI)."
+    )
     int8_operators: list[Literal["MatMul", "Gather", "Attention"]] = Field(
         default_factory=lambda: ["MatMul"],  # type: ignore[arg-type]
         min_length=1,
@@ -315,6 +331,20 @@ class ExportConfig(_Section):
         "answered by fp32 instead (int8 moves logits a little, which flips only near-ties); 0 turns it off. "
         "Parity judges int8 with this fallback, as it serves.",
     )
+
+    @field_validator("int8_schemes")
+    @classmethod
+    def _distinct_schemes(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each scheme at most once, got {value}")
+        return value
+
+    @field_validator("int8_block_size")
+    @classmethod
+    def _power_of_two_block(cls, value: int) -> int:
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"must be a power of two of at least 16 (16, 32, 64, 128, ...), got {value}")
+        return value
 
     @field_validator("parity_batch_sizes")
     @classmethod

@@ -3,15 +3,15 @@
 The bundle layout is described in :mod:`models.registry.bundle`. What happens, in order::
 
     model_dir ─► optimum main_export (plain ONNX) ─► O2 graph optimisation ─► onnx/fp32
-                                                  ─► dynamic int8 (ORTQuantizer) ─► onnx/int8
                                                   ─► O4 fp16 (GPU only)          ─► onnx/fp16
               ─► tokenizer/ (fast tokenizer), pytorch/ (safetensors copy)
               ─► parity: PyTorch vs every variant through the serving predictor (services/predictor.py) at
-                 each of ``export.parity_batch_sizes`` ─► reports/parity.json
-              ─► a variant that fails parity is dropped from serving.json (its numbers stay in the report)
+                 each of ``export.parity_batch_sizes``
+              ─► int8 of the plain export, scheme by scheme (``export.int8_schemes``), each judged the same
+                 way until one holds (models/export/int8.py) ─► onnx/int8
+              ─► reports/parity.json; a variant that fails parity is dropped from serving.json (its numbers
+                 stay in the report)
 
-The int8 variant quantizes the *plain* export: quantizing an O2/O3 graph fails in shape inference. Which
-nodes it quantizes is set by the ``export.int8_*`` fields (see :func:`int8_exclusions`).
 Heavy libraries (torch, transformers, optimum, onnxruntime) are imported inside the functions.
 """
 
@@ -20,19 +20,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import stat
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from models.export.common import ExportError, _optimize, _quiet_onnxruntime, parity_sample  # noqa: F401 - re-exported
-from models.export.parity import measure_parity, preferred_cpu_variant
+from models.export.int8 import (  # noqa: F401 - int8_exclusions, int8_settings_for, quantize_int8 re-exported
+    first_int8_that_holds,
+    int8_exclusions,
+    int8_settings_for,
+    quantize_int8,
+)
+from models.export.parity import compare_variants, preferred_cpu_variant, pytorch_reference
 from models.recipe import ExportConfig
 from models.registry.bundle import (
     MANIFEST,
@@ -69,33 +74,27 @@ class ExportResult:
     dropped: dict[str, str] = field(default_factory=dict)  # variant -> why it does not serve
 
 
-def _export_variants(model_dir: Path, out_dir: Path, task: ExportTask, config: ExportConfig, say: Progress):
-    """The ONNX variants in ``out_dir/onnx/<variant>``: (variant -> model.onnx, int8 quantization summary)."""
-    variants_wanted = ["fp32"] + [v for v in ("int8", "fp16") if v in config.variants]
-    quantization: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as work_name:
-        work = Path(work_name)
-        say(f"exporting {model_dir} to ONNX with Optimum (task {OPTIMUM_TASKS[task]})")
-        plain = _optimum_export(model_dir, work / "plain", task, config.opset)
-        variant_dirs = {"fp32": _optimize(plain, work / "fp32", level="O2")}
-        say("fp32: O2 graph optimisation done")
-        if "int8" in variants_wanted:
-            variant_dirs["int8"], quantization = quantize_int8(
-                plain, work / "int8", int8_settings_for(config, task)
-            )
-            say(f"int8: dynamic quantization done ({describe_int8(quantization)})")
-        if "fp16" in variants_wanted:
-            variant_dirs["fp16"] = _optimize(plain, work / "fp16", level="O4")
-            say("fp16: O4 (fp16, GPU fusions) done")
-        variant_paths = {}
-        for variant, source in variant_dirs.items():
-            target = out_dir / ONNX_DIR / variant
-            target.mkdir(parents=True, exist_ok=True)
-            for file_name in ("model.onnx", *VARIANT_SIDE_FILES):
-                if (source / file_name).is_file():
-                    shutil.copy2(source / file_name, target / file_name)
-            variant_paths[variant] = target / "model.onnx"
-    return variant_paths, quantization
+def _export_variants(
+    model_dir: Path, out_dir: Path, work: Path, task: ExportTask, config: ExportConfig, say: Progress
+) -> tuple[Path, dict[str, Path]]:
+    """The plain export (in ``work``) and the fp32 and fp16 variants in ``out_dir/onnx/<variant>`` (variant ->
+    model.onnx). int8 comes later, scheme by scheme as parity judges it (models/export/int8.py)."""
+    say(f"exporting {model_dir} to ONNX with Optimum (task {OPTIMUM_TASKS[task]})")
+    plain = _optimum_export(model_dir, work / "plain", task, config.opset)
+    variant_dirs = {"fp32": _optimize(plain, work / "fp32", level="O2")}
+    say("fp32: O2 graph optimisation done")
+    if "fp16" in config.variants:
+        variant_dirs["fp16"] = _optimize(plain, work / "fp16", level="O4")
+        say("fp16: O4 (fp16, GPU fusions) done")
+    variant_paths = {}
+    for variant, source in variant_dirs.items():
+        target = out_dir / ONNX_DIR / variant
+        target.mkdir(parents=True, exist_ok=True)
+        for file_name in ("model.onnx", *VARIANT_SIDE_FILES):
+            if (source / file_name).is_file():
+                shutil.copy2(source / file_name, target / file_name)
+        variant_paths[variant] = target / "model.onnx"
+    return plain, variant_paths
 
 
 @dataclass(frozen=True)
@@ -150,6 +149,7 @@ def _write_parity_report(
         "served": sorted(facts["served"]),
         "dropped": facts["dropped"],
         "int8": facts["quantization"] or None,
+        "int8_attempts": facts["attempts"],
         "variants": facts["parity"],
     }
     (out_dir / REPORTS_DIR).mkdir(exist_ok=True)
@@ -164,37 +164,61 @@ def _done_line(seconds: float, parity: dict, preferred_cpu: str) -> str:
     return f"export done in {seconds:.1f}s: {verdicts}; CPU serves {preferred_cpu}"
 
 
+@dataclass(frozen=True)
+class _Judged:
+    """What parity decided: every variant's record, the dropped ones, what serves and what each device prefers."""
+
+    parity: dict[str, dict[str, Any]]
+    dropped: dict[str, str]
+    served: dict[str, Path]
+    preferred_cpu: str
+    preferred_gpu: str
+    base: _SpecBase  # with the int8 summary of the scheme that was judged last
+
+
 def _judge_variants(
     model,
     tokenizer,
     base: _SpecBase,
     variant_paths: dict[str, Path],
+    plain: Path,
     config: ExportConfig,
     parity_texts: list[str],
     parity_labels,
-    quantization: dict[str, Any],
     say: Progress,
-):
-    """Parity of every variant, the failed ones dropped, the preferred variants chosen, reports/parity.json
-    written: (parity, dropped, served, preferred CPU variant, preferred GPU variant)."""
+) -> _Judged:
+    """Parity of every variant (int8 scheme by scheme), the failed ones dropped, the preferred variants chosen,
+    reports/parity.json written."""
     sizes = ", ".join(str(b) for b in config.parity_batch_sizes)
     parity_texts, parity_labels = parity_sample(parity_texts, parity_labels, config.parity_max_texts)
-    say(
-        f"parity: PyTorch vs {', '.join(variant_paths)} on {len(parity_texts)} texts, serving batches of {sizes}"
-    )
-    parity = measure_parity(
-        model,
-        tokenizer,
-        base.out_dir,
-        variant_paths,
-        base.task,
-        base.labels,
-        base.max_length,
-        config,
-        parity_texts,
-        parity_labels,
-    )
-    dropped, served = _drop_failed(parity, variant_paths, say)
+    wanted = [v for v in ("fp32", "int8", "fp16") if v in variant_paths or v in config.variants]
+    say(f"parity: PyTorch vs {', '.join(wanted)} on {len(parity_texts)} texts, serving batches of {sizes}")
+    reference = pytorch_reference(model, tokenizer, parity_texts, base.max_length, base.task)
+
+    def compare(paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
+        return compare_variants(
+            reference, base.out_dir, paths, base.task, base.labels, config, parity_texts, parity_labels
+        )
+
+    parity = compare(variant_paths)
+    paths = dict(variant_paths)
+    attempts: list[dict[str, Any]] = []
+    if "int8" in config.variants:
+
+        def judge(int8_path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+            # the predictor reads the int8 summary (its fp32 fallback margin) from serving.json
+            candidate = replace(base, extra={**base.extra, "int8": summary})
+            candidate.spec({**variant_paths, "int8": int8_path}, "fp32", "fp32", {}).write(base.out_dir)
+            return compare({"int8": int8_path})["int8"]
+
+        target = base.out_dir / ONNX_DIR / "int8"
+        parity["int8"], summary, attempts = first_int8_that_holds(
+            plain, target, plain.parent, config, base.task, base.multi_label, judge, say
+        )
+        base = replace(base, extra={**base.extra, "int8": summary})
+        paths["int8"] = target / "model.onnx"
+    parity = {v: parity[v] for v in wanted}
+    dropped, served = _drop_failed(parity, paths, say)
     preferred_cpu = preferred_cpu_variant(parity, config) if "int8" in served else "fp32"
     preferred_gpu = "fp16" if "fp16" in served else "fp32"
     _write_parity_report(
@@ -207,10 +231,11 @@ def _judge_variants(
         preferred_gpu=preferred_gpu,
         served=served,
         dropped=dropped,
-        quantization=quantization,
+        quantization=base.extra.get("int8"),
+        attempts=attempts,
         parity=parity,
     )
-    return parity, dropped, served, preferred_cpu, preferred_gpu
+    return _Judged(parity, dropped, served, preferred_cpu, preferred_gpu, base)
 
 
 def export_bundle(
@@ -246,12 +271,6 @@ def export_bundle(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_export(out_dir, say)
-    variant_paths, quantization = _export_variants(model_dir, out_dir, task, config, say)
-    multi_label = model_config.get("problem_type") == "multi_label_classification"
-    _plan_fp32_fallback(quantization, task, multi_label, config, say)
-    tokenizer, model = _save_tokenizer_and_checkpoint(model_dir, out_dir, task)
-    say("tokenizer/ and pytorch/ written")
-
     base = _SpecBase(
         name=name,
         task=task,
@@ -262,16 +281,19 @@ def export_bundle(
             "exported_from": str(model_dir),
             "opset": config.opset,
             "model_type": model_config["model_type"],
-            **({"int8": quantization} if quantization else {}),
         },
-        multi_label=multi_label,
+        multi_label=model_config.get("problem_type") == "multi_label_classification",
     )
-    # Parity runs the serving predictor on the bundle itself, so the spec must exist first.
-    base.spec(variant_paths, "fp32", "fp32", {}).write(out_dir)
-    parity, dropped, served, preferred_cpu, preferred_gpu = _judge_variants(
-        model, tokenizer, base, variant_paths, config, parity_texts, parity_labels, quantization, say
-    )
-    base.spec(served, preferred_cpu, preferred_gpu, dropped).write(out_dir)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as work:
+        plain, variant_paths = _export_variants(model_dir, out_dir, Path(work), task, config, say)
+        tokenizer, model = _save_tokenizer_and_checkpoint(model_dir, out_dir, task)
+        say("tokenizer/ and pytorch/ written")
+        # Parity runs the serving predictor on the bundle itself, so the spec must exist first.
+        base.spec(variant_paths, "fp32", "fp32", {}).write(out_dir)
+        judged = _judge_variants(
+            model, tokenizer, base, variant_paths, plain, config, parity_texts, parity_labels, say
+        )
+    judged.base.spec(judged.served, judged.preferred_cpu, judged.preferred_gpu, judged.dropped).write(out_dir)
     if embedding:
         from models.export.embedding import export_embedding
 
@@ -285,13 +307,13 @@ def export_bundle(
             progress=say,
         )
     _make_world_readable(out_dir)
-    say(_done_line(time.perf_counter() - started, parity, preferred_cpu))
+    say(_done_line(time.perf_counter() - started, judged.parity, judged.preferred_cpu))
     return ExportResult(
         bundle_dir=out_dir,
-        parity=parity,
-        preferred_cpu_variant=preferred_cpu,
-        variants=served,
-        dropped=dropped,
+        parity=judged.parity,
+        preferred_cpu_variant=judged.preferred_cpu,
+        variants=judged.served,
+        dropped=judged.dropped,
     )
 
 
@@ -437,128 +459,6 @@ def _optimum_export(model_dir: Path, output: Path, task: str, opset: int | None)
     if not (output / "model.onnx").is_file():
         raise ExportError(f"Optimum finished but wrote no model.onnx in {output}")
     return output
-
-
-def _quantization_isa() -> str:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return "avx2"
-    return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
-
-
-_LAYER = re.compile(r"/encoder/layer\.(\d+)/")
-_HEAD = ("/classifier/", "/pooler/")
-_FFN_OUTPUT = re.compile(r"/encoder/layer\.\d+/output/dense/")
-
-
-def int8_settings_for(config: ExportConfig, task: str) -> ExportConfig:
-    """``config`` with its 'auto' int8 settings decided for ``task``."""
-    if config.int8_fp32_ffn_output == "auto":
-        config = config.model_copy(update={"int8_fp32_ffn_output": task == "ner"})
-    return config
-
-
-def int8_exclusions(onnx_path: Path, config: ExportConfig) -> tuple[list[str], dict[str, int]]:
-    """Names of the nodes int8 keeps in fp32 under ``config``, and how many nodes each rule kept.
-
-    Node names are Optimum's export names (``/bert/encoder/layer.5/output/dense/MatMul``, ``/classifier/...``):
-    ``int8_weights_only`` keeps the MatMuls without a weight operand (attention's QK^T and softmax x V, whose
-    per-batch activation scales cost the most agreement), ``int8_fp32_head`` the classifier and pooler,
-    ``int8_fp32_last_layers`` every node of the top N encoder layers, ``int8_fp32_ffn_output`` each layer's
-    feed-forward output projection.
-    """
-    import onnx
-
-    if config.int8_fp32_ffn_output == "auto":
-        raise ValueError(
-            "int8_fp32_ffn_output is 'auto': decide it with int8_settings_for(config, task) first"
-        )
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    weights = {initializer.name for initializer in graph.initializer}
-    layers = [int(m.group(1)) for node in graph.node if (m := _LAYER.search(node.name))]
-    top = max(layers, default=-1)
-    kept: dict[str, list[str]] = {"activation_matmuls": [], "head": [], "last_layers": [], "ffn_output": []}
-    for node in graph.node:
-        # ORT's quantizer turns a Gemm into MatMul + Add (named "<gemm>_MatMul") and quantizes that MatMul
-        gemm = node.op_type == "Gemm" and "MatMul" in config.int8_operators
-        if node.op_type not in config.int8_operators and not gemm:
-            continue
-        layer = _LAYER.search(node.name)
-        if config.int8_fp32_head and any(part in node.name for part in _HEAD):
-            kept["head"].append(node.name)
-        elif layer and top - int(layer.group(1)) < config.int8_fp32_last_layers:
-            kept["last_layers"].append(node.name)
-        elif config.int8_fp32_ffn_output and _FFN_OUTPUT.search(node.name):
-            kept["ffn_output"].append(node.name)
-        elif (
-            config.int8_weights_only
-            and node.op_type == "MatMul"
-            and not any(name in weights for name in node.input[:2])
-        ):
-            kept["activation_matmuls"].append(node.name)
-    gemms = {node.name for node in graph.node if node.op_type == "Gemm"}
-    names = sorted(
-        {
-            n
-            for group in kept.values()
-            for name in group
-            for n in (name, f"{name}_MatMul")
-            if n == name or name in gemms
-        }
-    )
-    return names, {rule: len(group) for rule, group in kept.items()}
-
-
-def quantize_int8(plain: Path, output: Path, config: ExportConfig) -> tuple[Path, dict[str, Any]]:
-    """Dynamic int8 of the plain export as ``config.int8_*`` says; returns the folder and what was done."""
-    from optimum.onnxruntime import AutoQuantizationConfig, ORTQuantizer
-
-    excluded, kept = int8_exclusions(plain / "model.onnx", config)
-    isa = _quantization_isa()
-    make_config = getattr(AutoQuantizationConfig, isa)
-    options: dict[str, Any] = {
-        "is_static": False,
-        "per_channel": config.int8_per_channel,
-        "nodes_to_exclude": excluded,
-        "operators_to_quantize": list(config.int8_operators),
-    }
-    if isa == "avx2":  # only the avx2 preset takes reduce_range; VNNI has no 8-bit overflow to avoid
-        options["reduce_range"] = config.int8_reduce_range
-    ORTQuantizer.from_pretrained(plain, file_name="model.onnx").quantize(
-        make_config(**options), save_dir=output, file_suffix=None
-    )
-    summary = {
-        "isa": isa,
-        "per_channel": config.int8_per_channel,
-        "reduce_range": config.int8_reduce_range if isa == "avx2" else False,
-        "operators": list(config.int8_operators),
-        "weights_only": config.int8_weights_only,
-        "fp32_head": config.int8_fp32_head,
-        "fp32_last_layers": config.int8_fp32_last_layers,
-        "fp32_ffn_output": config.int8_fp32_ffn_output,
-        "nodes_kept_fp32": kept,
-    }
-    return output, summary
-
-
-def _plan_fp32_fallback(
-    quantization: dict[str, Any], task: str, multi_label: bool, config: ExportConfig, say: Progress
-) -> None:
-    """Record the near-tie margin under which the predictor answers a single-label classifier's texts with fp32
-    instead of int8 (services/predictor.py); parity then judges int8 as it serves."""
-    margin = config.int8_fp32_fallback_margin
-    if quantization and task == "classification" and not multi_label and margin > 0:
-        quantization["fp32_fallback_margin"] = margin
-        say(f"int8 answers near-ties (top two probabilities within {margin}) with fp32")
-
-
-def describe_int8(summary: dict[str, Any]) -> str:
-    kept = ", ".join(f"{n} {rule.replace('_', ' ')}" for rule, n in summary["nodes_kept_fp32"].items() if n)
-    return (
-        f"{summary['isa']}, {'+'.join(summary['operators'])}, per-channel={summary['per_channel']}, "
-        f"reduce-range={summary['reduce_range']}; fp32 kept: {kept or 'nothing'}"
-    )
 
 
 # --------------------------------------------------------------------------- tokenizer + checkpoint

@@ -19,24 +19,6 @@ FP16_NOT_CHECKED = "not checked on this device"
 PARITY_CHUNK = 32  # rows per PyTorch forward pass for the reference logits: memory stays bounded
 
 
-def measure_parity(
-    model,
-    tokenizer,
-    bundle_dir: Path,
-    variant_paths: dict[str, Path],
-    task: str,
-    labels: list[str],
-    max_length: int,
-    config: ExportConfig,
-    texts: list[str],
-    gold: Sequence[str] | Sequence[Sequence[str]] | None,
-) -> dict[str, dict[str, Any]]:
-    """Every variant against PyTorch, run the way the service runs it: the serving predictor, its tokenizer
-    and dynamic padding, at each batch size in ``config.parity_batch_sizes``. The worst batch size counts."""
-    reference = pytorch_reference(model, tokenizer, texts, max_length, task)
-    return compare_variants(reference, bundle_dir, variant_paths, task, labels, config, texts, gold)
-
-
 @dataclass(frozen=True)
 class Reference:
     """PyTorch's per-text logits on the parity texts, with the token counts and offsets to line them up."""
@@ -71,7 +53,9 @@ def compare_variants(
     texts: list[str],
     gold: Sequence[str] | Sequence[Sequence[str]] | None,
 ) -> dict[str, dict[str, Any]]:
-    """Parity records of the bundle's variants against ``reference`` (see :func:`measure_parity`)."""
+    """Parity records of the bundle's variants against PyTorch's ``reference``, each run the way the service
+    runs it: the serving predictor, its tokenizer and dynamic padding, at each batch size in
+    ``config.parity_batch_sizes``. The worst batch size counts."""
     texts = list(texts)
     lengths, offsets = reference.lengths, reference.offsets
     gold_per_text = _gold_tags(texts, gold, labels) if task == "ner" else gold

@@ -174,6 +174,8 @@ def test_a_variant_that_fails_parity_is_dropped_from_serving_with_its_numbers(
     report = json.loads((tmp_path / "out" / "reports" / "parity.json").read_text())
     assert report["dropped"] == result.dropped and report["served"] == ["fp32"]
     assert report["variants"]["int8"]["passed"] is False and "label_agreement" in report["variants"]["int8"]
+    # every scheme of the default ladder was tried before int8 was dropped
+    assert [a["scheme"] for a in report["int8_attempts"]] == ["dynamic", "blockwise"]
 
 
 def test_the_serving_predictor_never_picks_a_variant_the_bundle_does_not_serve(exported, tmp_path):
