@@ -235,7 +235,7 @@ def first_int8_that_holds(
             f"int8: {describe_int8(summary)} ({seconds:.1f}s)"
             + (f"; near-ties (top two probabilities within {margin}) answered by fp32" if margin else "")
         )
-        record = judge(target / "model.onnx", summary)
+        record = {"scheme": scheme, **judge(target / "model.onnx", summary)}
         attempts.append(
             {
                 "scheme": scheme,

@@ -74,9 +74,12 @@ def test_when_dynamic_int8_fails_parity_blockwise_is_tried_and_serves(classifier
 
     monkeypatch.setattr(parity, "parity_failures", first_int8_fails)
     messages: list[str] = []
-    result = _export(classifier_dir, tmp_path / "out", messages, min_label_agreement=0.5, max_accuracy_drop=1.0)
+    result = _export(
+        classifier_dir, tmp_path / "out", messages, min_label_agreement=0.5, max_accuracy_drop=1.0
+    )
     assert ExportConfig().int8_schemes == ["dynamic", "blockwise"]  # the default ladder this test walks
     assert result.dropped == {} and result.preferred_cpu_variant == "int8"
+    assert result.parity["int8"]["scheme"] == "blockwise"  # the evidence and model card name what serves
     assert "MatMulNBits" in _op_types(result.variants["int8"])  # the served file is the blockwise one
     report = json.loads((tmp_path / "out" / "reports" / "parity.json").read_text())
     assert [(a["scheme"], a["passed"]) for a in report["int8_attempts"]] == [
