@@ -161,7 +161,13 @@ def _done_line(seconds: float, parity: dict, preferred_cpu: str) -> str:
         f"{v} {'ok' if r['passed'] else ('DROPPED' if r['passed'] is False else r['note'])}"
         for v, r in parity.items()
     )
-    return f"export done in {seconds:.1f}s: {verdicts}; CPU serves {preferred_cpu}"
+    speed = ""
+    if preferred_cpu != "fp32":  # the parity passes' own timings, largest batch size
+        batch = max(parity["fp32"]["by_batch_size"], key=int)
+        fp32_ms = parity["fp32"]["by_batch_size"][batch]["ms_per_text"]
+        ms = parity[preferred_cpu]["by_batch_size"][batch]["ms_per_text"]
+        speed = f" ({fp32_ms / ms:.1f}x fp32's speed at batch {batch} in parity)" if ms > 0 else ""
+    return f"export done in {seconds:.1f}s: {verdicts}; CPU serves {preferred_cpu}{speed}"
 
 
 @dataclass(frozen=True)

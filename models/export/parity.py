@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +70,10 @@ def compare_variants(
     for variant, path in variant_paths.items():
         by_batch: dict[str, dict[str, Any]] = {}
         for batch_size in config.parity_batch_sizes:
-            outputs = _serving_logits(bundle_dir, variant, texts, batch_size, lengths, task)
-            if outputs is None:
+            served_run = _serving_logits(bundle_dir, variant, texts, batch_size, lengths, task)
+            if served_run is None:
                 break
+            outputs, ms_per_text = served_run
             diffs = [float(abs(o - r).max()) for o, r in zip(outputs, reference.logits, strict=True)]
             same = [o.argmax(-1) == r.argmax(-1) for o, r in zip(outputs, reference.logits, strict=True)]
             if (
@@ -83,6 +85,7 @@ def compare_variants(
             record = {
                 "max_abs_diff": max(diffs),
                 "label_agreement": float(sum(s.sum() for s in same) / sum(s.size for s in same)),
+                "ms_per_text": round(ms_per_text, 3),  # this machine, this moment: a hint, not a benchmark
             }
             if gold is not None:
                 record["macro_f1"] = _macro_f1(task, outputs, gold_per_text, labels, texts, offsets)
@@ -132,8 +135,9 @@ def _per_text(logits, lengths: list[int], task: str) -> list:
 
 
 def _serving_logits(bundle_dir: Path, variant: str, texts: list[str], batch_size: int, lengths, task: str):
-    """Per-text logits of one variant through the serving predictor at ``batch_size`` texts per call, or
-    None when ONNX Runtime cannot run it on the CPU (fp16 kernels)."""
+    """Per-text logits of one variant through the serving predictor at ``batch_size`` texts per call and the
+    milliseconds per text that took (tokenizing included), or None when ONNX Runtime cannot run it on the CPU
+    (fp16 kernels)."""
     from services.predictor import OnnxPredictor
 
     try:
@@ -145,10 +149,11 @@ def _serving_logits(bundle_dir: Path, variant: str, texts: list[str], batch_size
                 f"{lengths[:5]}; the bundle's tokenizer.json does not match the model"
             )
         outputs: list = []
+        started = time.perf_counter()
         for start in range(0, len(texts), batch_size):
             logits = predictor.logits(texts[start : start + batch_size])
             outputs += _per_text(logits, lengths[start : start + batch_size], task)
-        return outputs
+        return outputs, 1000 * (time.perf_counter() - started) / len(texts)
     except ExportError:
         raise
     except Exception as exc:  # e.g. NOT_IMPLEMENTED: no fp16 kernel for an op on CPU
