@@ -223,20 +223,27 @@ def first_int8_that_holds(
     summary: dict[str, Any] = {}
     for position, scheme in enumerate(config.int8_schemes):
         started = time.perf_counter()
-        built, summary = QUANTIZERS[scheme](plain, work / f"int8-{scheme}", settings)
         if target.exists():
             shutil.rmtree(target)
-        target.mkdir(parents=True)
-        for name in ("model.onnx", *SIDE_FILES):
-            if (built / name).is_file():
-                shutil.copy2(built / name, target / name)
-        margin = plan_fp32_fallback(summary, task, multi_label, config)
+        try:
+            built, summary = QUANTIZERS[scheme](plain, work / f"int8-{scheme}", settings)
+        except Exception as exc:  # a graph this quantizer cannot handle: int8 is optional, fp32 still serves
+            summary = {"scheme": scheme}
+            record = {"scheme": scheme, "passed": False, "failures": [f"{scheme} quantization failed: {exc}"]}
+            say(f"int8: {record['failures'][0]}")
+        else:
+            target.mkdir(parents=True)
+            for name in ("model.onnx", *SIDE_FILES):
+                if (built / name).is_file():
+                    shutil.copy2(built / name, target / name)
+            margin = plan_fp32_fallback(summary, task, multi_label, config)
+            say(
+                f"int8: {describe_int8(summary)} ({time.perf_counter() - started:.1f}s)"
+                + (f"; near-ties (top two probabilities within {margin}) answered by fp32" if margin else "")
+            )
         seconds = time.perf_counter() - started
-        say(
-            f"int8: {describe_int8(summary)} ({seconds:.1f}s)"
-            + (f"; near-ties (top two probabilities within {margin}) answered by fp32" if margin else "")
-        )
-        record = {"scheme": scheme, **judge(target / "model.onnx", summary)}
+        if target.exists():
+            record = {"scheme": scheme, **judge(target / "model.onnx", summary)}
         attempts.append(
             {
                 "scheme": scheme,
@@ -250,5 +257,5 @@ def first_int8_that_holds(
         remaining = config.int8_schemes[position + 1 :]
         if record.get("passed") is not False or not remaining:
             break
-        say(f"int8 ({scheme}) failed parity ({'; '.join(record['failures'])}): trying {remaining[0]}")
+        say(f"int8 ({scheme}) failed ({'; '.join(record['failures'])}): trying {remaining[0]}")
     return record, summary, attempts

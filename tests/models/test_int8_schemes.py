@@ -89,7 +89,9 @@ def test_when_dynamic_int8_fails_parity_blockwise_is_tried_and_serves(classifier
     assert report["int8_attempts"][0]["failures"] == ["label agreement 0.9800 < 0.99"]
     assert report["int8"]["scheme"] == "blockwise" and report["served"] == ["fp32", "int8"]
     assert ServingSpec.read(tmp_path / "out").extra["int8"]["scheme"] == "blockwise"
-    assert any("int8 (dynamic) failed parity" in m and "trying blockwise" in m for m in messages)
+    assert any(
+        "int8 (dynamic) failed (label agreement 0.9800" in m and "trying blockwise" in m for m in messages
+    )
     # the parity passes' own timings say what int8 buys on this machine (no claim about the figure itself)
     assert all(
         r["ms_per_text"] > 0
@@ -105,6 +107,36 @@ def test_the_first_scheme_that_holds_is_kept_without_trying_the_rest(classifier_
     assert [a["scheme"] for a in report["int8_attempts"]] == ["dynamic"]
     assert "MatMulInteger" in _op_types(result.variants["int8"])
     assert not list((tmp_path / "out").glob(".export-*"))  # the work folder (plain export) is gone
+
+
+def test_a_scheme_that_cannot_quantize_the_graph_is_a_failed_attempt_not_a_failed_export(
+    classifier_dir, tmp_path, monkeypatch
+):
+    import models.export.int8 as int8
+
+    def cannot(plain, output, config):
+        raise RuntimeError("unsupported node /bert/encoder/layer.0/attention/self/query/MatMul")
+
+    monkeypatch.setitem(int8.QUANTIZERS, "blockwise", cannot)
+    messages: list[str] = []
+    result = _export(
+        classifier_dir, tmp_path / "only", messages, int8_schemes=["blockwise"], min_label_agreement=0.5
+    )
+    why = "blockwise quantization failed: unsupported node /bert/encoder/layer.0/attention/self/query/MatMul"
+    assert result.dropped == {"int8": why} and set(result.variants) == {"fp32"}
+    assert result.preferred_cpu_variant == "fp32" and any(why in m for m in messages)
+    report = json.loads((tmp_path / "only" / "reports" / "parity.json").read_text())
+    assert report["int8_attempts"][0]["failures"] == [why] and report["served"] == ["fp32"]
+    # first in the ladder, it hands over to the next scheme
+    result = _export(
+        classifier_dir,
+        tmp_path / "ladder",
+        int8_schemes=["blockwise", "dynamic"],
+        min_label_agreement=0.5,
+        max_accuracy_drop=1.0,
+    )
+    assert result.dropped == {} and result.parity["int8"]["scheme"] == "dynamic"
+    assert "MatMulInteger" in _op_types(result.variants["int8"])
 
 
 @pytest.mark.parametrize(
