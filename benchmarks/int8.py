@@ -80,6 +80,20 @@ def data_dir(flag: str | None) -> Path:
     return folder
 
 
+def checkpoint_tags(model_dir: Path, default: list[str]) -> list[str]:
+    """The BIO tags a token classifier was trained on (its id2label, in logit order), else ``default``: dapt's
+    whole runs train BC5CDR on Disease only, while this benchmark's own fine-tune takes both entity types."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    tags = [id2label[i] for i in sorted(id2label)]
+    return tags if tags and not all(t.startswith("LABEL_") for t in tags) else default
+
+
+def only_tags(tags: list[str], known: list[str]) -> list[str]:
+    """Gold tags with the entity types the model does not know set to O (so entity F1 scores what it learned)."""
+    return [tag if tag in known else "O" for tag in tags]
+
+
 def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
     from models.data import read_ner
 
@@ -411,12 +425,13 @@ def main(argv: list[str] | None = None) -> int:
                 base,
             )
             test_sentences = read_conll(folder / NER / "test.conll")[: args.ner_test_rows]
+            tags = checkpoint_tags(ner_model, NER_TAGS)
             report["tasks"]["ner"] = run_task(
                 "ner",
                 ner_model,
-                NER_TAGS,
+                tags,
                 [" ".join(s[0]) for s in test_sentences],
-                [s[1] for s in test_sentences],
+                [only_tags(s[1], tags) for s in test_sentences],
                 [" ".join(s[0]) for s in sentences[args.ner_rows : args.ner_rows + args.calibration_rows]],
                 128,
                 out / "work-ner",

@@ -55,3 +55,21 @@ def test_quick_mode_reports_agreement_drop_and_latency_per_option(tmp_path):
     assert task["options"]["default"]["settings"]["nodes_kept_fp32"]["head"] == 2
     assert task["options"]["before"]["settings"]["operators"] == ["MatMul", "Attention", "Gather"]
     assert json.loads((tmp_path / "out" / "int8.json").read_text()) == report
+
+
+def test_ner_is_scored_on_the_entity_types_the_checkpoint_knows(tmp_path):
+    from benchmarks.int8 import NER_TAGS, checkpoint_tags, only_tags
+
+    disease_only = {"id2label": {"0": "O", "1": "B-Disease", "2": "I-Disease"}}
+    (tmp_path / "config.json").write_text(json.dumps(disease_only))
+    tags = checkpoint_tags(tmp_path, NER_TAGS)
+    assert tags == ["O", "B-Disease", "I-Disease"]
+    assert only_tags(["B-Chemical", "O", "B-Disease", "I-Disease", "I-Chemical"], tags) == [
+        "O",
+        "O",
+        "B-Disease",
+        "I-Disease",
+        "O",
+    ]
+    (tmp_path / "config.json").write_text(json.dumps({"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}))
+    assert checkpoint_tags(tmp_path, NER_TAGS) == NER_TAGS  # generic names: the benchmark's own tag set
