@@ -205,6 +205,20 @@ def describe_int8(summary: dict[str, Any]) -> str:
     return f"{summary['scheme']}: {how}; fp32 kept: {kept or 'nothing'}"
 
 
+def _quantize_into(
+    target: Path, plain: Path, work: Path, scheme: str, settings: ExportConfig
+) -> dict[str, Any]:
+    """Quantize ``plain`` with ``scheme`` and put its model.onnx (with side files) in ``target``; its summary."""
+    if target.exists():
+        shutil.rmtree(target)
+    built, summary = QUANTIZERS[scheme](plain, work / f"int8-{scheme}", settings)
+    target.mkdir(parents=True)
+    for name in ("model.onnx", *SIDE_FILES):
+        if (built / name).is_file():
+            shutil.copy2(built / name, target / name)
+    return summary
+
+
 def first_int8_that_holds(
     plain: Path,
     target: Path,
@@ -223,26 +237,20 @@ def first_int8_that_holds(
     summary: dict[str, Any] = {}
     for position, scheme in enumerate(config.int8_schemes):
         started = time.perf_counter()
-        if target.exists():
-            shutil.rmtree(target)
         try:
-            built, summary = QUANTIZERS[scheme](plain, work / f"int8-{scheme}", settings)
+            summary = _quantize_into(target, plain, work, scheme, settings)
         except Exception as exc:  # a graph this quantizer cannot handle: int8 is optional, fp32 still serves
+            seconds = time.perf_counter() - started
             summary = {"scheme": scheme}
             record = {"scheme": scheme, "passed": False, "failures": [f"{scheme} quantization failed: {exc}"]}
             say(f"int8: {record['failures'][0]}")
         else:
-            target.mkdir(parents=True)
-            for name in ("model.onnx", *SIDE_FILES):
-                if (built / name).is_file():
-                    shutil.copy2(built / name, target / name)
+            seconds = time.perf_counter() - started
             margin = plan_fp32_fallback(summary, task, multi_label, config)
             say(
-                f"int8: {describe_int8(summary)} ({time.perf_counter() - started:.1f}s)"
+                f"int8: {describe_int8(summary)} ({seconds:.1f}s)"
                 + (f"; near-ties (top two probabilities within {margin}) answered by fp32" if margin else "")
             )
-        seconds = time.perf_counter() - started
-        if target.exists():
             record = {"scheme": scheme, **judge(target / "model.onnx", summary)}
         attempts.append(
             {

@@ -109,6 +109,10 @@ class _SpecBase:
     extra: dict[str, Any]
     multi_label: bool
 
+    def with_int8(self, summary: dict[str, Any]) -> _SpecBase:
+        """The same, with the int8 quantization summary the predictor reads (its fp32 fallback margin)."""
+        return replace(self, extra={**self.extra, "int8": summary})
+
     def spec(self, variants: dict[str, Path], cpu: str, gpu: str, dropped: dict[str, str]) -> ServingSpec:
         return ServingSpec(
             name=self.name,
@@ -214,8 +218,7 @@ def _judge_variants(
     if "int8" in config.variants:
 
         def judge(int8_path: Path, summary: dict[str, Any]) -> dict[str, Any]:
-            # the predictor reads the int8 summary (its fp32 fallback margin) from serving.json
-            candidate = replace(base, extra={**base.extra, "int8": summary})
+            candidate = base.with_int8(summary)
             candidate.spec({**variant_paths, "int8": int8_path}, "fp32", "fp32", {}).write(base.out_dir)
             return compare({"int8": int8_path})["int8"]
 
@@ -223,7 +226,7 @@ def _judge_variants(
         parity["int8"], summary, attempts = first_int8_that_holds(
             plain, target, plain.parent, config, base.task, base.multi_label, judge, say
         )
-        base = replace(base, extra={**base.extra, "int8": summary})
+        base = base.with_int8(summary)
         paths["int8"] = target / "model.onnx"
     parity = {v: parity[v] for v in wanted}
     dropped, served = _drop_failed(parity, paths, say)
