@@ -213,6 +213,7 @@ def _macro_f1(task, per_text_logits, gold, labels, texts, offsets) -> float:
             )
         )
     from seqeval.metrics import f1_score as entity_f1
+    from seqeval.scheme import IOB2
 
     y_true, y_pred = [], []
     for logits, text, tags, text_offsets in zip(per_text_logits, texts, gold, offsets, strict=True):
@@ -220,7 +221,8 @@ def _macro_f1(task, per_text_logits, gold, labels, texts, offsets) -> float:
         firsts = _first_token_per_word(text, text_offsets)
         y_true.append(list(tags))
         y_pred.append([labels[predicted[t]] if t is not None else "O" for t in firsts])
-    return float(entity_f1(y_true, y_pred, average="macro", zero_division=0))
+    # strict IOB2, as evaluation scores and the service decodes: an I-X that continues no X span is no entity
+    return float(entity_f1(y_true, y_pred, average="macro", mode="strict", scheme=IOB2, zero_division=0))
 
 
 def preferred_cpu_variant(parity: dict[str, dict[str, Any]], config: ExportConfig) -> str:

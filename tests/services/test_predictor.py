@@ -99,6 +99,28 @@ def test_bio_tags_merge_into_typed_spans(tagger):
     assert spans[0]["score"] == pytest.approx(0.9)
 
 
+def _spans_for(tagger, text: str, word_tags: dict[int, str]):
+    encoding = tagger.tokenizer.encode_batch([text])[0]
+    probabilities = np.full((len(encoding.word_ids), len(NER_TAGS)), 0.01, dtype=np.float32)
+    for token, word in enumerate(encoding.word_ids):
+        tag = word_tags.get(word, "O") if word is not None else "O"
+        probabilities[token, NER_TAGS.index(tag)] = 0.9
+    return [(s["text"], s["label"]) for s in tagger._spans(text, encoding, probabilities)]
+
+
+def test_an_i_tag_that_continues_no_span_is_not_an_entity(tagger):
+    # strict IOB2, as evaluation's seqeval scores it: only B-X opens a span
+    text = "aspirin and ibuprofen ease migraine headaches"
+    after_o = {0: "B-DRUG", 1: "O", 2: "I-DRUG", 3: "I-DRUG"}
+    assert _spans_for(tagger, text, after_o) == [("aspirin", "DRUG")]
+    after_other_type = {0: "B-DRUG", 1: "I-DISEASE", 2: "I-DRUG", 4: "B-DISEASE", 5: "I-DISEASE"}
+    assert _spans_for(tagger, text, after_other_type) == [
+        ("aspirin", "DRUG"),
+        ("migraine headaches", "DISEASE"),
+    ]
+    assert _spans_for(tagger, text, {0: "I-DRUG", 1: "I-DRUG"}) == []
+
+
 def test_asking_the_wrong_task_names_the_right_endpoint(classifier, tagger):
     with pytest.raises(WrongTaskError, match="/classify"):
         classifier.entities(["x"])
