@@ -35,7 +35,9 @@ class ValidationReport:
     profile: dict
     drift: dict | None = None
     data_docs: Path | None = None  # index.html of the Great Expectations Data Docs site
-    cleaning: dict | None = None  # {"corpus": {rows, kept, empty, too_short, repeats}}: what training skips
+    # {"corpus": {rows, kept, empty, too_short, repeats}, "ner_tags": {"entity_types": [...], split: TagReading}}:
+    # what training skips, and the NER tags read into IOB2
+    cleaning: dict | None = None
 
     @property
     def failures(self) -> list[CheckResult]:
@@ -105,6 +107,12 @@ class ValidationReport:
                 f"corpus cleaned: {corpus['rows'] - corpus['kept']} of {corpus['rows']} lines dropped "
                 f"({corpus['empty']} empty, {corpus['too_short']} too short, {corpus['repeats']} repeats)"
             )
+        from models.data import TagReading
+
+        tag_readings = dict((self.cleaning or {}).get("ner_tags") or {})
+        entity_types = tag_readings.pop("entity_types", [])
+        for split, reading in tag_readings.items():
+            parts.append(f"{split} NER tags read as IOB2: {TagReading(**reading).summary(entity_types)}")
         line = f"data validation {verdict}: " + ", ".join(parts)
         if self.failures:
             line += " — failing: " + ", ".join(f"{c.suite}.{c.name}" for c in self.failures)

@@ -189,6 +189,9 @@ class _Gathered:
     checks: list[CheckResult] = field(default_factory=list)
     runs: list[tuple[Suite, dict[str, pd.DataFrame]]] = field(default_factory=list)
     profile: dict = field(default_factory=dict)
+    tag_readings: dict = field(
+        default_factory=dict
+    )  # split -> TagReading.to_dict(), where tags were rewritten
 
 
 def _gather_corpus(recipe: Recipe, gathered: _Gathered) -> dict | None:
@@ -246,7 +249,7 @@ def _gather_labelled(recipe: Recipe, gathered: _Gathered) -> None:
     from expectations.derived import labelled_frames, ner_frames
     from expectations.drift import profile_data
     from expectations.suites import classification_suite, ner_suite
-    from models.data import read_classification, read_ner
+    from models.data import read_classification, read_ner_labelled
 
     cfg, data, counter, task = recipe.validation, recipe.data, gathered.counter, recipe.task
     if task == "classification":
@@ -256,7 +259,12 @@ def _gather_labelled(recipe: Recipe, gathered: _Gathered) -> None:
     else:
 
         def read_labelled(path: Path):
-            return read_ner(path, data.tokens_column, data.tags_column)
+            frame, reading = read_ner_labelled(path, data)
+            if reading.changed:
+                split = "train" if path == data.train else "eval"
+                gathered.tag_readings[split] = reading.to_dict()
+                logger.warning("%s NER tags: %s", split, reading.summary(list(data.labels)))
+            return frame
 
     train = _read("labelled data (train)", task, lambda: read_labelled(data.train), gathered.checks)
     evaluation = None
@@ -288,6 +296,16 @@ def _gather_labelled(recipe: Recipe, gathered: _Gathered) -> None:
         entity_mentions = tags.loc[tags["tag"].str.startswith("B-"), "tag"].str[2:]
         profile["task"] = profile_data(sentences["text"], counter=counter, lengths=sentences["token_count"])
         profile["task"]["labels"] = _shares(entity_mentions)
+
+
+def _cleaning(corpus: dict | None, tag_readings: dict, entity_types: list[str]) -> dict | None:
+    """What the data needed before training: corpus lines dropped, NER tags read into IOB2."""
+    cleaning: dict = {}
+    if corpus:
+        cleaning["corpus"] = corpus
+    if tag_readings:
+        cleaning["ner_tags"] = {"entity_types": entity_types, **tag_readings}
+    return cleaning or None
 
 
 def _severity_keys_check(cfg) -> CheckResult | None:
@@ -376,7 +394,7 @@ def validate_recipe_data(
         profile=profile,
         drift=drift,
         data_docs=docs_index,
-        cleaning={"corpus": cleaning} if cleaning else None,
+        cleaning=_cleaning(cleaning, gathered.tag_readings, list(recipe.data.labels)),
     )
     report.write_json(out_dir / "validation.json")
     logger.info("%s (%.1fs)", report.summary(), time.perf_counter() - started)

@@ -317,14 +317,16 @@ def ner_suite(cfg: ValidationConfig, entity_types: list[str], with_eval: bool) -
             "tags_in_declared_set",
             "tags",
             gxe.ExpectColumnValuesToBeInSet(column="tag", value_set=ner_tag_set(list(entity_types))),
-            "tags must be O or B-/I- of a declared entity type, or the head has no unit for them",
+            "tags must be O or B-/I- of a declared entity type, or the head has no unit for them (bare B / I "
+            "are read as the type when data.labels names one; BIOES / BILOU prefixes are read as IOB2)",
             show=lambda row: f"[{row['split']}] {row['tag']!r} at token {row['position']}",
         ),
         Check(
             "bio_transitions_valid",
             "sentences",
             gxe.ExpectColumnValuesToBeInSet(column="bio_valid", value_set=[True]),
-            "an I- tag after O, at sentence start or after another type is a broken entity span",
+            "an I- tag after O, at sentence start or after another type is a broken entity span (IOB1 files "
+            "start entities with I-: convert them to IOB2)",
             show=lambda row: f"[{row['split']}] {row['bio_error']}: {row['text']}",
         ),
         Check(

@@ -1,7 +1,8 @@
 """Reading the recipe's data files into plain Python / pandas, splitting them, fingerprinting them.
 
 Formats: corpus .txt (one document per line) / .csv / .jsonl / .parquet; classification .csv / .jsonl /
-.parquet; NER CoNLL (``token TAG`` per line, blank line between sentences) or .jsonl with token and tag lists.
+.parquet; NER CoNLL (``token TAG`` per line, blank line between sentences; also as a header-less .tsv) or .jsonl
+with token and tag lists. NER tags are read into IOB2 with the recipe's entity types (``read_ner_tags``).
 Errors are DataError with a message that names the file and what to fix.
 """
 
@@ -169,14 +170,28 @@ def _read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
     return sentences
 
 
+def _is_conll_layout(path: Path, tokens_column: str, tags_column: str) -> bool:
+    """A .tsv whose first line is not a header naming both columns: CoNLL lines (``token<TAB>TAG``), as
+    BioBERT-style biomedical NER sets ship (train.tsv / devel.tsv / test.tsv)."""
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                header = [cell.strip() for cell in line.rstrip("\n").split("\t")]
+                return not (tokens_column in header and tags_column in header)
+    return True
+
+
 def read_ner(path: Path, tokens_column: str = "tokens", tags_column: str = "tags") -> pd.DataFrame:
-    """NER sentences as a DataFrame with list columns ``tokens`` and ``tags``."""
+    """NER sentences as a DataFrame with list columns ``tokens`` and ``tags`` (tags as the file has them)."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"NER data file not found: {path}")
-    if path.suffix.lower() in (".conll", ".txt", ".bio", ".iob"):
+    suffix = path.suffix.lower()
+    if suffix in (".conll", ".txt", ".bio", ".iob") or (
+        suffix == ".tsv" and _is_conll_layout(path, tokens_column, tags_column)
+    ):
         rows = _read_conll(path)
         return pd.DataFrame({"tokens": [r[0] for r in rows], "tags": [r[1] for r in rows]})
     df = _read_table(path)
@@ -193,6 +208,66 @@ def read_ner(path: Path, tokens_column: str = "tokens", tags_column: str = "tags
             raise DataError(f"{path}: column {column!r} must hold lists of strings (rows {bad[:5]} do not)")
         out[column] = out[column].map(lambda v: [str(x) for x in (v.tolist() if hasattr(v, "tolist") else v)])
     return out.reset_index(drop=True)
+
+
+# BIOES / BILOU tags that IOB2 spells differently: a one-word entity (S-, U-) begins one, a last word (E-, L-)
+# continues one.
+_IOB2_PREFIX = {"B": "B", "I": "I", "S": "B", "U": "B", "E": "I", "L": "I"}
+
+
+@dataclass(frozen=True)
+class TagReading:
+    """What reading one NER file's tags into IOB2 rewrote (counts of tags)."""
+
+    tags: int
+    untyped: int = 0  # bare B / I (or S / E / U / L) given the recipe's only entity type
+    rewritten: int = 0  # S- / E- / U- / L- (BIOES, BILOU) written as B- / I-
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.untyped or self.rewritten)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self, entity_types: list[str]) -> str:
+        parts = []
+        if self.untyped:
+            parts.append(f"{self.untyped} bare B/I tags read as {entity_types[0]}")
+        if self.rewritten:
+            parts.append(f"{self.rewritten} BIOES/BILOU tags (S-, E-, U-, L-) written as B-/I-")
+        return f"{', '.join(parts)} (of {self.tags} tags)"
+
+
+def read_ner_tags(tag_lists: list[list[str]], entity_types: list[str]) -> tuple[list[list[str]], TagReading]:
+    """Tags in the IOB2 scheme the model trains on. Only unambiguous readings are made: a bare ``B``/``I``
+    takes the entity type when the recipe declares exactly one, and BIOES/BILOU prefixes of a declared type
+    become B-/I-. Anything else is left for validation to report."""
+    declared = set(entity_types)
+    untyped = rewritten = total = 0
+    result = []
+    for tags in tag_lists:
+        read = []
+        for tag in tags:
+            total += 1
+            prefix, dash, kind = tag.partition("-")
+            if not dash and prefix in _IOB2_PREFIX and len(entity_types) == 1:
+                kind, dash = entity_types[0], "-"
+                untyped += 1
+            if dash and kind in declared and prefix in _IOB2_PREFIX:
+                rewritten += prefix != _IOB2_PREFIX[prefix]
+                tag = f"{_IOB2_PREFIX[prefix]}-{kind}"
+            read.append(tag)
+        result.append(read)
+    return result, TagReading(tags=total, untyped=untyped, rewritten=rewritten)
+
+
+def read_ner_labelled(path: Path, data) -> tuple[pd.DataFrame, TagReading]:
+    """A recipe's NER file (``data`` is its data section) with its tags read into IOB2, and what that rewrote."""
+    frame = read_ner(path, data.tokens_column, data.tags_column)
+    tags, reading = read_ner_tags(list(frame["tags"]), list(data.labels))
+    frame["tags"] = tags
+    return frame, reading
 
 
 def ner_text(tokens: list[str]) -> str:
@@ -226,9 +301,9 @@ def load_task_data(recipe: Recipe) -> TaskData:
     """The labelled train and evaluation sets the recipe names (a stratified split when no eval file)."""
     data = recipe.data
     if recipe.task == "ner":
-        train = read_ner(data.train, data.tokens_column, data.tags_column)
+        train, _ = read_ner_labelled(data.train, data)
         if data.eval is not None:
-            return TaskData(train, read_ner(data.eval, data.tokens_column, data.tags_column), False)
+            return TaskData(train, read_ner_labelled(data.eval, data)[0], False)
         tr, ev = stratified_split(train, data.eval_fraction, recipe.seed, column=None)
         return TaskData(tr, ev, True)
     train = read_classification(data.train, data.text_column, data.label_column, data.slice_column)

@@ -21,15 +21,19 @@ def prefect_harness():
         yield
 
 
-def _one_type(conll: Path, keep: str) -> None:
-    """Rewrite a CoNLL file so only entity type ``keep`` remains (every other tag becomes O)."""
+def _one_type_bare_tsv(conll: Path, keep: str) -> Path:
+    """The CoNLL file as BioBERT-style one-type sets ship: a header-less .tsv (``token<TAB>tag``) whose tags
+    carry no type (``B`` / ``I`` for ``keep``; every other type becomes ``O``)."""
     lines = []
     for line in conll.read_text(encoding="utf-8").splitlines():
         parts = line.split()
-        if len(parts) >= 2 and not parts[-1].endswith(f"-{keep}"):
-            parts[-1] = "O"
-        lines.append(" ".join(parts))
-    conll.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if len(parts) >= 2:
+            tag = parts[-1]
+            parts = [parts[0], tag[0] if tag.endswith(f"-{keep}") else "O"]
+        lines.append("\t".join(parts))
+    tsv = conll.with_suffix(".tsv")
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tsv
 
 
 def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
@@ -41,9 +45,13 @@ def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
 
     # its own model name: other tests register "tinyner" with four types, whose label profile would drift
     path = write_tiny_ner_recipe(
-        tmp_path / "ner", sample_dir, tiny_base_model, name="tinyner-org", data={"labels": ["ORG"]}
+        tmp_path / "ner",
+        sample_dir,
+        tiny_base_model,
+        name="tinyner-org",
+        data={"labels": ["ORG"], "train": "ner.tsv"},
     )
-    _one_type(tmp_path / "ner" / "ner.conll", "ORG")
+    _one_type_bare_tsv(tmp_path / "ner" / "ner.conll", "ORG")
     corpus = tmp_path / "ner" / "corpus.txt"
     lines = corpus.read_text(encoding="utf-8").splitlines()
     # 3 fragments and 2 repeats in 65 lines: over the 1 % that used to stop the run, now dropped and counted
@@ -65,6 +73,10 @@ def test_ner_with_one_entity_type_and_a_corpus_with_fragments_trains_and_serves(
     assert {c["name"]: c["status"] for c in validation["checks"] if c["suite"] == "corpus"}[
         "too_short"
     ] == "warn"
+    # the bare B / I tags were read as ORG, counted, and nothing else was rewritten
+    tags_read = validation["cleaning"]["ner_tags"]
+    assert tags_read["entity_types"] == ["ORG"]
+    assert tags_read["train"]["untyped"] > 0 and tags_read["train"]["rewritten"] == 0
     # int8 is judged on the eval set's entity F1 as well as on agreement (the drop is measured, not skipped)
     assert isinstance(stored.evidence["parity"]["int8"]["macro_f1_drop_vs_pytorch"], float)
     bundle = Registry().load_path("tinyner-org", alias="production", verify=True)

@@ -62,7 +62,8 @@ def check_task_frame(recipe: Recipe, df: pd.DataFrame, name: str) -> None:
         if unknown:
             raise FinetuneError(
                 f"the {name} set has tags {sorted(unknown)[:10]} outside the recipe's BIO tag set {labels}; "
-                "add the entity types to data.labels (without B-/I-) or fix the tags (IOB2: B-TYPE, I-TYPE, O)"
+                "add the entity types to data.labels (without B-/I-) or fix the tags (IOB2: B-TYPE, I-TYPE, O; "
+                "bare B / I tags are read as the entity type only when data.labels names exactly one)"
             )
         return
     missing = [c for c in ("text", "label") if c not in df.columns]

@@ -89,3 +89,64 @@ def test_a_split_too_small_to_stratify_falls_back_to_random_instead_of_failing()
     assert len(train) + len(held) == 12 and len(held) == 2
     train, held = stratified_split(frame, 0.5, seed=1)  # room for every class: stratified
     assert sorted(held["label"]) == ["a", "a", "b", "b", "c", "c"]
+
+
+def test_bare_bio_tags_take_the_only_entity_type_and_bioes_becomes_iob2():
+    from models.data import read_ner_tags
+
+    bare = [["B", "I", "O", "B"], ["O"]]
+    tags, reading = read_ner_tags(bare, ["Disease"])
+    assert tags == [["B-Disease", "I-Disease", "O", "B-Disease"], ["O"]]
+    assert (reading.tags, reading.untyped, reading.rewritten) == (5, 3, 0)
+    assert reading.summary(["Disease"]) == "3 bare B/I tags read as Disease (of 5 tags)"
+
+    bioes = [["S-Chemical", "O", "B-Disease", "I-Disease", "E-Disease"], ["U-Chemical", "L-Chemical"]]
+    tags, reading = read_ner_tags(bioes, ["Chemical", "Disease"])
+    assert tags == [["B-Chemical", "O", "B-Disease", "I-Disease", "I-Disease"], ["B-Chemical", "I-Chemical"]]
+    assert (reading.untyped, reading.rewritten) == (0, 4)
+
+
+def test_tags_that_cannot_be_read_unambiguously_are_left_for_validation():
+    from models.data import read_ner_tags
+
+    # two declared types: a bare B could be either; an undeclared type is not this recipe's to rename
+    tags, reading = read_ner_tags([["B", "I", "S-Gene", "B-Disease"]], ["Chemical", "Disease"])
+    assert tags == [["B", "I", "S-Gene", "B-Disease"]]
+    assert not reading.changed
+
+
+def test_a_headerless_tsv_is_read_as_conll_and_a_headed_one_as_a_table(tmp_path):
+    from models.data import read_ner
+
+    conll_tsv = tmp_path / "train.tsv"
+    conll_tsv.write_text("Selegiline\tO\ninduced\tO\nhypotension\tB\n\nR\tO\n.\tO\n", encoding="utf-8")
+    frame = read_ner(conll_tsv)
+    assert frame["tokens"].tolist() == [["Selegiline", "induced", "hypotension"], ["R", "."]]
+    assert frame["tags"].tolist() == [["O", "O", "B"], ["O", "O"]]
+
+    import pytest
+
+    from models.data import DataError
+
+    table = tmp_path / "table.tsv"
+    table.write_text("tokens\ttags\nSelegiline\tO\n", encoding="utf-8")
+    # a headed .tsv is a table; its cells are strings, not token lists, and the error says so
+    with pytest.raises(DataError, match="must hold lists of strings"):
+        read_ner(table)
+
+
+def test_load_task_data_trains_on_tags_read_as_iob2(tmp_path):
+    (tmp_path / "train.tsv").write_text(
+        "\n\n".join(f"Word{i}\tO\nfever\tB\nlike\tI\nsymptoms\tO" for i in range(8)) + "\n", encoding="utf-8"
+    )
+    (tmp_path / "corpus.txt").write_text("Fever like symptoms.\n", encoding="utf-8")
+    data_section = {
+        "corpus": str(tmp_path / "corpus.txt"),
+        "train": str(tmp_path / "train.tsv"),
+        "labels": ["Disease"],
+        "eval_fraction": 0.25,
+    }
+    recipe = recipe_from_dict({"name": "bare", "task": "ner", "data": data_section})
+    data = load_task_data(recipe)
+    assert {tag for tags in data.train["tags"] for tag in tags} == {"O", "B-Disease", "I-Disease"}
+    assert len(data.train) + len(data.eval) == 8
