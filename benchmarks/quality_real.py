@@ -199,6 +199,8 @@ def dapt_run(name: str, recipe: dict, out: Path) -> dict[str, Any]:
     try:
         version = registry.get_version(f"bench-{name}")
         promoted = registry.aliases(f"bench-{name}").get("production") == version.version
+        bundle = registry.load_path(f"bench-{name}", version.version, verify=True)
+        served = served_scores(bundle, recipe)
     finally:
         registry.dispose()
     evidence = version.evidence
@@ -240,10 +242,74 @@ def dapt_run(name: str, recipe: dict, out: Path) -> dict[str, Any]:
             k: (parity.get("int8") or {}).get(k)
             for k in ("label_agreement", "macro_f1_drop_vs_pytorch", "passed")
         },
+        "served": served,
         "promoted": promoted,
         "gate": (summary.get("gate") or {}).get("summary"),
         "exit_code": run["exit_code"],
         "version": version.version,
+    }
+
+
+def _gold_spans(tokens: list[str], tags: list[str]) -> set[tuple[int, int, str]]:
+    """Character spans of the IOB2 entities in the text the service receives (tokens joined by spaces)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    starts, position = [], 0
+    for token in tokens:
+        starts.append(position)
+        position += len(token) + 1
+    return {
+        (starts[first], starts[last] + len(tokens[last]), kind)
+        for kind, first, last in get_entities(list(tags))
+    }
+
+
+def served_scores(bundle: Path, recipe: dict) -> dict[str, Any]:
+    """The eval set scored through the serving predictor (ONNX Runtime, the variant the CPU serves, its
+    decoding): what a client of the service gets, beside the run's own PyTorch evaluation."""
+    from models.data import ner_text, read_classification, read_ner
+    from services.predictor import OnnxPredictor
+
+    predictor = OnnxPredictor(bundle, providers=["CPUExecutionProvider"])
+    eval_path = Path(recipe["data"]["eval"])
+    started = time.perf_counter()
+    batch = 32
+    if recipe.get("task") == "ner":
+        frame = read_ner(eval_path)
+        texts = [ner_text(list(t)) for t in frame["tokens"]]
+        gold = [_gold_spans(list(t), list(g)) for t, g in zip(frame["tokens"], frame["tags"], strict=True)]
+        true_positive = predicted_count = 0
+        for start in range(0, len(texts), batch):
+            for spans, wanted in zip(
+                predictor.entities(texts[start : start + batch]), gold[start : start + batch], strict=True
+            ):
+                found = {(span["start"], span["end"], span["label"]) for span in spans}
+                true_positive += len(found & wanted)
+                predicted_count += len(found)
+        gold_count = sum(len(g) for g in gold)
+        precision = true_positive / max(predicted_count, 1)
+        recall = true_positive / max(gold_count, 1)
+        metrics = {"entity_f1": 2 * precision * recall / max(precision + recall, 1e-12)}
+    else:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        frame = read_classification(eval_path)
+        texts, gold_labels = list(frame["text"]), list(frame["label"])
+        predicted = [
+            result["label"]
+            for start in range(0, len(texts), batch)
+            for result in predictor.classify(texts[start : start + batch])
+        ]
+        metrics = {
+            "accuracy": float(accuracy_score(gold_labels, predicted)),
+            "macro_f1": float(f1_score(gold_labels, predicted, average="macro", zero_division=0)),
+        }
+    return {
+        "variant": predictor.info()["variant"],
+        "metrics": {k: round(v, 4) for k, v in metrics.items()},
+        "texts": len(texts),
+        "batch_size": batch,
+        "seconds": round(time.perf_counter() - started, 1),
     }
 
 
@@ -390,8 +456,10 @@ def run_task(task: str, args, data: Path, out: Path) -> dict[str, Any]:
                 if seed is not None:
                     recipe["seed"] = seed
                 results[run] = dapt_run(f"{run}{suffix}", recipe, folder)
+            served = results[run].get("served")
             say(
                 f"[{task}] {run}{suffix}: {json.dumps(results[run]['metrics'])} in {results[run]['wall_seconds']} s"
+                + (f"; served ({served['variant']}): {json.dumps(served['metrics'])}" if served else "")
             )
         by_seed["default" if seed is None else str(seed)] = results
     first = next(iter(by_seed.values()))

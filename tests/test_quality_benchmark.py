@@ -339,3 +339,25 @@ def test_each_run_is_repeated_per_seed_with_that_seed_in_the_recipe_and_the_plai
     ]
     assert report["over_seeds"]["default_minus_plain_points"] == {"per_seed": [4.2, 0.7], "mean": 2.45}
     assert report["by_seed"]["7"]["comparison"]["default_minus_plain_points"] == 0.7
+
+
+def test_served_scores_come_from_the_serving_predictor_and_its_decoding(real, tiny_base_model, tmp_path):
+    from tests.services.conftest import NER_TAGS, export_tiny, make_checkpoint
+
+    # the tiny tagger tags every word B-DRUG: each word is its own DRUG span
+    checkpoint = make_checkpoint(tiny_base_model, tmp_path / "ckpt", "ner", NER_TAGS, favour="B-DRUG")
+    bundle = export_tiny(checkpoint, tmp_path / "bundle", "ner", NER_TAGS)
+    conll = tmp_path / "test.conll"
+    real.write_conll(
+        conll,
+        [
+            (["Aspirin", "helps", "migraine"], ["B-DRUG", "O", "B-DISEASE"]),
+            (["ibuprofen", "tablets"], ["B-DRUG", "I-DRUG"]),
+        ],
+    )
+    served = real.served_scores(bundle, {"task": "ner", "data": {"eval": str(conll)}})
+    # 5 spans served, 3 gold, 1 exact match (Aspirin): precision 1/5, recall 1/3
+    assert served["metrics"]["entity_f1"] == pytest.approx(2 * (1 / 5) * (1 / 3) / (1 / 5 + 1 / 3), abs=1e-4)
+    assert served["texts"] == 2 and served["variant"] in ("int8", "fp32")
+
+    assert real._gold_spans(["ibuprofen", "tablets", "help"], ["B-DRUG", "I-DRUG", "O"]) == {(0, 17, "DRUG")}
