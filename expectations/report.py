@@ -135,6 +135,9 @@ class ValidationReport:
             examples = "; ".join(_example_text(e) for e in result.examples[:3])
             table.add_row(result.suite, result.name, styles[result.status], failing, examples)
         console.print(table)
+        for result in self.failures:  # what the check guards against and how to fix it, beside its name
+            if result.reason:
+                console.print(f"[bold red]{result.suite}.{result.name}[/]: {result.reason}", highlight=False)
         if self.drift is not None:
             console.print(
                 f"drift: {self.drift['status']} (distance {self.drift['distance']:.3f}, "

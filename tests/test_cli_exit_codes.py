@@ -91,6 +91,8 @@ def test_validate_exits_1_when_a_data_check_fails_and_0_when_all_pass(tmp_path, 
     failed = dapt("validate", str(broken), home=home)
     assert failed.returncode == ExitCode.FAILURE == 1, failed.stdout + failed.stderr
     assert "bullish" in failed.stdout  # the table names the offending value
+    # and under it, what the failing check guards against and how to fix it
+    assert "classification.labels_in_declared_set: " in " ".join(failed.stdout.split())
     assert "Traceback" not in failed.stderr
 
 
