@@ -294,6 +294,14 @@ class ExportConfig(_Section):
         "'blockwise': 8-bit MatMulNBits, one scale per int8_block_size inputs (weights and activations), "
         "slower but it holds where an outlier activation breaks 'dynamic' (benchmarks/README.md).",
     )
+    int8_min_speedup: float = Field(
+        default=1.0,
+        ge=0,
+        description="int8 serves on CPU only when parity timed it at least this many times fp32's speed at "
+        "every parity batch size (on the exporting machine); else fp32, exact and faster there, serves. "
+        "MiniLM's int8 ran 1.2-2.5x fp32 on the CPUs measured; a tiny model's int8 runs at half fp32's speed. "
+        "0 turns the check off.",
+    )
     int8_block_size: int = Field(
         default=128,
         description="'blockwise' int8: inputs per quantization block (a power of two, at least 16).",

@@ -37,7 +37,7 @@ from models.export.int8 import (  # noqa: F401 - int8_exclusions, int8_settings_
     int8_settings_for,
     quantize_int8,
 )
-from models.export.parity import compare_variants, preferred_cpu_variant, pytorch_reference
+from models.export.parity import compare_variants, int8_speedup, preferred_cpu_variant, pytorch_reference
 from models.recipe import ExportConfig
 from models.registry.bundle import (
     MANIFEST,
@@ -156,19 +156,29 @@ def _write_parity_report(
         "dropped": facts["dropped"],
         "int8": facts["quantization"] or None,
         "int8_attempts": facts["attempts"],
+        # fp32 over int8 ms per text, worst parity batch size: int8 serves only at >= int8_min_speedup
+        "int8_speedup": int8_speedup(facts["parity"]),
+        "int8_min_speedup": config.int8_min_speedup,
         "variants": facts["parity"],
     }
     (out_dir / REPORTS_DIR).mkdir(exist_ok=True)
     (out_dir / REPORTS_DIR / PARITY_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
-def _done_line(seconds: float, parity: dict, preferred_cpu: str) -> str:
+def _done_line(seconds: float, parity: dict, preferred_cpu: str, config: ExportConfig) -> str:
     verdicts = ", ".join(
         f"{v} {'ok' if r['passed'] else ('DROPPED' if r['passed'] is False else r['note'])}"
         for v, r in parity.items()
     )
     speed = ""
-    if preferred_cpu != "fp32":  # the parity passes' own timings, largest batch size
+    speedup = int8_speedup(parity)
+    if preferred_cpu == "fp32" and (parity.get("int8") or {}).get("passed") and speedup is not None:
+        if speedup < config.int8_min_speedup:
+            speed = (
+                f" (int8 held parity but ran at {speedup:.2f}x fp32's speed, under "
+                f"export.int8_min_speedup {config.int8_min_speedup:g})"
+            )
+    elif preferred_cpu != "fp32":  # the parity passes' own timings, largest batch size
         batch = max(parity["fp32"]["by_batch_size"], key=int)
         fp32_ms = parity["fp32"]["by_batch_size"][batch]["ms_per_text"]
         ms = parity[preferred_cpu]["by_batch_size"][batch]["ms_per_text"]
@@ -318,7 +328,7 @@ def export_bundle(
             progress=say,
         )
     _make_world_readable(out_dir)
-    say(_done_line(time.perf_counter() - started, judged.parity, judged.preferred_cpu))
+    say(_done_line(time.perf_counter() - started, judged.parity, judged.preferred_cpu, config))
     return ExportResult(
         bundle_dir=out_dir,
         parity=judged.parity,

@@ -225,6 +225,18 @@ def _macro_f1(task, per_text_logits, gold, labels, texts, offsets) -> float:
     return float(entity_f1(y_true, y_pred, average="macro", mode="strict", scheme=IOB2, zero_division=0))
 
 
+def int8_speedup(parity: dict[str, dict[str, Any]]) -> float | None:
+    """fp32's ms per text over int8's, at the parity batch size where int8 gains least; None without timings."""
+    fp32 = (parity.get("fp32") or {}).get("by_batch_size") or {}
+    int8 = (parity.get("int8") or {}).get("by_batch_size") or {}
+    ratios = [
+        fp32[batch]["ms_per_text"] / int8[batch]["ms_per_text"]
+        for batch in fp32
+        if (fp32[batch].get("ms_per_text") or 0) > 0 and ((int8.get(batch) or {}).get("ms_per_text") or 0) > 0
+    ]
+    return min(ratios) if ratios else None
+
+
 def preferred_cpu_variant(parity: dict[str, dict[str, Any]], config: ExportConfig) -> str:
     int8 = parity.get("int8")
     if not int8 or not int8.get("passed"):
@@ -232,4 +244,7 @@ def preferred_cpu_variant(parity: dict[str, dict[str, Any]], config: ExportConfi
     fp32_f1, int8_f1 = parity["fp32"].get("macro_f1"), int8.get("macro_f1")
     if fp32_f1 is not None and int8_f1 is not None and fp32_f1 - int8_f1 > config.max_accuracy_drop:
         return "fp32"
+    speedup = int8_speedup(parity)
+    if config.int8_min_speedup > 0 and speedup is not None and speedup < config.int8_min_speedup:
+        return "fp32"  # int8 only trades exactness for speed: slower than fp32 it buys nothing
     return "int8"

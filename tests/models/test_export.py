@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.export.onnx import ExportError, ExportResult, export_bundle
-from models.export.parity import preferred_cpu_variant
+from models.export.parity import int8_speedup, preferred_cpu_variant
 from models.recipe import ExportConfig
 from models.registry.bundle import ServingSpec
 
@@ -52,7 +52,10 @@ def exported(classifier_dir, tmp_path_factory) -> ExportResult:
         labels=LABELS,
         max_length=32,
         config=ExportConfig(
-            variants=["fp32", "int8", "fp16"], min_label_agreement=0.5, max_accuracy_drop=1.0
+            variants=["fp32", "int8", "fp16"],
+            min_label_agreement=0.5,
+            max_accuracy_drop=1.0,
+            int8_min_speedup=0,
         ),
         parity_texts=TEXTS,
         parity_labels=["billing", "outage", "praise", "praise"],
@@ -269,6 +272,38 @@ def test_int8_is_preferred_only_within_the_accuracy_budget():
     assert preferred_cpu_variant({"fp32": fp32, "int8": {"passed": False, "macro_f1": 0.9}}, config) == "fp32"
     assert preferred_cpu_variant({"fp32": {"passed": True}, "int8": {"passed": True}}, config) == "int8"
     assert preferred_cpu_variant({"fp32": fp32}, config) == "fp32"
+
+
+def _timed(ms_batch_1: float, ms_batch_32: float) -> dict:
+    by_batch = {"1": {"ms_per_text": ms_batch_1}, "32": {"ms_per_text": ms_batch_32}}
+    return {"passed": True, "macro_f1": 0.9, "by_batch_size": by_batch}
+
+
+def test_int8_serves_on_cpu_only_when_parity_timed_it_faster_than_fp32():
+    fp32 = _timed(4.0, 6.0)
+    assert int8_speedup({"fp32": fp32, "int8": _timed(2.0, 2.0)}) == 2.0  # the worse batch size: 4 / 2
+    assert preferred_cpu_variant({"fp32": fp32, "int8": _timed(2.0, 3.0)}, ExportConfig()) == "int8"
+    # faster at batch 32 but slower one text at a time: the batch size where int8 gains least decides
+    slow_alone = {"fp32": fp32, "int8": _timed(4.4, 3.0)}
+    assert preferred_cpu_variant(slow_alone, ExportConfig()) == "fp32"
+    assert preferred_cpu_variant(slow_alone, ExportConfig(int8_min_speedup=0)) == "int8"
+    assert (
+        preferred_cpu_variant({"fp32": fp32, "int8": _timed(3.0, 4.5)}, ExportConfig(int8_min_speedup=1.5))
+        == "fp32"
+    )
+    assert int8_speedup({"fp32": {"passed": True}, "int8": {"passed": True}}) is None  # untimed: not judged
+
+
+def test_a_tiny_models_int8_holds_parity_but_fp32_serves_on_cpu_as_the_faster(classifier_dir, tmp_path):
+    messages: list[str] = []
+    config = ExportConfig(min_label_agreement=0.5, max_accuracy_drop=1.0)
+    result = _export(classifier_dir, tmp_path / "b", config=config, progress=messages.append)
+    report = json.loads((tmp_path / "b" / "reports" / "parity.json").read_text())
+    assert result.parity["int8"]["passed"] is True and "int8" in result.variants  # served to who asks for it
+    # a 32-wide model: quantizing activations costs more than its int8 MatMuls save
+    assert report["int8_speedup"] < 1.0 and report["int8_min_speedup"] == 1.0
+    assert result.preferred_cpu_variant == "fp32" and report["preferred_cpu_variant"] == "fp32"
+    assert any("int8 held parity but ran at" in m and "int8_min_speedup" in m for m in messages)
 
 
 def _export(model_dir: Path, out: Path, **overrides):

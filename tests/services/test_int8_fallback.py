@@ -30,7 +30,7 @@ def _export(checkpoint: Path, out: Path, margin: float) -> Path:
         task="classification",
         labels=CLASS_LABELS,
         max_length=24,
-        config=ExportConfig(int8_fp32_fallback_margin=margin),
+        config=ExportConfig(int8_fp32_fallback_margin=margin, int8_min_speedup=0),
         parity_texts=TEXTS,
         embedding=False,
     )
