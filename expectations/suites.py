@@ -325,8 +325,8 @@ def ner_suite(cfg: ValidationConfig, entity_types: list[str], with_eval: bool) -
             "bio_transitions_valid",
             "sentences",
             gxe.ExpectColumnValuesToBeInSet(column="bio_valid", value_set=[True]),
-            "an I- tag after O, at sentence start or after another type is a broken entity span (IOB1 files "
-            "start entities with I-: convert them to IOB2)",
+            "an I- tag after O, at sentence start or after another type is a broken entity span (a file in "
+            "IOB1, where entities start with I-, is read as IOB2 only when every B- tag follows its own type)",
             show=lambda row: f"[{row['split']}] {row['bio_error']}: {row['text']}",
         ),
         Check(

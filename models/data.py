@@ -222,10 +222,11 @@ class TagReading:
     tags: int
     untyped: int = 0  # bare B / I (or S / E / U / L) given the recipe's only entity type
     rewritten: int = 0  # S- / E- / U- / L- (BIOES, BILOU) written as B- / I-
+    iob1_starts: int = 0  # in an IOB1 file, the I-X that start an entity, written as B-X
 
     @property
     def changed(self) -> bool:
-        return bool(self.untyped or self.rewritten)
+        return bool(self.untyped or self.rewritten or self.iob1_starts)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,13 +237,50 @@ class TagReading:
             parts.append(f"{self.untyped} bare B/I tags read as {entity_types[0]}")
         if self.rewritten:
             parts.append(f"{self.rewritten} BIOES/BILOU tags (S-, E-, U-, L-) written as B-/I-")
+        if self.iob1_starts:
+            parts.append(f"{self.iob1_starts} IOB1 entity starts (I-X) written as B-X")
         return f"{', '.join(parts)} (of {self.tags} tags)"
+
+
+def _continues(previous: str, tag: str) -> bool:
+    """Whether ``tag`` (B-X or I-X) follows a tag of the same entity type."""
+    return previous[:2] in ("B-", "I-") and previous[2:] == tag[2:]
+
+
+def _is_iob1(tag_lists: list[list[str]]) -> bool:
+    """IOB1 (CoNLL-2003's original scheme) starts an entity with I-X and uses B-X only between two adjacent X
+    entities. A file is read as IOB1 when some I-X starts an entity and every B-X follows an X tag; in an IOB2
+    file B-X follows O, so a few broken spans there are left for validation to report."""
+    entity_starts_with_i = False
+    for tags in tag_lists:
+        previous = "O"
+        for tag in tags:
+            if tag.startswith("B-") and not _continues(previous, tag):
+                return False
+            if tag.startswith("I-") and not _continues(previous, tag):
+                entity_starts_with_i = True
+            previous = tag
+    return entity_starts_with_i
+
+
+def _iob1_to_iob2(tag_lists: list[list[str]]) -> tuple[list[list[str]], int]:
+    result, starts = [], 0
+    for tags in tag_lists:
+        read, previous = [], "O"
+        for tag in tags:
+            if tag.startswith("I-") and not _continues(previous, tag):
+                tag = "B-" + tag[2:]
+                starts += 1
+            read.append(tag)
+            previous = tag
+        result.append(read)
+    return result, starts
 
 
 def read_ner_tags(tag_lists: list[list[str]], entity_types: list[str]) -> tuple[list[list[str]], TagReading]:
     """Tags in the IOB2 scheme the model trains on. Only unambiguous readings are made: a bare ``B``/``I``
-    takes the entity type when the recipe declares exactly one, and BIOES/BILOU prefixes of a declared type
-    become B-/I-. Anything else is left for validation to report."""
+    takes the entity type when the recipe declares exactly one, BIOES/BILOU prefixes of a declared type
+    become B-/I-, and an IOB1 file's entity starts become B-. Anything else is left for validation to report."""
     declared = set(entity_types)
     untyped = rewritten = total = 0
     result = []
@@ -259,7 +297,10 @@ def read_ner_tags(tag_lists: list[list[str]], entity_types: list[str]) -> tuple[
                 tag = f"{_IOB2_PREFIX[prefix]}-{kind}"
             read.append(tag)
         result.append(read)
-    return result, TagReading(tags=total, untyped=untyped, rewritten=rewritten)
+    iob1_starts = 0
+    if _is_iob1(result):
+        result, iob1_starts = _iob1_to_iob2(result)
+    return result, TagReading(tags=total, untyped=untyped, rewritten=rewritten, iob1_starts=iob1_starts)
 
 
 def read_ner_labelled(path: Path, data) -> tuple[pd.DataFrame, TagReading]:

@@ -150,3 +150,18 @@ def test_load_task_data_trains_on_tags_read_as_iob2(tmp_path):
     data = load_task_data(recipe)
     assert {tag for tags in data.train["tags"] for tag in tags} == {"O", "B-Disease", "I-Disease"}
     assert len(data.train) + len(data.eval) == 8
+
+
+def test_an_iob1_file_is_read_as_iob2_and_a_broken_iob2_file_is_not_rewritten():
+    from models.data import read_ner_tags
+
+    # IOB1 (CoNLL-2003's original): entities start with I-; B- only splits two adjacent entities of a type
+    iob1 = [["I-ORG", "I-ORG", "O", "I-LOC", "B-LOC"], ["O", "I-PER"]]
+    tags, reading = read_ner_tags(iob1, ["ORG", "LOC", "PER"])
+    assert tags == [["B-ORG", "I-ORG", "O", "B-LOC", "B-LOC"], ["O", "B-PER"]]
+    assert reading.iob1_starts == 3 and reading.summary(["ORG"]).startswith("3 IOB1 entity starts")
+
+    # IOB2 with one broken span: B- follows O elsewhere, so it is not IOB1 and validation reports the span
+    broken = [["B-ORG", "I-ORG", "O"], ["O", "I-ORG"]]
+    tags, reading = read_ner_tags(broken, ["ORG"])
+    assert tags == broken and not reading.changed
