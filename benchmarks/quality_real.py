@@ -267,7 +267,7 @@ def _gold_spans(tokens: list[str], tags: list[str]) -> set[tuple[int, int, str]]
 def served_scores(bundle: Path, recipe: dict) -> dict[str, Any]:
     """The eval set scored through the serving predictor (ONNX Runtime, the variant the CPU serves, its
     decoding): what a client of the service gets, beside the run's own PyTorch evaluation."""
-    from models.data import ner_text, read_classification, read_ner
+    from models.data import ner_text, read_classification, read_ner, read_ner_tags
     from services.predictor import OnnxPredictor
 
     predictor = OnnxPredictor(bundle, providers=["CPUExecutionProvider"])
@@ -276,8 +276,11 @@ def served_scores(bundle: Path, recipe: dict) -> dict[str, Any]:
     batch = 32
     if recipe.get("task") == "ner":
         frame = read_ner(eval_path)
+        tags, _ = read_ner_tags(
+            list(frame["tags"]), list(recipe["data"].get("labels") or [])
+        )  # as dapt reads them
         texts = [ner_text(list(t)) for t in frame["tokens"]]
-        gold = [_gold_spans(list(t), list(g)) for t, g in zip(frame["tokens"], frame["tags"], strict=True)]
+        gold = [_gold_spans(list(t), list(g)) for t, g in zip(frame["tokens"], tags, strict=True)]
         true_positive = predicted_count = 0
         for start in range(0, len(texts), batch):
             for spans, wanted in zip(

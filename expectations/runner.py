@@ -189,9 +189,8 @@ class _Gathered:
     checks: list[CheckResult] = field(default_factory=list)
     runs: list[tuple[Suite, dict[str, pd.DataFrame]]] = field(default_factory=list)
     profile: dict = field(default_factory=dict)
-    tag_readings: dict = field(
-        default_factory=dict
-    )  # split -> TagReading.to_dict(), where tags were rewritten
+    # split -> TagReading.to_dict(), for the NER files whose tags were read into IOB2
+    tag_readings: dict = field(default_factory=dict)
 
 
 def _gather_corpus(recipe: Recipe, gathered: _Gathered) -> dict | None:

@@ -355,7 +355,9 @@ def test_served_scores_come_from_the_serving_predictor_and_its_decoding(real, ti
             (["ibuprofen", "tablets"], ["B-DRUG", "I-DRUG"]),
         ],
     )
-    served = real.served_scores(bundle, {"task": "ner", "data": {"eval": str(conll)}})
+    served = real.served_scores(
+        bundle, {"task": "ner", "data": {"eval": str(conll), "labels": ["DRUG", "DISEASE"]}}
+    )
     # 5 spans served, 3 gold, 1 exact match (Aspirin): precision 1/5, recall 1/3
     assert served["metrics"]["entity_f1"] == pytest.approx(2 * (1 / 5) * (1 / 3) / (1 / 5 + 1 / 3), abs=1e-4)
     assert served["texts"] == 2 and served["variant"] in ("int8", "fp32")
