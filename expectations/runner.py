@@ -253,23 +253,24 @@ def _gather_labelled(recipe: Recipe, gathered: _Gathered) -> None:
     cfg, data, counter, task = recipe.validation, recipe.data, gathered.counter, recipe.task
     if task == "classification":
 
-        def read_labelled(path: Path):
+        def read_labelled(path: Path, split: str):
             return read_classification(path, data.text_column, data.label_column, data.slice_column)
     else:
 
-        def read_labelled(path: Path):
+        def read_labelled(path: Path, split: str):
             frame, reading = read_ner_labelled(path, data)
             if reading.changed:
-                split = "train" if path == data.train else "eval"
                 gathered.tag_readings[split] = reading.to_dict()
                 logger.warning("%s NER tags: %s", split, reading.summary(list(data.labels)))
             return frame
 
-    train = _read("labelled data (train)", task, lambda: read_labelled(data.train), gathered.checks)
+    train = _read("labelled data (train)", task, lambda: read_labelled(data.train, "train"), gathered.checks)
     evaluation = None
     if data.eval is not None:
         eval_path = data.eval
-        evaluation = _read("labelled data (eval)", task, lambda: read_labelled(eval_path), gathered.checks)
+        evaluation = _read(
+            "labelled data (eval)", task, lambda: read_labelled(eval_path, "eval"), gathered.checks
+        )
     if train is None or (data.eval is not None and evaluation is None):
         return
     logger.info(

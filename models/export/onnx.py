@@ -37,7 +37,13 @@ from models.export.int8 import (  # noqa: F401 - int8_exclusions, int8_settings_
     int8_settings_for,
     quantize_int8,
 )
-from models.export.parity import compare_variants, int8_speedup, preferred_cpu_variant, pytorch_reference
+from models.export.parity import (
+    compare_variants,
+    int8_speed_by_batch,
+    int8_speedup,
+    preferred_cpu_variant,
+    pytorch_reference,
+)
 from models.recipe import ExportConfig
 from models.registry.bundle import (
     MANIFEST,
@@ -132,9 +138,8 @@ def _drop_failed(parity: dict, variant_paths: dict[str, Path], say: Progress) ->
     dropped = {v: "; ".join(r["failures"]) for v, r in parity.items() if v != "fp32" and r["passed"] is False}
     for variant in dropped:
         # Dropped from what serves: the service can never load it; its numbers stay in reports/parity.json.
-        shutil.rmtree(
-            variant_paths[variant].parent, ignore_errors=True
-        )  # absent when int8 could not be built
+        # (absent when int8 could not be built)
+        shutil.rmtree(variant_paths[variant].parent, ignore_errors=True)
         say(f"{variant}: dropped from serving ({dropped[variant]})")
     return dropped, {v: p for v, p in variant_paths.items() if v not in dropped}
 
@@ -171,18 +176,17 @@ def _done_line(seconds: float, parity: dict, preferred_cpu: str, config: ExportC
         for v, r in parity.items()
     )
     speed = ""
-    speedup = int8_speedup(parity)
-    if preferred_cpu == "fp32" and (parity.get("int8") or {}).get("passed") and speedup is not None:
-        if speedup < config.int8_min_speedup:
-            speed = (
-                f" (int8 held parity but ran at {speedup:.2f}x fp32's speed, under "
-                f"export.int8_min_speedup {config.int8_min_speedup:g})"
-            )
-    elif preferred_cpu != "fp32":  # the parity passes' own timings, largest batch size
-        batch = max(parity["fp32"]["by_batch_size"], key=int)
-        fp32_ms = parity["fp32"]["by_batch_size"][batch]["ms_per_text"]
-        ms = parity[preferred_cpu]["by_batch_size"][batch]["ms_per_text"]
-        speed = f" ({fp32_ms / ms:.1f}x fp32's speed at batch {batch} in parity)" if ms > 0 else ""
+    ratios = int8_speed_by_batch(parity)  # the parity passes' own timings
+    if preferred_cpu == "int8" and ratios:
+        batch = max(ratios, key=int)
+        speed = f" ({ratios[batch]:.1f}x fp32's speed at batch {batch} in parity)"
+    elif (
+        ratios and (parity.get("int8") or {}).get("passed") and min(ratios.values()) < config.int8_min_speedup
+    ):
+        speed = (
+            f" (int8 held parity but ran at {min(ratios.values()):.2f}x fp32's speed, under "
+            f"export.int8_min_speedup {config.int8_min_speedup:g})"
+        )
     return f"export done in {seconds:.1f}s: {verdicts}; CPU serves {preferred_cpu}{speed}"
 
 
