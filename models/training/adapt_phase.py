@@ -362,20 +362,23 @@ def carry_pooler(base: Path, encoder_dir: Path, prefix: str) -> bool:
 
 BUDGET_FILE = "budget.json"
 BUDGET_SAFETY = 0.85  # share of the budget planned for; evaluation, checkpoints and measuring take the rest
-CALIBRATION_STEPS = 3
+# Whole steps timed on length-grouped batches spread over the texts' lengths, as training (group_by_length)
+# runs them: 3 random batches without the AdamW update read half the speed training then had (benchmarks/README.md)
+CALIBRATION_STEPS = 8
+CALIBRATION_TEXTS = 1024  # texts sampled to spread the timed batches over the length distribution
 
 
 def _training_tokens_per_second(model, tokenizer, texts: list[str], adapt: AdaptConfig, seed: int) -> float:
-    """Forward + backward speed of this model on this machine, in the precision training will use, measured on
-    a few real batches (no update)."""
+    """Speed of whole training steps (forward, backward, clipping, AdamW) of this model on this machine, in the
+    precision training will use; the weights are left as they were."""
     from models.training.calibration import time_training_steps
+    from models.training.step_budget import calibration_batches
 
-    sample = random.Random(seed).sample(texts, min(len(texts), adapt.batch_size * (CALIBRATION_STEPS + 1)))
+    sample = random.Random(seed).sample(texts, min(len(texts), CALIBRATION_TEXTS))
     features = encode_texts(tokenizer, sample, adapt, seed)
     collator = mlm_collator(tokenizer, adapt, seed, None)
-    chunks = [features[i : i + adapt.batch_size] for i in range(0, len(features), adapt.batch_size)]
-    batches = (collator(rows) for rows in chunks)
-    return time_training_steps(model, batches, bf16=precision_flags()["bf16"]).tokens_per_second
+    batches = (collator(rows) for rows in calibration_batches(features, adapt.batch_size, CALIBRATION_STEPS))
+    return time_training_steps(model, batches, bf16=precision_flags()["bf16"], update=True).tokens_per_second
 
 
 def _budget_plan(phases: list[Phase], model, tokenizer, recipe: Recipe, plan_file: Path, key: str) -> dict:

@@ -111,6 +111,40 @@ def test_time_budget_subsamples_the_corpus_to_what_fits_and_reuses_the_plan(tiny
     assert all(phase["reused"] for phase in again.metrics["phases"])
 
 
+def test_budget_times_whole_steps_on_length_grouped_batches_as_training_runs_them(
+    tiny_base_model, monkeypatch
+):
+    """Random batches padded to their longest text, timed without the optimizer update, read about half the
+    tokens per second adaptation then trained at (training groups texts by length): the budget went half used."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    import models.training.calibration as calibration
+    from models.training.adapt_phase import CALIBRATION_STEPS, _training_tokens_per_second
+
+    seen: dict = {}
+
+    def record(model, batches, *, bf16=False, update=False):
+        seen["batches"] = [batch["attention_mask"] for batch in batches]
+        seen["update"] = update
+        return calibration.Timing(seconds=1.0, batches=len(seen["batches"]) - 1, tokens=100)
+
+    monkeypatch.setattr(calibration, "time_training_steps", record)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    model = AutoModelForMaskedLM.from_pretrained(tiny_base_model)
+    words = "the quarterly margin of the group rose while costs fell".split()
+    texts = [" ".join(words[i % 10] for i in range(n)) for n in range(1, 60)] * 4
+    adapt = make_recipe(tiny_base_model).adapt
+    assert _training_tokens_per_second(model, tokenizer, texts, adapt, seed=0) == 100.0
+    assert seen["update"] is True  # clipping and AdamW are part of a step's cost
+    masks = seen["batches"]
+    assert len(masks) == CALIBRATION_STEPS + 1  # a warm-up batch, then the timed ones
+    lengths = [mask.sum(dim=1) for mask in masks[1:]]
+    # near-equal lengths in a batch (random ones here spread over 1..60 tokens), as group_by_length trains
+    assert all(int(batch.max() - batch.min()) <= 4 for batch in lengths)
+    longest = [int(batch.max()) for batch in lengths]
+    assert longest == sorted(longest) and longest[0] + 20 < longest[-1]  # spread over the length distribution
+
+
 def test_no_budget_trains_on_all_the_text(tiny_base_model, tmp_path):
     result = run_adapt(tiny_base_model, tmp_path / "a", max_steps=2, time_budget_minutes=None)
     assert result.metrics["budget"] is None
