@@ -2,10 +2,12 @@
 steps), and a watch that keeps training to it as the real steps are measured.
 
 The plan times a handful of isolated steps; the Trainer's own per-step costs (data loading, collation, logging,
-callbacks) are not in them, and at batch 16 they made a tweets run 19 % longer than planned (benchmarks/README.md).
-So the watch re-makes the plan from the steps really taken, a few times early in training: the count moves between
-the plan's minimum and the plan (never above it: the plan already holds every epoch wanted), and the learning-rate
-schedule is re-aimed so it still decays to zero at the new last step.
+callbacks) are not in them, and at batch 16 they made a tweets run 19 % longer than planned; another time the timed
+steps read slower than training then ran, and a tweets run stopped at 4.2 epochs with a minute of its budget unused
+(benchmarks/README.md). So the watch re-makes the plan from the steps really taken, a few times early in training:
+the count moves between the plan's minimum and the end of the epoch the plan ends in (the last epoch the Trainer
+will start; never past the epochs wanted), and the learning-rate schedule is re-aimed so it still decays to zero
+at the new last step.
 """
 
 from __future__ import annotations
@@ -113,18 +115,18 @@ def steps_that_fit(
     seconds_left: float,
     boundaries_left: int,
     seconds_per_boundary: float,
-    planned_steps: int,
+    most_steps: int,
     min_steps: int,
 ) -> int:
     """The last step to train so the rest ends within ``seconds_left``, at the measured seconds per step plus
     ``boundaries_left`` epoch ends (evaluation, checkpoint) of ``seconds_per_boundary`` each; never more than
-    planned, never fewer than ``min_steps`` nor than the steps already done."""
+    ``most_steps``, never fewer than ``min_steps`` nor than the steps already done."""
     per_step = step_seconds / steps_done if steps_done else 0.0
     if per_step <= 0:
-        return planned_steps
+        return most_steps
     room = seconds_left - boundaries_left * seconds_per_boundary
     affordable = steps_done + max(0, math.floor(room / per_step))
-    return max(steps_done, min(planned_steps, max(min_steps, affordable)))
+    return max(steps_done, min(most_steps, max(min_steps, affordable)))
 
 
 def reaim_schedule(lr_scheduler: Any, total_steps: int) -> bool:
@@ -152,9 +154,17 @@ class StepWatch:
     """The pace of a training run against its budget: step time apart from the epoch ends (evaluation,
     checkpoint), and at each of a few early checks the step count that still fits (``steps_that_fit``)."""
 
-    def __init__(self, seconds: float, min_steps: int, steps_per_epoch: int, planned_boundary_seconds: float):
+    def __init__(
+        self,
+        seconds: float,
+        min_steps: int,
+        steps_per_epoch: int,
+        planned_boundary_seconds: float,
+        wanted_steps: int | None = None,
+    ):
         self.seconds = seconds
         self.min_steps = min_steps
+        self.wanted_steps = wanted_steps  # every epoch asked for: no re-plan goes past it
         self.steps_per_epoch = steps_per_epoch
         self.planned_boundary_seconds = planned_boundary_seconds
         self.log: list[dict] = []
@@ -166,6 +176,10 @@ class StepWatch:
         self.boundaries = 0
         self.boundary_started: float | None = None
         self.planned = planned_steps
+        # The Trainer fixes its epoch loop when training begins, so a later step count can grow only to the end
+        # of the epoch the plan ends in.
+        epoch_end = math.ceil(planned_steps / self.steps_per_epoch) * self.steps_per_epoch
+        self.most_steps = max(planned_steps, min(self.wanted_steps or planned_steps, epoch_end))
         self.checks = sorted({max(MIN_STEPS_MEASURED, math.ceil(f * planned_steps)) for f in CHECK_FRACTIONS})
 
     def epoch_ended(self) -> None:
@@ -200,11 +214,11 @@ class StepWatch:
                 seconds_left=self.seconds - elapsed,
                 boundaries_left=max(0, math.ceil(last_step / self.steps_per_epoch) - self.boundaries),
                 seconds_per_boundary=per_boundary,
-                planned_steps=self.planned,
+                most_steps=self.most_steps,
                 min_steps=self.min_steps,
             )
 
-        return fit(fit(self.planned))
+        return fit(fit(self.most_steps))
 
     def record(self, steps_done: int, before: int, after: int, reaimed: bool) -> str:
         """Keep the change in ``log``; the progress line that tells it."""
@@ -217,8 +231,8 @@ class StepWatch:
         }
         self.log.append(entry)
         return (
-            f"[finetune] budget: steps take {entry['seconds_per_step']:.2f} s here in training; {after} of the "
-            f"{self.planned} planned steps fit the {_duration(self.seconds)} the budget gives them "
+            f"[finetune] budget: steps take {entry['seconds_per_step']:.2f} s here in training; {after} steps "
+            f"(planned {self.planned}) fit the {_duration(self.seconds)} the budget gives them "
             f"({after / self.steps_per_epoch:.1f} epochs; learning-rate schedule "
             f"{'re-aimed to end there' if reaimed else 'unchanged'})"
         )
@@ -266,5 +280,6 @@ def budget_watch(budget: dict | None, steps_per_epoch: int, emit: Callable[[str]
         min_steps=budget["min_steps"],
         steps_per_epoch=steps_per_epoch,
         planned_boundary_seconds=budget["evaluation_seconds"],
+        wanted_steps=budget["steps_wanted"],
     )
     return _watch_callback_class()(watch, emit)

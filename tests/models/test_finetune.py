@@ -593,19 +593,19 @@ def test_time_budget_that_fits_every_epoch_changes_nothing(tiny_base_model, tmp_
     assert result.params["global_steps"] == 8
 
 
-def test_steps_that_fit_cut_the_plan_to_the_measured_pace_but_never_under_the_minimum_or_over_the_plan():
+def test_steps_that_fit_follow_the_measured_pace_but_never_under_the_minimum_or_over_the_most():
     from models.training.step_budget import steps_that_fit
 
     pace = {"steps_done": 10, "step_seconds": 5.0, "boundaries_left": 2, "seconds_per_boundary": 2.5}
 
     # 0.5 s a step; 20 s left less two epoch ends of 2.5 s: 30 more steps
-    assert steps_that_fit(**pace, seconds_left=20, planned_steps=100, min_steps=20) == 40
-    assert steps_that_fit(**pace, seconds_left=20, planned_steps=100, min_steps=50) == 50  # min_epochs' floor
+    assert steps_that_fit(**pace, seconds_left=20, most_steps=100, min_steps=20) == 40
+    assert steps_that_fit(**pace, seconds_left=20, most_steps=100, min_steps=50) == 50  # min_epochs' floor
     assert (
-        steps_that_fit(**pace, seconds_left=20, planned_steps=30, min_steps=20) == 30
-    )  # never more than planned
+        steps_that_fit(**pace, seconds_left=20, most_steps=30, min_steps=20) == 30
+    )  # never more than the most allowed
     assert (
-        steps_that_fit(**pace, seconds_left=-5, planned_steps=100, min_steps=5) == 10
+        steps_that_fit(**pace, seconds_left=-5, most_steps=100, min_steps=5) == 10
     )  # past the deadline: stop now
 
 
@@ -638,6 +638,55 @@ def test_step_watch_takes_epoch_ends_apart_from_step_time_and_gives_steps_back_w
     steps(51, 60, 0.5)
     assert watch.step_seconds() == pytest.approx(30.0)  # the evaluation is not step time
     assert watch.boundaries == 1 and watch.boundary_seconds == pytest.approx(20.0)
+
+
+def test_step_watch_grows_a_plan_that_timed_steps_too_slow_to_the_end_of_its_last_epoch(monkeypatch):
+    from models.training import step_budget
+
+    clock = [0.0]
+    monkeypatch.setattr(step_budget.time, "monotonic", lambda: clock[0])
+    # 2.4 of 4 epochs planned: the Trainer will start 3 epochs, so at most 150 steps can be trained
+    watch = step_budget.StepWatch(
+        seconds=100, min_steps=50, steps_per_epoch=50, planned_boundary_seconds=0, wanted_steps=200
+    )
+    watch.begin(120)
+    for _ in range(12):
+        watch.step_begins()
+        clock[0] += 0.1  # 0.1 s a step: 1,000 steps would fit
+    assert watch.replan(12) == 150
+    unbounded = step_budget.StepWatch(
+        seconds=100, min_steps=50, steps_per_epoch=50, planned_boundary_seconds=0
+    )
+    unbounded.begin(120)
+    assert unbounded.most_steps == 120  # without the epochs wanted it keeps to the plan
+
+
+def test_a_plan_from_pessimistic_timing_is_grown_while_training_to_use_the_budget(
+    tiny_base_model, tmp_path, monkeypatch
+):
+    from models.training import calibration
+    from models.training.finetune import finetune
+    from models.training.step_budget import BUDGET_SAFETY
+
+    # the plan times a step at 0.1 s, so 1.5 s fit 15 steps (1.5 of 4 epochs); the tiny model's real steps are
+    # much faster, so the watch grows the count to the end of the second epoch
+    monkeypatch.setattr(
+        calibration, "time_training_steps", lambda *a, **k: calibration.Timing(0.1, 1, 10, 1e-6, 8)
+    )
+    frame = classification_frame(10)  # 30 rows: 10 steps of 3 an epoch
+    recipe = make_recipe(
+        tiny_base_model, epochs=4, min_epochs=1, batch_size=3, time_budget_minutes=1.5 / 60 / BUDGET_SAFETY
+    )
+    lines: list[str] = []
+
+    result = finetune(recipe, tiny_base_model, frame, frame.iloc[:3], tmp_path, lines.append)
+
+    budget = result.params["time_budget"]
+    assert budget["steps_wanted"] == 40 and 10 < budget["planned_steps"] < 20
+    grown = budget["replanned"]
+    assert grown and grown[-1]["max_steps"] == 20 and grown[0]["max_steps_before"] == budget["planned_steps"]
+    assert result.params["global_steps"] == 20
+    assert any(f"20 steps (planned {budget['planned_steps']}) fit" in line for line in lines)
 
 
 def test_reaimed_schedule_decays_to_zero_at_the_new_last_step_and_keeps_its_warm_up():
@@ -698,11 +747,9 @@ def test_steps_slower_in_training_than_timed_are_cut_to_keep_the_time_budget(
     assert all(cut["schedule_reaimed"] for cut in cuts)
     assert 10 <= result.params["global_steps"] == cuts[-1]["max_steps"] <= 30  # 1.5 s at >= 50 ms a step
     assert cuts[0]["seconds_per_step"] >= 0.05
-    watch_lines = [line for line in lines if "planned steps fit" in line]
+    watch_lines = [line for line in lines if "fit the 2 s the budget gives them" in line]
     assert len(watch_lines) == len(cuts)
-    assert (
-        f"{cuts[0]['max_steps']} of the 80 planned steps fit the 2 s the budget gives them" in watch_lines[0]
-    )
+    assert f"{cuts[0]['max_steps']} steps (planned 80) fit the 2 s the budget gives them" in watch_lines[0]
 
 
 def test_cpu_bf16_follows_the_hardware_unless_forced_and_a_bad_value_is_named(monkeypatch):
