@@ -169,8 +169,9 @@ class AdaptConfig(_Section):
         default=2.0,
         gt=0,
         description="Wall-clock budget for the MLM training itself: the corpus is subsampled to what fits, measured "
-        "on this machine; None trains on everything. 2 minutes: about what the old 3-minute plan really trained, "
-        "now that the plan times whole steps as training runs them (benchmarks/README.md).",
+        "on this machine, and a watch keeps training to the budget as the real steps are timed; None trains on "
+        "everything. 2 minutes: about what the old 3-minute plan really trained, now that the plan times whole "
+        "steps as training runs them (benchmarks/README.md).",
     )
     # from scratch only
     scratch_vocab_size: int = Field(default=8000, ge=100)

@@ -14,7 +14,7 @@ import random
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,11 @@ class Phase:
     name: str
     train_texts: list[str]
     heldout_texts: list[str]
+    # with a time budget: the seconds this phase may train, and the share of ``train_texts`` the plan expects
+    # to get through in them (the rest is room for the watch to grow into when training runs faster)
+    budget_seconds: float | None = None
+    planned_share: float = 1.0
+    text_share: float = 1.0  # the share of the phase's whole text that ``train_texts`` is
 
 
 @dataclass
@@ -60,6 +65,8 @@ class PhaseRun:
     early_stopped: bool = False
     reused: bool = False
     processes: int = 1  # the Trainer's world size: data-parallel processes that trained this phase
+    planned_steps: int | None = None  # what the time budget planned before training (None: no budget)
+    replanned: list[dict] = field(default_factory=list)  # the budget watch's changes to the step count
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -78,14 +85,33 @@ def phase_fingerprint(recipe: Recipe, phase: Phase, start: str, vocabulary_size:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _intervals(n_features: int, adapt: AdaptConfig, checkpoint_every: int | None) -> tuple[int, int, int]:
-    """(total steps, eval/save interval, logging interval): evaluate once an epoch, and at least 4 times a run.
-    The batch size is per process, so a data-parallel launch takes fewer steps per epoch."""
-    steps_per_epoch = max(1, math.ceil(n_features / (adapt.batch_size * world_size())))
+def _steps_per_epoch(n_features: int, adapt: AdaptConfig) -> int:
+    """The batch size is per process, so a data-parallel launch takes fewer steps per epoch."""
+    return max(1, math.ceil(n_features / (adapt.batch_size * world_size())))
+
+
+def _intervals(
+    n_features: int, adapt: AdaptConfig, checkpoint_every: int | None, planned: int | None = None
+) -> tuple[int, int, int]:
+    """(total steps, eval/save interval, logging interval): evaluate once an epoch, and at least 4 times a run
+    (of the ``planned`` steps, when a time budget plans fewer than the text holds)."""
+    steps_per_epoch = _steps_per_epoch(n_features, adapt)
     total = adapt.max_steps if adapt.max_steps > 0 else max(1, math.ceil(adapt.epochs * steps_per_epoch))
+    total = min(total, planned) if planned else total
     interval = checkpoint_every or max(1, min(steps_per_epoch, math.ceil(total / 4)))
     logging_steps = max(1, min(interval, math.ceil(total / 20)))
     return total, interval, logging_steps
+
+
+def _planned_steps(phase: Phase, n_features: int, adapt: AdaptConfig) -> tuple[int | None, int]:
+    """(steps the budget plans for this phase or None, the most its watch may grow them to): the plan's share of
+    the phase's text, and the end of the last epoch the Trainer will start for it."""
+    steps_per_epoch = _steps_per_epoch(n_features, adapt)
+    every = max(1, math.ceil(adapt.epochs * steps_per_epoch))
+    if phase.budget_seconds is None or adapt.max_steps > 0:
+        return None, every
+    planned = max(1, min(every, round(every * phase.planned_share)))
+    return planned, min(every, math.ceil(planned / steps_per_epoch) * steps_per_epoch)
 
 
 def _finished_result(
@@ -145,9 +171,17 @@ def _prepare_checkpoints(
 
 
 def _training_arguments(
-    adapt: AdaptConfig, seed: int, checkpoints: Path, interval: int, logging_steps: int, has_eval: bool
+    adapt: AdaptConfig,
+    seed: int,
+    checkpoints: Path,
+    interval: int,
+    logging_steps: int,
+    has_eval: bool,
+    planned: int | None = None,
 ):
     from transformers import TrainingArguments
+
+    max_steps = adapt.max_steps if adapt.max_steps > 0 else (planned or -1)
 
     return TrainingArguments(
         output_dir=str(checkpoints),
@@ -157,7 +191,7 @@ def _training_arguments(
         weight_decay=adapt.weight_decay,
         warmup_ratio=adapt.warmup_ratio,
         num_train_epochs=adapt.epochs,
-        max_steps=adapt.max_steps if adapt.max_steps > 0 else -1,
+        max_steps=max_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=interval,
         save_strategy="steps",
@@ -183,11 +217,22 @@ def _training_arguments(
 
 
 def _phase_trainer(
-    phase: Phase, model, tokenizer, adapt: AdaptConfig, args, train_features, eval_features, seed: int, say
+    phase: Phase,
+    model,
+    tokenizer,
+    adapt: AdaptConfig,
+    args,
+    train_features,
+    eval_features,
+    seed: int,
+    say,
+    watch=None,
 ):
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
 
     callbacks = [progress_callback(say, phase.name)]
+    if watch is not None:
+        callbacks.append(watch)
     if adapt.time_budget_minutes is not None:
         callbacks.append(deadline_callback(adapt.time_budget_minutes * 60 * 1.25, say, phase.name))
     if eval_features:
@@ -203,6 +248,32 @@ def _phase_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # our progress callback reports instead of raw dict prints
     return trainer
+
+
+def _budget_watch(
+    phase: Phase,
+    planned: int | None,
+    most: int,
+    interval: int,
+    n_features: int,
+    adapt: AdaptConfig,
+    say: Callable[[str], None],
+):
+    """The callback that keeps this phase's training to its share of the time budget (None without one)."""
+    if planned is None or phase.budget_seconds is None:
+        return None
+    from models.training.step_budget import interval_budget_watch
+
+    every = max(1, math.ceil(adapt.epochs * _steps_per_epoch(n_features, adapt)))
+    return interval_budget_watch(
+        phase.budget_seconds,
+        planned_steps=planned,
+        most_steps=most,
+        boundary_every=interval,
+        label=f"adapt:{phase.name}",
+        extent=lambda steps: f"{phase.text_share * steps / every:.0%} of the text",
+        emit=say,
+    )
 
 
 def _mark_done(
@@ -246,13 +317,20 @@ def train_phase(
             f"phase {phase.name!r} has no training examples"
             + (" (mlm+nsp needs documents of several sentences)" if adapt.objective == "mlm+nsp" else "")
         )
-    total, interval, logging_steps = _intervals(len(train_features), adapt, checkpoint_every)
+    planned, most = _planned_steps(phase, len(train_features), adapt)
+    total, interval, logging_steps = _intervals(len(train_features), adapt, checkpoint_every, planned)
     has_eval = bool(eval_features)
-    args = _training_arguments(adapt, seed, checkpoints, interval, logging_steps, has_eval)
-    trainer = _phase_trainer(phase, model, tokenizer, adapt, args, train_features, eval_features, seed, say)
+    args = _training_arguments(adapt, seed, checkpoints, interval, logging_steps, has_eval, planned)
     # every rank resumes from the same checkpoint: rank 0's choice (it removes incomplete ones)
     last = from_main(lambda: _last_complete_checkpoint(checkpoints, say, phase.name))
-    run = PhaseRun(name=phase.name)
+    # the watch times steps from the start of training; a resumed run keeps to its plan and the deadline
+    watch = (
+        _budget_watch(phase, planned, most, interval, len(train_features), adapt, say) if not last else None
+    )
+    trainer = _phase_trainer(
+        phase, model, tokenizer, adapt, args, train_features, eval_features, seed, say, watch
+    )
+    run = PhaseRun(name=phase.name, planned_steps=planned)
     tokens_already_seen = 0
     if last:
         state = json.loads((Path(last) / "trainer_state.json").read_text())
@@ -275,6 +353,7 @@ def train_phase(
     run.log_history = list(trainer.state.log_history)
     run.early_stopped = has_eval and trainer.state.global_step < trainer.state.max_steps
     run.processes = trainer.args.world_size
+    run.replanned = list(watch.watch.log) if watch is not None else []
     _mark_done(trainer, run, tokenizer, fingerprint, checkpoints, output_dir)
     return trainer.model, run
 
@@ -362,6 +441,11 @@ def carry_pooler(base: Path, encoder_dir: Path, prefix: str) -> bool:
 
 BUDGET_FILE = "budget.json"
 BUDGET_SAFETY = 0.85  # share of the budget planned for; evaluation, checkpoints and measuring take the rest
+# The plan is a few timed steps: whole runs then trained 0.7-1.3x the planned time (benchmarks/README.md). Each
+# phase gets this much more text than planned, and a watch times the real steps (evaluations and checkpoints
+# apart) and moves the step count so training ends at WATCH_SAFETY of the budget.
+BUDGET_ROOM = 1.5
+WATCH_SAFETY = 0.95
 # Whole steps timed on length-grouped batches spread over the texts' lengths, as training (group_by_length)
 # runs them: 3 random batches without the AdamW update read half the speed training then had (benchmarks/README.md)
 CALIBRATION_STEPS = 8
@@ -425,23 +509,42 @@ def fit_to_budget(
     # rank 0 measures and plans; every rank of a launch then trims the same texts
     plan = from_main(lambda: _budget_plan(phases, model, tokenizer, recipe, out_dir / BUDGET_FILE, key))
     fraction = plan["fraction"]
+    all_texts = sum(len(p.train_texts) for p in phases) or 1
+    seconds = adapt.time_budget_minutes * 60 * WATCH_SAFETY
+
+    def share_of_budget(phase: Phase) -> float:
+        return seconds * len(phase.train_texts) / all_texts
+
     if fraction >= 1.0:
         say(
             f"[adapt] budget: {plan['tokens_needed']} training tokens fit {adapt.time_budget_minutes:g} min at "
             f"{plan['tokens_per_second']:.0f} tokens/s; using all the text"
         )
-        return phases, plan
+        return [replace(p, budget_seconds=share_of_budget(p)) for p in phases], plan
+    room = min(1.0, fraction * BUDGET_ROOM)
     rng = random.Random(recipe.seed + 7)
     trimmed = []
     for phase in phases:
-        keep = max(1, round(len(phase.train_texts) * fraction))
-        # the held-out share shrinks with the training text, so evaluations stay a small part of the budget
-        heldout = phase.heldout_texts[: max(16, round(keep * recipe.adapt.heldout_fraction))]
-        trimmed.append(Phase(phase.name, rng.sample(phase.train_texts, keep), heldout))
+        keep = max(1, round(len(phase.train_texts) * room))
+        # the held-out share shrinks with the planned training text, so evaluations stay a small part of the
+        # budget
+        planned_texts = max(1, round(len(phase.train_texts) * fraction))
+        heldout = phase.heldout_texts[: max(16, round(planned_texts * recipe.adapt.heldout_fraction))]
+        trimmed.append(
+            Phase(
+                phase.name,
+                rng.sample(phase.train_texts, keep),
+                heldout,
+                budget_seconds=share_of_budget(phase),
+                planned_share=fraction / room,
+                text_share=room,
+            )
+        )
     say(
         f"[adapt] budget: {adapt.time_budget_minutes:g} min at {plan['tokens_per_second']:.0f} tokens/s fits "
         f"{fraction:.0%} of the {plan['tokens_needed']} training tokens; training on a random "
-        f"{fraction:.0%} of the text (raise adapt.time_budget_minutes, or set it to null, for more)"
+        f"{fraction:.0%} of the text, up to {room:.0%} if the steps run faster than timed (raise "
+        "adapt.time_budget_minutes, or set it to null, for more)"
     )
     return trimmed, plan
 

@@ -93,6 +93,8 @@ def adapt_metrics(
                 "reused": r.reused,
                 "train_tokens": r.train_tokens,
                 "processes": r.processes,
+                "planned_steps": r.planned_steps,
+                "replanned": r.replanned,
             }
             for r in runs
         ],

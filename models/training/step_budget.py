@@ -7,7 +7,8 @@ steps read slower than training then ran, and a tweets run stopped at 4.2 epochs
 (benchmarks/README.md). So the watch re-makes the plan from the steps really taken, a few times early in training:
 the count moves between the plan's minimum and the end of the epoch the plan ends in (the last epoch the Trainer
 will start; never past the epochs wanted), and the learning-rate schedule is re-aimed so it still decays to zero
-at the new last step.
+at the new last step. Adaptation keeps to its budget with the same watch (``interval_budget_watch``): it
+evaluates and saves every few steps rather than at epoch ends, and may grow into the extra text it is given.
 """
 
 from __future__ import annotations
@@ -161,12 +162,20 @@ class StepWatch:
         steps_per_epoch: int,
         planned_boundary_seconds: float,
         wanted_steps: int | None = None,
+        *,
+        boundary_every: int | None = None,
+        label: str = "finetune",
+        extent: Callable[[int], str] | None = None,
     ):
         self.seconds = seconds
         self.min_steps = min_steps
         self.wanted_steps = wanted_steps  # every epoch asked for: no re-plan goes past it
         self.steps_per_epoch = steps_per_epoch
+        # steps between evaluations/checkpoints: once an epoch in fine-tuning, more often in adaptation
+        self.boundary_every = boundary_every or steps_per_epoch
         self.planned_boundary_seconds = planned_boundary_seconds
+        self.label = label
+        self.extent = extent or (lambda steps: f"{steps / self.steps_per_epoch:.1f} epochs")
         self.log: list[dict] = []
         self.begin(0)
 
@@ -212,7 +221,7 @@ class StepWatch:
                 steps_done=steps_done,
                 step_seconds=self.step_seconds(),
                 seconds_left=self.seconds - elapsed,
-                boundaries_left=max(0, math.ceil(last_step / self.steps_per_epoch) - self.boundaries),
+                boundaries_left=max(0, math.ceil(last_step / self.boundary_every) - self.boundaries),
                 seconds_per_boundary=per_boundary,
                 most_steps=self.most_steps,
                 min_steps=self.min_steps,
@@ -231,9 +240,9 @@ class StepWatch:
         }
         self.log.append(entry)
         return (
-            f"[finetune] budget: steps take {entry['seconds_per_step']:.2f} s here in training; {after} steps "
+            f"[{self.label}] budget: steps take {entry['seconds_per_step']:.2f} s here in training; {after} steps "
             f"(planned {self.planned}) fit the {_duration(self.seconds)} the budget gives them "
-            f"({after / self.steps_per_epoch:.1f} epochs; learning-rate schedule "
+            f"({self.extent(after)}; learning-rate schedule "
             f"{'re-aimed to end there' if reaimed else 'unchanged'})"
         )
 
@@ -266,8 +275,18 @@ def _watch_callback_class():
                 state.max_steps = after
                 reaimed = reaim_schedule(lr_scheduler, after)
                 self.emit(self.watch.record(state.global_step, before, after, reaimed))
+                _stop_if_reached(args, state, control)
 
     return BudgetWatch
+
+
+def _stop_if_reached(args, state, control) -> None:
+    """A count cut to the step just taken: the Trainer's flow callback compared this step with the old count
+    already, so without this one more step would run. It ends training as that callback does."""
+    if state.max_steps <= state.global_step:
+        control.should_training_stop = True
+        if args.save_strategy == "steps":
+            control.should_save = True
 
 
 def budget_watch(budget: dict | None, steps_per_epoch: int, emit: Callable[[str], None]):
@@ -283,3 +302,62 @@ def budget_watch(budget: dict | None, steps_per_epoch: int, emit: Callable[[str]
         wanted_steps=budget["steps_wanted"],
     )
     return _watch_callback_class()(watch, emit)
+
+
+@functools.cache
+def _interval_watch_callback_class():
+    """A StepWatch for training that evaluates and saves every few steps (adaptation) rather than at epoch ends."""
+    from transformers import TrainerCallback
+
+    class IntervalBudgetWatch(TrainerCallback):
+        def __init__(self, watch: StepWatch, emit: Callable[[str], None]):
+            self.watch, self.emit = watch, emit
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.watch.begin(state.max_steps)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.watch.step_begins()
+
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+            if self.watch.due(state.global_step, state.max_steps):
+                before = state.max_steps
+                after = from_main(lambda: self.watch.replan(state.global_step))
+                if abs(after - before) > REPLAN_TOLERANCE * self.watch.planned:
+                    state.max_steps = after
+                    reaimed = reaim_schedule(lr_scheduler, after)
+                    self.emit(self.watch.record(state.global_step, before, after, reaimed))
+                    _stop_if_reached(args, state, control)
+            # this step ends in an evaluation or a checkpoint (the Trainer's flow callback ran first): the time
+            # until the next step begins is boundary time, not step time
+            if control.should_evaluate or control.should_save:
+                self.watch.epoch_ended()
+
+    return IntervalBudgetWatch
+
+
+def interval_budget_watch(
+    seconds: float,
+    *,
+    planned_steps: int,
+    most_steps: int,
+    boundary_every: int,
+    label: str,
+    extent: Callable[[int], str],
+    emit: Callable[[str], None],
+):
+    """The callback that keeps a run which evaluates and saves every ``boundary_every`` steps to ``seconds``:
+    from the steps really taken it re-plans the count between the steps done and ``most_steps`` (the end of the
+    text the run was given). Its changes are in ``.watch.log``."""
+    watch = StepWatch(
+        seconds=seconds,
+        min_steps=1,
+        steps_per_epoch=max(1, most_steps),
+        planned_boundary_seconds=0.0,  # measured at the first evaluation; the early checks see steps only
+        wanted_steps=most_steps,
+        boundary_every=boundary_every,
+        label=label,
+        extent=extent,
+    )
+    watch.begin(planned_steps)
+    return _interval_watch_callback_class()(watch, emit)

@@ -661,6 +661,48 @@ def test_step_watch_grows_a_plan_that_timed_steps_too_slow_to_the_end_of_its_las
     assert unbounded.most_steps == 120  # without the epochs wanted it keeps to the plan
 
 
+@pytest.mark.parametrize(("save_strategy", "saves"), [("no", False), ("steps", True)])
+def test_a_count_cut_to_the_step_just_taken_stops_training_at_that_step(monkeypatch, save_strategy, saves):
+    """The Trainer's flow callback compares the step with the count before the watch re-plans; a busy machine
+    once made a run cut to 12 steps train 13."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from models.training import step_budget
+
+    clock = [0.0]
+    monkeypatch.setattr(step_budget.time, "monotonic", lambda: clock[0])
+    watches = [
+        step_budget._watch_callback_class()(
+            step_budget.StepWatch(seconds=10, min_steps=1, steps_per_epoch=100, planned_boundary_seconds=0),
+            lambda line: None,
+        ),
+        step_budget.interval_budget_watch(
+            10,
+            planned_steps=100,
+            most_steps=100,
+            boundary_every=1000,
+            label="adapt:x",
+            extent=str,
+            emit=print,
+        ),
+    ]
+    for callback in watches:
+        args, state, control = SimpleNamespace(save_strategy=save_strategy), TrainerState(), TrainerControl()
+        state.max_steps = 100
+        callback.on_train_begin(args, state, control)
+        for step in range(1, 11):  # 1 s a step: the 10-s budget is spent at the first check (step 10)
+            callback.on_step_begin(args, state, control)
+            clock[0] += 1.0
+            state.global_step = step
+            callback.on_step_end(args, state, control)
+        assert state.max_steps == 10 and control.should_training_stop
+        assert (
+            control.should_save is saves
+        )  # as the Trainer ends training: a checkpoint only when saving by steps
+
+
 def test_a_plan_from_pessimistic_timing_is_grown_while_training_to_use_the_budget(
     tiny_base_model, tmp_path, monkeypatch
 ):
