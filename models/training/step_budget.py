@@ -249,33 +249,39 @@ class StepWatch:
 
 @functools.cache
 def _watch_callback_class():
-    """The TrainerCallback around a StepWatch, defined lazily so importing this module stays light."""
+    """The TrainerCallback around a StepWatch, defined lazily so importing this module stays light. Boundaries
+    (evaluation, checkpoint) are the epoch ends, or with ``at_intervals`` the steps the Trainer's flow callback
+    marks for an evaluation or a save (adaptation evaluates every few steps)."""
     from transformers import TrainerCallback
 
     class BudgetWatch(TrainerCallback):
-        def __init__(self, watch: StepWatch, emit: Callable[[str], None]):
-            self.watch, self.emit = watch, emit
+        def __init__(self, watch: StepWatch, emit: Callable[[str], None], at_intervals: bool = False):
+            self.watch, self.emit, self.at_intervals = watch, emit, at_intervals
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.watch.begin(state.max_steps)
 
         def on_epoch_end(self, args, state, control, **kwargs):
-            self.watch.epoch_ended()
+            if not self.at_intervals:
+                self.watch.epoch_ended()
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.watch.step_begins()
 
         def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
-            if not self.watch.due(state.global_step, state.max_steps):
-                return
-            before = state.max_steps
-            # rank 0 re-plans; every process of a launch stops at the same step
-            after = from_main(lambda: self.watch.replan(state.global_step))
-            if abs(after - before) > REPLAN_TOLERANCE * self.watch.planned:
-                state.max_steps = after
-                reaimed = reaim_schedule(lr_scheduler, after)
-                self.emit(self.watch.record(state.global_step, before, after, reaimed))
-                _stop_if_reached(args, state, control)
+            if self.watch.due(state.global_step, state.max_steps):
+                before = state.max_steps
+                # rank 0 re-plans; every process of a launch stops at the same step
+                after = from_main(lambda: self.watch.replan(state.global_step))
+                if abs(after - before) > REPLAN_TOLERANCE * self.watch.planned:
+                    state.max_steps = after
+                    reaimed = reaim_schedule(lr_scheduler, after)
+                    self.emit(self.watch.record(state.global_step, before, after, reaimed))
+                    _stop_if_reached(args, state, control)
+            # the flow callback ran first: a step it marked ends in an evaluation or a checkpoint, and the time
+            # until the next step begins is boundary time, not step time
+            if self.at_intervals and (control.should_evaluate or control.should_save):
+                self.watch.epoch_ended()
 
     return BudgetWatch
 
@@ -304,38 +310,6 @@ def budget_watch(budget: dict | None, steps_per_epoch: int, emit: Callable[[str]
     return _watch_callback_class()(watch, emit)
 
 
-@functools.cache
-def _interval_watch_callback_class():
-    """A StepWatch for training that evaluates and saves every few steps (adaptation) rather than at epoch ends."""
-    from transformers import TrainerCallback
-
-    class IntervalBudgetWatch(TrainerCallback):
-        def __init__(self, watch: StepWatch, emit: Callable[[str], None]):
-            self.watch, self.emit = watch, emit
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.watch.begin(state.max_steps)
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.watch.step_begins()
-
-        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
-            if self.watch.due(state.global_step, state.max_steps):
-                before = state.max_steps
-                after = from_main(lambda: self.watch.replan(state.global_step))
-                if abs(after - before) > REPLAN_TOLERANCE * self.watch.planned:
-                    state.max_steps = after
-                    reaimed = reaim_schedule(lr_scheduler, after)
-                    self.emit(self.watch.record(state.global_step, before, after, reaimed))
-                    _stop_if_reached(args, state, control)
-            # this step ends in an evaluation or a checkpoint (the Trainer's flow callback ran first): the time
-            # until the next step begins is boundary time, not step time
-            if control.should_evaluate or control.should_save:
-                self.watch.epoch_ended()
-
-    return IntervalBudgetWatch
-
-
 def interval_budget_watch(
     seconds: float,
     *,
@@ -360,4 +334,4 @@ def interval_budget_watch(
         extent=extent,
     )
     watch.begin(planned_steps)
-    return _interval_watch_callback_class()(watch, emit)
+    return _watch_callback_class()(watch, emit, at_intervals=True)

@@ -145,18 +145,32 @@ def test_budget_times_whole_steps_on_length_grouped_batches_as_training_runs_the
     assert longest == sorted(longest) and longest[0] + 20 < longest[-1]  # spread over the length distribution
 
 
-def _tokens_per_second_for_fraction(fraction: float, budget_seconds: float):
-    """A stand-in for the timed steps that reads whatever speed makes the plan fit ``fraction`` of the text."""
-    from models.training.adapt_phase import BUDGET_SAFETY
-
-    def speed(model, tokenizer, texts, adapt, seed):
-        tokens = sum(min(len(ids), adapt.max_length) for ids in tokenizer(texts)["input_ids"])
-        return tokens * adapt.epochs * fraction / (budget_seconds * BUDGET_SAFETY)
-
-    return speed
-
-
 UNIQUE_CORPUS = [f"{text} Filing number {n}." for n, text in enumerate(CORPUS * 20)]  # 720 distinct documents
+
+
+def _adapt_with_a_plan_for(
+    fraction: float, budget_seconds: float, epochs: float, tmp_path, base, monkeypatch
+):
+    """Adaptation of the corpus whose budget plan reads whatever speed makes ``fraction`` of the text fit;
+    (phase metrics, progress lines, budget plan)."""
+    import models.training.adapt_phase as adapt_phase
+
+    def speed(model, tokenizer, texts, adapt, seed):  # stands in for the timed steps
+        tokens = sum(min(len(ids), adapt.max_length) for ids in tokenizer(texts)["input_ids"])
+        return tokens * adapt.epochs * fraction / (budget_seconds * adapt_phase.BUDGET_SAFETY)
+
+    monkeypatch.setattr(adapt_phase, "_training_tokens_per_second", speed)
+    lines: list[str] = []
+    result = run_adapt(
+        base,
+        tmp_path / "a",
+        corpus=UNIQUE_CORPUS,
+        lines=lines,
+        max_steps=-1,
+        epochs=epochs,
+        time_budget_minutes=budget_seconds / 60,
+    )
+    return result.metrics["phases"][0], lines, result.metrics["budget"]
 
 
 def test_adaptation_steps_faster_than_timed_grow_into_the_room_the_plan_left(
@@ -164,24 +178,8 @@ def test_adaptation_steps_faster_than_timed_grow_into_the_room_the_plan_left(
 ):
     """The plan is a few timed steps; whole runs then trained 0.7-1.3x the planned time. Each phase is given more
     text than planned, and the watch grows the step count when the real steps run faster than timed."""
-    import models.training.adapt_phase as adapt_phase
-
-    budget_seconds = 20.0
-    monkeypatch.setattr(
-        adapt_phase, "_training_tokens_per_second", _tokens_per_second_for_fraction(0.3, budget_seconds)
-    )
-    lines: list[str] = []
-    result = run_adapt(
-        tiny_base_model,
-        tmp_path / "a",
-        corpus=UNIQUE_CORPUS,
-        lines=lines,
-        max_steps=-1,
-        epochs=1.0,
-        time_budget_minutes=budget_seconds / 60,
-    )
-    assert result.metrics["budget"]["fraction"] == pytest.approx(0.3, abs=0.02)
-    phase = result.metrics["phases"][0]
+    phase, lines, budget = _adapt_with_a_plan_for(0.3, 20.0, 1.0, tmp_path, tiny_base_model, monkeypatch)
+    assert budget["fraction"] == pytest.approx(0.3, abs=0.02)
     planned, grown = phase["planned_steps"], phase["replanned"]
     # 45 % of the text given (1.5x the plan), 30 % planned: the tiny model's steps take milliseconds, so the
     # watch grows the count to the end of the text it was given
@@ -200,13 +198,6 @@ def test_adaptation_steps_slower_than_timed_are_cut_to_keep_the_time_budget(
 
     from transformers import Trainer
 
-    import models.training.adapt_phase as adapt_phase
-
-    budget_seconds = 8.0
-    # the plan believes every step of three epochs fits; each real step then takes at least 0.1 s
-    monkeypatch.setattr(
-        adapt_phase, "_training_tokens_per_second", _tokens_per_second_for_fraction(5.0, budget_seconds)
-    )
     original_step = Trainer.training_step
 
     def slow_step(self, *args, **kwargs):
@@ -214,17 +205,8 @@ def test_adaptation_steps_slower_than_timed_are_cut_to_keep_the_time_budget(
         return original_step(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "training_step", slow_step)
-    lines: list[str] = []
-    result = run_adapt(
-        tiny_base_model,
-        tmp_path / "a",
-        corpus=UNIQUE_CORPUS,
-        lines=lines,
-        max_steps=-1,
-        epochs=3.0,
-        time_budget_minutes=budget_seconds / 60,
-    )
-    phase = result.metrics["phases"][0]
+    # the plan believes every step of three epochs fits 8 s; each real step then takes at least 0.1 s
+    phase, lines, _ = _adapt_with_a_plan_for(5.0, 8.0, 3.0, tmp_path, tiny_base_model, monkeypatch)
     cuts = phase["replanned"]
     assert cuts, lines
     assert phase["planned_steps"] == cuts[0]["max_steps_before"] == 240  # all the text, 3 epochs
