@@ -46,10 +46,14 @@ GENERAL = "general_en_ewt/train.txt"
 
 
 def find_data_dir(given: Path | None) -> Path:
-    candidates = [given] if given else []
-    if os.environ.get("DAPT_REAL_DATA"):
-        candidates.append(Path(os.environ["DAPT_REAL_DATA"]))
-    candidates.append(REPO.parent / "shared" / "data")
+    """``--data-dir``, else ``$DAPT_REAL_DATA``, else ``../shared/data`` beside the repository: a folder named
+    on purpose is the only one looked in (a mistyped one is an error, not a silent fall-back)."""
+    if given:
+        candidates = [given]
+    elif os.environ.get("DAPT_REAL_DATA"):
+        candidates = [Path(os.environ["DAPT_REAL_DATA"])]
+    else:
+        candidates = [REPO.parent / "shared" / "data"]
     for folder in candidates:
         if folder and (folder / "fin_sentiment_tfns" / "train.csv").is_file():
             return folder.resolve()

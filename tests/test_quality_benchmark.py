@@ -363,3 +363,60 @@ def test_served_scores_come_from_the_serving_predictor_and_its_decoding(real, ti
     assert served["texts"] == 2 and served["variant"] in ("int8", "fp32")
 
     assert real._gold_spans(["ibuprofen", "tablets", "help"], ["B-DRUG", "I-DRUG", "O"]) == {(0, 17, "DRUG")}
+
+
+# ---------------------------------------------------------------- offline search of the defaults (issue 13)
+
+
+def _fake_real_data(folder: Path) -> Path:
+    tweets = folder / "fin_sentiment_tfns"
+    tweets.mkdir(parents=True)
+    for name, count in (("train.csv", 60), ("test.csv", 9)):
+        with (tweets / name).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+            writer.writeheader()
+            labels = ("negative", "neutral", "positive")
+            writer.writerows({"text": f"{name} tweet {i}", "label": labels[i % 3]} for i in range(count))
+    ner = folder / "bc5cdr_ner"
+    ner.mkdir()
+    for name in ("train", "dev", "test"):
+        (ner / f"{name}.conll").write_text(
+            f"{name} O\naspirin B-Chemical\nulcers B-Disease\n\nnausea B-Disease\n", encoding="utf-8"
+        )
+    return folder
+
+
+def test_the_search_scores_trials_on_rows_that_are_neither_trained_on_nor_the_test_split(real, tmp_path):
+    sys.path.insert(0, str(REPO))
+    import benchmarks.search_defaults as search
+
+    data = _fake_real_data(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    prepared = real.prepare_sentiment(data, out, 30, "headlines", 7)
+    tuning = search.tuning_set("sentiment", data, out, prepared)
+    with tuning.open(encoding="utf-8") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    trained = {text for text, _ in prepared["train"]}
+    assert len(texts) == 30 and not trained & set(texts)  # the train tweets outside the subsample
+    assert all(text.startswith("train.csv") for text in texts)  # never the test split
+
+    prepared = real.prepare_ner(data, out, ["Disease"])
+    sentences = real.read_conll(search.tuning_set("ner", data, out, prepared))
+    assert sentences[0] == (
+        ["dev", "aspirin", "ulcers"],
+        ["O", "O", "B-Disease"],
+    )  # the dev split, types kept
+
+
+def test_the_search_without_real_data_says_where_it_looked_and_exits_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "search_defaults.py"), "--task", "ner"]
+        + ["--data-dir", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DAPT_REAL_DATA": str(tmp_path / "nowhere-either")},
+    )
+    assert result.returncode == 2, result.stderr
+    assert str(tmp_path / "nowhere") in result.stderr and "--data-dir" in result.stderr
