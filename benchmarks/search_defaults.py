@@ -19,6 +19,7 @@ unless it holds at other seeds (``--confirm-seeds``).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import sys
@@ -58,8 +59,6 @@ def tuning_set(task: str, data: Path, out: Path, prepared: dict) -> Path:
         used = {text for text, _ in prepared["train"]}
         rows = [r for r in _read_csv(data / "fin_sentiment_tfns" / "train.csv") if r["text"] not in used]
         path = out / "tuning.csv"
-        import csv
-
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["text", "label"])
             writer.writeheader()

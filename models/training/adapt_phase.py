@@ -103,15 +103,15 @@ def _intervals(
     return total, interval, logging_steps
 
 
-def _planned_steps(phase: Phase, n_features: int, adapt: AdaptConfig) -> tuple[int | None, int]:
-    """(steps the budget plans for this phase or None, the most its watch may grow them to): the plan's share of
-    the phase's text, and the end of the last epoch the Trainer will start for it."""
+def _planned_steps(phase: Phase, n_features: int, adapt: AdaptConfig) -> tuple[int | None, int, int]:
+    """(steps the budget plans for this phase or None, the most its watch may grow them to, the steps of all the
+    text it was given): the plan's share of the text, and the end of the last epoch the Trainer will start."""
     steps_per_epoch = _steps_per_epoch(n_features, adapt)
     every = max(1, math.ceil(adapt.epochs * steps_per_epoch))
     if phase.budget_seconds is None or adapt.max_steps > 0:
-        return None, every
+        return None, every, every
     planned = max(1, min(every, round(every * phase.planned_share)))
-    return planned, min(every, math.ceil(planned / steps_per_epoch) * steps_per_epoch)
+    return planned, min(every, math.ceil(planned / steps_per_epoch) * steps_per_epoch), every
 
 
 def _finished_result(
@@ -251,23 +251,15 @@ def _phase_trainer(
 
 
 def _budget_watch(
-    phase: Phase,
-    planned: int | None,
-    most: int,
-    interval: int,
-    n_features: int,
-    adapt: AdaptConfig,
-    say: Callable[[str], None],
+    phase: Phase, planned: int | None, most: int, every: int, interval: int, say: Callable[[str], None]
 ):
     """The callback that keeps this phase's training to its share of the time budget (None without one)."""
-    if planned is None or phase.budget_seconds is None:
+    if planned is None or phase.budget_seconds is None:  # no budget, or adapt.max_steps fixes the count
         return None
     from models.training.step_budget import interval_budget_watch
 
-    every = max(1, math.ceil(adapt.epochs * _steps_per_epoch(n_features, adapt)))
     return interval_budget_watch(
         phase.budget_seconds,
-        planned_steps=planned,
         most_steps=most,
         boundary_every=interval,
         label=f"adapt:{phase.name}",
@@ -317,16 +309,14 @@ def train_phase(
             f"phase {phase.name!r} has no training examples"
             + (" (mlm+nsp needs documents of several sentences)" if adapt.objective == "mlm+nsp" else "")
         )
-    planned, most = _planned_steps(phase, len(train_features), adapt)
+    planned, most, every = _planned_steps(phase, len(train_features), adapt)
     total, interval, logging_steps = _intervals(len(train_features), adapt, checkpoint_every, planned)
     has_eval = bool(eval_features)
     args = _training_arguments(adapt, seed, checkpoints, interval, logging_steps, has_eval, planned)
     # every rank resumes from the same checkpoint: rank 0's choice (it removes incomplete ones)
     last = from_main(lambda: _last_complete_checkpoint(checkpoints, say, phase.name))
     # the watch times steps from the start of training; a resumed run keeps to its plan and the deadline
-    watch = (
-        _budget_watch(phase, planned, most, interval, len(train_features), adapt, say) if not last else None
-    )
+    watch = _budget_watch(phase, planned, most, every, interval, say) if not last else None
     trainer = _phase_trainer(
         phase, model, tokenizer, adapt, args, train_features, eval_features, seed, say, watch
     )

@@ -313,7 +313,6 @@ def budget_watch(budget: dict | None, steps_per_epoch: int, emit: Callable[[str]
 def interval_budget_watch(
     seconds: float,
     *,
-    planned_steps: int,
     most_steps: int,
     boundary_every: int,
     label: str,
@@ -333,5 +332,5 @@ def interval_budget_watch(
         label=label,
         extent=extent,
     )
-    watch.begin(planned_steps)
+    # the plan is the Trainer's step count when training begins (the callback's on_train_begin)
     return _watch_callback_class()(watch, emit, at_intervals=True)

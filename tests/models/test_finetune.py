@@ -680,7 +680,6 @@ def test_a_count_cut_to_the_step_just_taken_stops_training_at_that_step(monkeypa
         ),
         step_budget.interval_budget_watch(
             10,
-            planned_steps=100,
             most_steps=100,
             boundary_every=1000,
             label="adapt:x",
