@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import subprocess
+import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,32 @@ def measure_gain(recipe: Recipe, encoder_dir: str, out_dir: Path) -> dict | None
     if gain is not None and not gain.helped:
         get_run_logger().warning(gain.sentence())
     return gain.to_dict() if gain is not None else None
+
+
+def _within_run_budget(recipe: Recipe, started: float) -> tuple[Recipe, dict | None]:
+    """The recipe fine-tuning runs with: its time budget cut to what the run's own budget leaves, if less."""
+    from models.training.step_budget import finetune_minutes_in_run
+
+    stage = recipe.finetune
+    budget = finetune_minutes_in_run(
+        recipe.time_budget_minutes, time.monotonic() - started, stage.time_budget_minutes
+    )
+    if budget is None or stage.max_steps > 0:  # a fixed step count is trained whatever the clock says
+        return recipe, None
+    if budget["binds"]:
+        own = f"{stage.time_budget_minutes:g}" if stage.time_budget_minutes is not None else "no limit"
+        get_run_logger().info(
+            "[run budget] %g min: %.2f min spent before fine-tuning, %.2f min kept for evaluation and export; "
+            "fine-tuning gets %.2f min (finetune.time_budget_minutes: %s; raise time_budget_minutes, or set it "
+            "to null, for more)",
+            budget["run_minutes"],
+            budget["spent_minutes"],
+            budget["reserved_minutes"],
+            budget["finetune_minutes"],
+            own,
+        )
+    update = {"time_budget_minutes": budget["finetune_minutes"]}
+    return recipe.model_copy(update={"finetune": stage.model_copy(update=update)}), budget
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
@@ -179,6 +206,19 @@ def _variants_line(variants: ServingVariants) -> str:
     return line
 
 
+def run_time_line(run_budget: dict) -> str:
+    """One sentence on the run's time: how long the flow took and who set fine-tuning's budget."""
+    line = f"The flow took {run_budget.get('flow_minutes', '?')} min"
+    if "run_minutes" not in run_budget:
+        return line + " (no run budget, or a fixed step count)."
+    source = "the run's budget" if run_budget["binds"] else "its own budget (finetune.time_budget_minutes)"
+    return (
+        f"{line} of its {run_budget['run_minutes']:g}-minute budget; fine-tuning got "
+        f"{run_budget['finetune_minutes']:g} min, set by {source}, after {run_budget['spent_minutes']:g} min of "
+        f"earlier stages and with {run_budget['reserved_minutes']:g} min kept for evaluation and export."
+    )
+
+
 def _report_markdown(recipe: Recipe, summary: dict) -> str:
     metrics = summary["metrics"]
     forgetting = summary["forgetting"]
@@ -205,6 +245,7 @@ def _report_markdown(recipe: Recipe, summary: dict) -> str:
     for key, value in forgetting.items():
         if isinstance(value, float | int):
             lines.append(f"| {key} | {value:.4f} |")
+    lines += ["", "## Time", "", run_time_line(summary.get("run_budget") or {})]
     lines += ["", "## Files", ""]
     for label, path in summary.get("files", {}).items():
         lines.append(f"- {label}: `{path}`")
@@ -357,6 +398,7 @@ def retrain(recipe: Recipe | str) -> dict:
         from models.recipe import load_usable_recipe
 
         recipe = load_usable_recipe(recipe)  # RecipeError names the file and the field
+    started = time.monotonic()  # the run's time budget counts from here
     run_dir = _new_run_dir(recipe)
     fingerprint = data_fingerprint(recipe)
     incumbent = production_evidence(recipe)
@@ -376,7 +418,8 @@ def retrain(recipe: Recipe | str) -> dict:
     gain = measure_gain(recipe, adapted["encoder_dir"], run_dir / "adaptation_gain")
     base_kept = gain is not None and gain["kept"] == "base"
     encoder_dir = str(recipe.resolved_base_model()) if base_kept else adapted["encoder_dir"]
-    finetuned = finetune_model(recipe, encoder_dir, run_dir / "finetune")
+    budgeted, run_budget = _within_run_budget(recipe, started)
+    finetuned = finetune_model(budgeted, encoder_dir, run_dir / "finetune")
     evaluation = evaluate_model(recipe, finetuned["model_dir"], run_dir / "evaluate")
     exported = export_onnx(recipe, finetuned["model_dir"], run_dir / "bundle")
     _bundle_reports(validation, adapted, finetuned, evaluation, exported)
@@ -402,5 +445,6 @@ def retrain(recipe: Recipe | str) -> dict:
     summary = _summary(
         recipe, evidence, registered, decision, incumbent, adapt_cache_hit, run_dir, validation
     )
+    summary["run_budget"] = (run_budget or {}) | {"flow_minutes": round((time.monotonic() - started) / 60, 2)}
     _publish(recipe, summary, evidence, run_dir, exported["bundle_dir"])
     return _plain(summary)

@@ -459,6 +459,14 @@ class Recipe(_Section):
         default=None,
         description="Licence of the trained model for its card's metadata (SPDX id, e.g. apache-2.0).",
     )
+    time_budget_minutes: float | None = Field(
+        default=15.0,
+        gt=0,
+        description="Wall-clock budget of a whole `dapt run` on this machine: fine-tuning is given what is left "
+        "once the stages before it are done, less 2.5 minutes kept for evaluation, export and registration, and "
+        "never more than finetune.time_budget_minutes; finetune.min_epochs still holds, so a very slow machine "
+        "runs over rather than ship an undertrained model. null: the stages keep only their own budgets.",
+    )
     data: DataConfig
     validation: ValidationConfig = ValidationConfig()
     adapt: AdaptConfig = AdaptConfig()

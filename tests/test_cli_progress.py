@@ -180,6 +180,7 @@ def test_dapt_run_on_a_pipe_prints_plain_lines_never_silent_for_long(tmp_path, s
     bars = [line for line in text.splitlines() if "━" in line and "ETA" in line]
     assert not bars and not ANSI.search(text), f"a pipe gets plain lines, no bars or escape codes: {bars[:3]}"
     assert "tiny v1" in text and "gate: PASSED" in text
+    assert "The flow took" in text  # how long the run took is said beside the gate's verdict
 
 
 def _run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[int, str]:

@@ -77,6 +77,10 @@ def _print_run_summary(summary: dict) -> None:
     gate = summary.get("gate") or {}
     colour = "green" if gate.get("passed") else "yellow"
     console.print(f"[{colour}]gate: {gate.get('summary', 'not evaluated')}[/{colour}]")
+    if summary.get("run_budget"):
+        from flows.retrain import run_time_line
+
+        console.print(run_time_line(summary["run_budget"]))
 
 
 def _stop_temporary_prefect_server() -> None:

@@ -98,6 +98,36 @@ def plan_steps_for_budget(
     }
 
 
+# The run's budget: seconds kept for what follows fine-tuning (evaluate, export with its parity checks, register,
+# the report). Evaluate and export took 106-146 s in the whole default runs on the real sets on 2 cores in sessions
+# 14-18, up to 173 s on a busy machine (benchmarks/README.md, "The run's time budget").
+RESERVED_AFTER_FINETUNE_SECONDS = 150.0
+# a budget already spent still plans min_epochs (the plan's floor); the budget field itself must stay positive
+SPENT_BUDGET_MINUTES = 0.01
+
+
+def finetune_minutes_in_run(
+    run_minutes: float | None, spent_seconds: float, finetune_minutes: float | None
+) -> dict | None:
+    """The fine-tuning budget that ends the whole run within ``run_minutes``: what is left after the
+    ``spent_seconds`` the stages before it took and the seconds kept for the stages after it, never more than
+    the stage's own ``finetune_minutes`` (None: no budget of its own). None when the run has no budget.
+
+    ``binds`` says whether the run's budget, not the stage's, set ``finetune_minutes``."""
+    if run_minutes is None:
+        return None
+    left = (run_minutes * 60 - spent_seconds - RESERVED_AFTER_FINETUNE_SECONDS) / 60
+    binds = finetune_minutes is None or left < finetune_minutes
+    return {
+        "run_minutes": run_minutes,
+        "spent_minutes": round(spent_seconds / 60, 2),
+        "reserved_minutes": round(RESERVED_AFTER_FINETUNE_SECONDS / 60, 2),
+        "stage_minutes": finetune_minutes,
+        "finetune_minutes": round(max(left, SPENT_BUDGET_MINUTES), 2) if binds else finetune_minutes,
+        "binds": binds,
+    }
+
+
 # ----------------------------------------------------------------------------------------------------- the watch
 
 # shares of the planned steps after which the plan is re-made: early enough to act, late enough that the

@@ -1,0 +1,94 @@
+"""The whole run's time budget (``time_budget_minutes``): fine-tuning gets what the run's budget leaves once the
+stages before it are done and the stages after it are provided for, never more than its own budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.recipe import Recipe
+from models.training.step_budget import RESERVED_AFTER_FINETUNE_SECONDS, finetune_minutes_in_run
+from tests.tiny_recipe import write_tiny_recipe
+
+
+def test_fine_tuning_keeps_its_own_budget_when_the_run_leaves_more():
+    budget = finetune_minutes_in_run(15, 240, 8)
+    assert budget["binds"] is False
+    assert budget["finetune_minutes"] == 8
+    assert budget["spent_minutes"] == 4.0
+
+
+def test_fine_tuning_is_cut_to_what_the_run_leaves_after_the_reserve():
+    spent = 400.0
+    budget = finetune_minutes_in_run(15, spent, 8)
+    assert budget["binds"] is True
+    assert budget["finetune_minutes"] == pytest.approx(
+        (900 - spent - RESERVED_AFTER_FINETUNE_SECONDS) / 60, abs=0.01
+    )
+    assert budget["finetune_minutes"] < 8
+
+
+def test_a_stage_without_a_budget_of_its_own_gets_what_the_run_leaves():
+    budget = finetune_minutes_in_run(15, 300, None)
+    assert budget["binds"] is True and budget["stage_minutes"] is None
+    assert budget["finetune_minutes"] == pytest.approx(
+        (900 - 300 - RESERVED_AFTER_FINETUNE_SECONDS) / 60, abs=0.01
+    )
+
+
+def test_a_spent_run_budget_leaves_a_positive_sliver_so_min_epochs_decides():
+    budget = finetune_minutes_in_run(5, 600, 8)
+    assert budget["binds"] is True
+    assert 0 < budget["finetune_minutes"] <= 0.01
+
+
+def test_no_run_budget_leaves_fine_tuning_alone():
+    assert finetune_minutes_in_run(None, 10_000, 8) is None
+
+
+def test_the_run_budget_defaults_to_the_issue_budget_and_must_be_positive_or_null():
+    data = {"name": "x", "data": {"corpus": "c.txt", "train": "t.csv", "labels": ["a", "b"]}}
+    assert Recipe.model_validate(data).time_budget_minutes == 15.0
+    assert Recipe.model_validate(data | {"time_budget_minutes": None}).time_budget_minutes is None
+    with pytest.raises(ValueError, match="time_budget_minutes"):
+        Recipe.model_validate(data | {"time_budget_minutes": 0})
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.integration
+def test_a_run_whose_budget_is_spent_before_fine_tuning_cuts_its_budget_and_says_so(
+    tmp_path, sample_dir, tiny_base_model, prefect_harness
+):
+    from dapt.cli.app import run_recipe
+
+    recipe = write_tiny_recipe(
+        tmp_path / "run",
+        sample_dir,
+        tiny_base_model,
+        time_budget_minutes=0.05,  # 3 s: spent by validation and adaptation
+        finetune={"max_steps": -1, "epochs": 2, "min_epochs": 1, "time_budget_minutes": 5},
+    )
+    summary = run_recipe(recipe)
+
+    run_budget = summary["run_budget"]
+    assert run_budget["binds"] is True
+    assert run_budget["stage_minutes"] == 5
+    assert run_budget["finetune_minutes"] == 0.01
+    assert run_budget["spent_minutes"] > 0 and run_budget["flow_minutes"] >= run_budget["spent_minutes"]
+    record = json.loads((Path(summary["files"]["run"]) / "finetune" / "finetune.json").read_text())
+    # fine-tuning planned with the cut budget, and min_epochs still trained at least one whole epoch
+    assert record["params"]["time_budget_minutes"] == 0.01
+    assert record["params"]["time_budget"]["minutes"] == 0.01
+    assert record["params"]["global_steps"] >= record["params"]["steps_per_epoch"]
+    assert summary["gate"]["passed"] is True
+    report = (Path(summary["files"]["run"]) / "report.md").read_text(encoding="utf-8")
+    assert "fine-tuning got 0.01 min, set by the run's budget" in report
