@@ -49,18 +49,16 @@ def find_data_dir(given: Path | None) -> Path:
     """``--data-dir``, else ``$DAPT_REAL_DATA``, else ``../shared/data`` beside the repository: a folder named
     on purpose is the only one looked in (a mistyped one is an error, not a silent fall-back)."""
     if given:
-        candidates = [given]
+        folder = Path(given)
     elif os.environ.get("DAPT_REAL_DATA"):
-        candidates = [Path(os.environ["DAPT_REAL_DATA"])]
+        folder = Path(os.environ["DAPT_REAL_DATA"])
     else:
-        candidates = [REPO.parent / "shared" / "data"]
-    for folder in candidates:
-        if folder and (folder / "fin_sentiment_tfns" / "train.csv").is_file():
-            return folder.resolve()
+        folder = REPO.parent / "shared" / "data"
+    if (folder / "fin_sentiment_tfns" / "train.csv").is_file():
+        return folder.resolve()
     raise BenchmarkError(
-        "the real data sets are not here (looked in "
-        + ", ".join(str(c) for c in candidates if c)
-        + "): pass --data-dir DIR or set DAPT_REAL_DATA to the folder holding fin_sentiment_tfns/, bc5cdr_ner/, "
+        f"the real data sets are not here (looked in {folder}): pass --data-dir DIR or set DAPT_REAL_DATA to "
+        "the folder holding fin_sentiment_tfns/, bc5cdr_ner/, "
         "fin_news_headlines_corpus/, fomc_minutes_corpus/ and general_en_ewt/ (or use --synthetic)"
     )
 
