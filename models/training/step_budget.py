@@ -99,8 +99,8 @@ def plan_steps_for_budget(
 
 
 # The run's budget: seconds kept for what follows fine-tuning (evaluate, export with its parity checks, register,
-# the report). Evaluate and export took 106-146 s in the whole default runs on the real sets on 2 cores in sessions
-# 14-18, up to 173 s on a busy machine (benchmarks/README.md, "The run's time budget").
+# the report): 96-122 s in the tweets' whole default runs on 2 cores, whose fine-tuning fills its budget; BC5CDR's
+# bigger eval set takes longer, but its fine-tuning ends well inside its own (benchmarks/README.md).
 RESERVED_AFTER_FINETUNE_SECONDS = 150.0
 # a budget already spent still plans min_epochs (the plan's floor); the budget field itself must stay positive
 SPENT_BUDGET_MINUTES = 0.01
