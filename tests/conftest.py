@@ -26,6 +26,15 @@ def isolated_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture(scope="module")
+def prefect_harness():
+    """A throw-away Prefect server and database for one test module's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory) -> Path:
     """A 2-layer, 32-hidden BERT with MiniLM's real uncased WordPiece tokenizer, saved as an HF directory."""

@@ -13,14 +13,6 @@ from tests.tiny_recipe import write_tiny_ner_recipe, write_tiny_recipe
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _one_type_bare_tsv(conll: Path, keep: str) -> Path:
     """The CoNLL file as BioBERT-style one-type sets ship: a header-less .tsv (``token<TAB>tag``) whose tags
     carry no type (``B`` / ``I`` for ``keep``; every other type becomes ``O``)."""

@@ -12,14 +12,6 @@ from tests.tiny_recipe import write_tiny_ner_recipe, write_tiny_recipe
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_ner_flow_serves_entities_with_character_offsets(
     tmp_path, sample_dir, tiny_base_model, prefect_harness
 ):

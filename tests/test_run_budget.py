@@ -56,14 +56,6 @@ def test_the_run_budget_defaults_to_the_issue_budget_and_must_be_positive_or_nul
         Recipe.model_validate(data | {"time_budget_minutes": 0})
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.integration
 def test_a_run_whose_budget_is_spent_before_fine_tuning_cuts_its_budget_and_says_so(
     tmp_path, sample_dir, tiny_base_model, prefect_harness
@@ -74,6 +66,9 @@ def test_a_run_whose_budget_is_spent_before_fine_tuning_cuts_its_budget_and_says
         tmp_path / "run",
         sample_dir,
         tiny_base_model,
+        # its own registry name and seed: the session's registry and adaptation cache are shared by every test
+        name="tiny-runbudget",
+        seed=11,
         time_budget_minutes=0.05,  # 3 s: spent by validation and adaptation
         finetune={"max_steps": -1, "epochs": 2, "min_epochs": 1, "time_budget_minutes": 5},
     )

@@ -16,14 +16,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 OUTSIDE = re.compile(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", re.I)
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_a_real_run_writes_its_reports_and_the_ui_shows_its_evidence(
     tmp_path, sample_dir, tiny_base_model, prefect_harness
 ):
