@@ -326,7 +326,7 @@ def _plan_max_steps(
     max_steps = budget["planned_steps"]
     over = (
         f"; finetune.min_epochs {config.min_epochs:g} keeps {max_steps} steps, about "
-        f"{max_steps * budget['seconds_per_step'] / 60:.1f} min: this machine is slower than the budget assumes"
+        f"{max_steps * budget['seconds_per_step'] / 60:.1f} min, over the budget"
         if budget["steps_affordable"] < max_steps
         else ""
     )
@@ -334,7 +334,8 @@ def _plan_max_steps(
         f"[finetune] budget: {time_budget_minutes:g} min at {budget['seconds_per_step']:.2f} s/step fits "
         f"{budget['steps_affordable']} of {budget['steps_wanted']} steps{over}; training {max_steps} steps "
         f"({max_steps / steps_per_epoch:.1f} of {config.epochs:g} epochs) with the learning-rate schedule "
-        "planned for them (raise finetune.time_budget_minutes, or set it to null, to train every epoch)"
+        "planned for them (to train every epoch, raise finetune.time_budget_minutes and the run's "
+        "time_budget_minutes, or set them to null)"
     )
     return max_steps, budget
 
