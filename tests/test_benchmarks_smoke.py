@@ -1,7 +1,8 @@
-"""Smoke test of the serving benchmark: `benchmarks/serve.py --quick` measures the in-process ceiling, starts our
-server and the naive one on loopback, drives /classify and /embed, bursts, and prints one JSON document with
-every figure the issue asks for (tiny model, a few requests; the infinity peer is left out: installing it takes
-minutes)."""
+"""Smoke tests of benchmarks. `benchmarks/threads.py` on a tiny model times each OpenMP wait policy quiet and
+beside a busy neighbour. The serving benchmark, `benchmarks/serve.py --quick`, measures the in-process ceiling,
+starts our server and the naive one on loopback, drives /classify and /embed, bursts, and prints one JSON document
+with every figure the issue asks for (tiny model, a few requests; the infinity peer is left out: installing it
+takes minutes)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,43 @@ def test_quick_serve_benchmark_prints_complete_json_and_writes_histogram(isolate
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "serve.json").read_text(encoding="utf-8"))
     assert saved["servers"]["ours"]["levels"].keys() == report["servers"]["ours"]["levels"].keys()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_threads_benchmark_measures_each_wait_policy_quiet_and_beside_a_busy_neighbour(tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "threads.py"),
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+        ],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"},
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout)
+
+    assert set(report["conditions"]) == {"none", "busy"}
+    for condition in report["conditions"].values():
+        settings = condition["settings"]
+        # each variant really ran as named: its own process, its own OpenMP setting or thread count
+        assert settings["passive"]["omp_wait_policy"] == "PASSIVE"
+        assert settings["default"]["omp_wait_policy"] is None
+        assert settings["one_thread"]["threads"] == 1
+        assert all(value > 0 for values in condition["seconds_per_step"].values() for value in values)
+    assert report["relative_to_quiet_default"]["none"]["default"] == 1.0
+    # the busy neighbour is gone when the benchmark returns: no busy loop outlives it
+    neighbour = report["conditions"]["busy"]["neighbour_pid"]
+    assert neighbour and not Path(f"/proc/{neighbour}").exists()
+    assert report["conditions"]["none"]["neighbour_pid"] is None
