@@ -126,9 +126,8 @@ def run_condition(neighbour: str, args: argparse.Namespace) -> dict:
         rounds: dict[str, list[float]] = {name: [] for name in VARIANTS}
         settings: dict[str, dict] = {}
         load_before = os.getloadavg()[0]
-        for round_number in range(
-            args.repeats
-        ):  # variants interleaved so drift in the machine hits all of them
+        # variants interleaved round by round, so drift in the machine hits all of them
+        for round_number in range(args.repeats):
             for name in VARIANTS:
                 result = measure(name, args)
                 rounds[name].append(result["seconds_per_step"])

@@ -97,7 +97,7 @@ def test_quick_serve_benchmark_prints_complete_json_and_writes_histogram(isolate
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_threads_benchmark_measures_each_wait_policy_quiet_and_beside_a_busy_neighbour(tmp_path):
+def test_threads_benchmark_measures_each_wait_policy_quiet_and_beside_a_busy_neighbour():
     completed = subprocess.run(
         [
             sys.executable,
