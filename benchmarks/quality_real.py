@@ -397,10 +397,12 @@ def compare(task: str, results: dict[str, dict]) -> dict[str, Any]:
         "adaptation_gain"
     )
     if gain and comparison["finetune_gain_of_adaptation_points"] is not None:
-        probe_says = gain["kept"] == "adapted"
+        # the run's own check (adapt.gain_check) against the whole fine-tunes' verdict on the eval set
+        check_says = gain["kept"] == "adapted"
         finetune_says = comparison["finetune_gain_of_adaptation_points"] >= 0
-        comparison["probe_gain_points"] = round(100 * gain["gain"], 2)
-        comparison["probe_agrees_with_finetune"] = probe_says == finetune_says
+        comparison["gain_check"] = gain.get("method")
+        comparison["check_gain_points"] = round(100 * gain["gain"], 2)
+        comparison["check_agrees_with_finetune"] = check_says == finetune_says
     return comparison
 
 

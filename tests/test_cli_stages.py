@@ -41,7 +41,7 @@ def test_stages_run_one_at_a_time_and_chain_through_their_output_folders(
     assert "general_loss_after" in adapted.stdout  # the forgetting measurement is shown
     assert "adaptation gain" in adapted.stdout  # and whether the adapted encoder beats the base on the task
     gain = json.loads((stages / "adapt" / "adaptation_gain.json").read_text())
-    assert gain["kept"] in {"adapted", "base"} and gain["method"] == "probe"
+    assert gain["kept"] in {"adapted", "base"} and gain["method"] == "short_finetune"
 
     tuned = dapt(
         "finetune", recipe, "--encoder", str(stages / "adapt"), "--out", str(stages / "ft"), home=home

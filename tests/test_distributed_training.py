@@ -111,6 +111,8 @@ def test_two_process_launch_trains_data_parallel_and_registers_one_version(
     # rank 1 ran the training stages with rank 0, and nothing else
     assert "[rank 1] following rank 0 into adapt_stage" in output, output[-6000:]
     assert "[rank 1] following rank 0 into finetune_stage" in output, output[-6000:]
+    # the default gain check fine-tunes from both encoders: the followers train those with rank 0 too
+    assert "[rank 1] following rank 0 into adaptation_gain_stage" in output, output[-6000:]
     assert "[rank 1] rank 0 is done" in output
 
     # one version, registered once, by rank 0
@@ -120,6 +122,7 @@ def test_two_process_launch_trains_data_parallel_and_registers_one_version(
     evidence = shown["evidence"]
     # the Trainer's world size, recorded by the training stages: both ranks trained one model together
     assert evidence["finetune_params"]["processes"] == 2
+    assert evidence["adaptation_gain"]["method"] == "short_finetune", evidence["adaptation_gain"]
     phases = evidence["adaptation"]["phases"]
     assert phases and all(phase["processes"] == 2 for phase in phases), phases
 

@@ -266,8 +266,8 @@ def test_ner_types_outside_the_kept_ones_become_o_and_conll_round_trips(real, tm
     assert real.read_conll(tmp_path / "x.conll") == sentences
 
 
-def test_comparison_in_points_and_whether_the_probe_agreed(real):
-    gain = {"gain": 0.004, "min_gain": 0.0, "kept": "adapted"}
+def test_comparison_in_points_and_whether_the_gain_check_agreed(real):
+    gain = {"method": "probe", "gain": 0.004, "min_gain": 0.0, "kept": "adapted"}
     results = {
         "default": {"metrics": {"macro_f1": 0.84}, "adaptation_gain": gain},
         "plain": {"metrics": {"macro_f1": 0.82}},
@@ -276,9 +276,10 @@ def test_comparison_in_points_and_whether_the_probe_agreed(real):
     comparison = real.compare("sentiment", results)
     assert comparison["default_minus_plain_points"] == 2.0
     assert comparison["default_minus_none_points"] == -0.5
-    # the default run kept the adapted encoder, so it is the adapted run: fine-tuning shows a loss, the probe a gain
+    # the default run kept the adapted encoder, so it is the adapted run: fine-tuning shows a loss, the check a gain
     assert comparison["adapted_run"] == "default" and comparison["finetune_gain_of_adaptation_points"] == -0.5
-    assert comparison["probe_gain_points"] == 0.4 and comparison["probe_agrees_with_finetune"] is False
+    assert comparison["gain_check"] == "probe" and comparison["check_gain_points"] == 0.4
+    assert comparison["check_agrees_with_finetune"] is False
 
 
 def test_seeds_parse_into_integers_and_a_bad_list_says_what_to_pass(quality):

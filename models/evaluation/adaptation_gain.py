@@ -1,19 +1,23 @@
 """What domain adaptation bought on the task, measured before fine-tuning on it.
 
 Continued pretraining often does not help (forgetting, a small or off-domain corpus, too few steps on a CPU), so
-the adapted encoder has to earn its place. Two measures, both on a validation split carved out of the training
+the adapted encoder has to earn its place. Three measures, all on a validation split carved out of the training
 set (the evaluation set is never seen):
 
-- ``probe`` (default, seconds): a linear probe. The frozen encoder's features (mean-pooled sentence vectors for
-  classification; the first word-piece of each word for NER) feed a logistic regression fitted on the rest of
-  the training set; macro-F1 (entity F1 for NER) on the validation split, for the base and for the adapted
-  encoder. benchmarks/quality.py reports it beside the full fine-tune comparison on real data.
-- ``finetune`` (exact, costs two more fine-tunes): the task model is fine-tuned from each encoder on the same
-  split and scored on the same validation rows.
+- ``short_finetune`` (default, about two minutes on 2 CPU cores): the task model is fine-tuned from each encoder
+  for one epoch over at most SHORT_FINETUNE_MAX_ROWS rows of the rest of the training set, with the recipe's
+  fine-tuning settings, the same seed and the same batches; macro-F1 (entity F1 for NER) on the validation
+  split. On real data it agreed with the gain of whole fine-tunes where the probe did not
+  (benchmarks/README.md, "Session 21 figures").
+- ``probe`` (seconds): a linear probe. The frozen encoder's features (mean-pooled sentence vectors for
+  classification; the first word-piece of each word for NER) feed a logistic regression. Adaptation always makes
+  frozen features more domain-shaped, and fine-tuning re-learns them: on real data the probe overstated the
+  fine-tuned gain in every case measured.
+- ``finetune`` (exact, costs two whole fine-tunes): as ``short_finetune`` with every row and epoch.
 
 ``gain = adapted - base``. The caller keeps the adapted encoder only when ``gain >= adapt.min_gain +
-adapt.gain_noise_margin * stderr``, where ``stderr`` is the probe gain's standard error from a paired bootstrap
-over the validation rows: on a few hundred rows a gain of a few tenths of a point is noise, and an encoder kept on
+adapt.gain_noise_margin * stderr``, where ``stderr`` is the gain's standard error from a paired bootstrap over
+the validation rows: on a few hundred rows a gain of a few tenths of a point is noise, and an encoder kept on
 noise still carries its forgetting.
 """
 
@@ -36,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 VALIDATION_FRACTION = 0.2
 PROBE_MAX_ROWS = 4000  # rows embedded per encoder; beyond this the probe's estimate barely moves
+SHORT_FINETUNE_MAX_ROWS = 4000  # rows of the one-epoch fine-tunes: bounds the check's cost on large sets
 EMBED_BATCH_SIZE = 64
 BOOTSTRAP_RESAMPLES = 200
 
@@ -44,7 +49,7 @@ BOOTSTRAP_RESAMPLES = 200
 class AdaptationGain:
     """The task-level effect of adaptation and what was done about it."""
 
-    method: str  # "probe" | "finetune"
+    method: str  # "short_finetune" | "probe" | "finetune"
     metric: str  # "macro_f1" | "entity_f1"
     base: float
     adapted: float
@@ -54,7 +59,7 @@ class AdaptationGain:
     n_fit: int
     n_validation: int
     seconds: float
-    stderr: float | None = None  # the gain's paired-bootstrap standard error (probe only)
+    stderr: float | None = None  # the gain's paired-bootstrap standard error over the validation rows
     noise_margin: float = 0.0  # standard errors the gain had to clear above min_gain
 
     @property
@@ -214,13 +219,20 @@ def classification_counts(labels: list[str], gold: list, predicted: list) -> np.
     """Per row: (tp, fp, fn) for each declared class, so macro-F1 of any resample is a sum away."""
     import numpy as np
 
-    counts = np.zeros((len(gold), 3 * len(labels)))
-    for column, label in enumerate(labels):
-        is_gold = np.array([g == label for g in gold])
-        is_predicted = np.array([p == label for p in predicted])
-        counts[:, 3 * column] = is_gold & is_predicted
-        counts[:, 3 * column + 1] = ~is_gold & is_predicted
-        counts[:, 3 * column + 2] = is_gold & ~is_predicted
+    is_gold = np.array([[g == label for label in labels] for g in gold], dtype=bool).reshape(-1, len(labels))
+    is_predicted = np.array([[p == label for label in labels] for p in predicted], dtype=bool)
+    return indicator_counts(is_gold, is_predicted.reshape(-1, len(labels)))
+
+
+def indicator_counts(is_gold: np.ndarray, is_predicted: np.ndarray) -> np.ndarray:
+    """Per row: (tp, fp, fn) for each class column of two (rows, classes) boolean matrices (one class per row,
+    or several for a multi-label task)."""
+    import numpy as np
+
+    counts = np.zeros((len(is_gold), 3 * is_gold.shape[1]))
+    counts[:, 0::3] = is_gold & is_predicted
+    counts[:, 1::3] = ~is_gold & is_predicted
+    counts[:, 2::3] = is_gold & ~is_predicted
     return counts
 
 
@@ -281,15 +293,44 @@ def _repair_bio(tags: list[str]) -> list[str]:
     return fixed
 
 
-def _finetuned_score(
-    recipe: Recipe, encoder_dir: Path, fit: pd.DataFrame, validation: pd.DataFrame, work_dir: Path, progress
-) -> float:
+def _finetuned_predictions(
+    recipe: Recipe,
+    encoder_dir: Path,
+    fit: pd.DataFrame,
+    validation: pd.DataFrame,
+    work_dir: Path,
+    say,
+    *,
+    one_epoch: bool,
+) -> tuple[list, list]:
+    """(gold, predicted) validation rows of a task model fine-tuned from ``encoder_dir`` on ``fit`` with the
+    recipe's settings, without augmentation or early stopping (and for ``one_epoch``, for one epoch): tag sequences
+    for NER, class names for classification, (rows, labels) boolean matrices for a multi-label task."""
+    import numpy as np
+
+    from models.training.task_model import IGNORE_INDEX, encode_frame, task_labels
     from models.training.trainer import train_task_model
 
-    config = recipe.finetune.model_copy(update={"early_stopping_patience": 0, "augment_fraction": 0.0})
-    run = train_task_model(recipe, config, encoder_dir, fit, validation, work_dir, progress)
-    scores = run.trainer.evaluate()
-    return float(scores.get("eval_entity_f1" if recipe.task == "ner" else "eval_macro_f1", 0.0))
+    update: dict = {"early_stopping_patience": 0, "augment_fraction": 0.0}
+    if one_epoch:
+        # a recipe's fixed max_steps still bounds it: the check never trains longer than the fine-tune
+        update |= {"epochs": 1.0, "min_epochs": 0.0}
+    run = train_task_model(
+        recipe, recipe.finetune.model_copy(update=update), encoder_dir, fit, None, work_dir, say
+    )
+    output = run.trainer.predict(encode_frame(recipe, run.config, run.tokenizer, validation))
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    labels = task_labels(recipe)
+    if recipe.task == "ner":
+        gold, predicted = [], []
+        for guess, truth in zip(logits.argmax(-1), output.label_ids, strict=True):
+            keep = truth != IGNORE_INDEX  # the first word-piece of each word, as the Trainer's metrics score
+            gold.append([labels[i] for i in truth[keep]])
+            predicted.append([labels[i] for i in guess[keep]])
+        return gold, predicted
+    if recipe.finetune.multi_label:
+        return list(np.asarray(output.label_ids) > 0.5), list(np.asarray(logits) > 0)
+    return [labels[i] for i in output.label_ids], [labels[i] for i in logits.argmax(-1)]
 
 
 def measure_adaptation_gain(
@@ -301,6 +342,8 @@ def measure_adaptation_gain(
     progress: Callable[[str], None] | None = None,
 ) -> AdaptationGain:
     """Score ``base_dir`` and ``adapted_dir`` on the task (``recipe.adapt.gain_check``) and decide which to keep."""
+    import numpy as np
+
     from models.training.task_model import choose_max_length, position_limit, token_lengths
 
     say = progress or logger.info
@@ -308,12 +351,10 @@ def measure_adaptation_gain(
     started = time.perf_counter()
     fit, validation = validation_split(recipe, train_df)
     metric = "entity_f1" if recipe.task == "ner" else "macro_f1"
-    scores = {}
-    stderr = None
+    predictions: dict = {}
     if method == "probe":
         fit = _subsample(fit, PROBE_MAX_ROWS, recipe.seed)
         probe = _probe_ner if recipe.task == "ner" else _probe_classification
-        predictions = {}
         for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
             from transformers import AutoTokenizer
 
@@ -327,23 +368,34 @@ def measure_adaptation_gain(
                 f"[adaptation-gain] linear probe on the {name} encoder ({len(fit)} fit / {len(validation)} validation rows)"
             )
             gold, predictions[name] = probe(recipe, Path(folder), fit, validation, length, say)
-        # per-row counts score both encoders and every bootstrap resample (sums of counts, no rescoring)
-        if recipe.task == "ner":
-            counts = {name: entity_counts(gold, predicted) for name, predicted in predictions.items()}
-            metric_from_counts = entity_f1_from_counts
-        else:
-            labels = list(recipe.data.labels)
-            counts = {name: classification_counts(labels, gold, p) for name, p in predictions.items()}
-            metric_from_counts = macro_f1_from_counts
-        scores = {name: float(metric_from_counts(rows.sum(axis=0))) for name, rows in counts.items()}
-        stderr = paired_bootstrap_stderr(metric_from_counts, counts["base"], counts["adapted"], recipe.seed)
     else:
+        one_epoch = method == "short_finetune"
+        if one_epoch:
+            fit = _subsample(fit, SHORT_FINETUNE_MAX_ROWS, recipe.seed)
         for name, folder in (("base", base_dir), ("adapted", adapted_dir)):
-            say(f"[adaptation-gain] fine-tuning from the {name} encoder to compare ({len(fit)} rows)")
-            scores[name] = _finetuned_score(recipe, Path(folder), fit, validation, Path(work_dir) / name, say)
+            say(
+                f"[adaptation-gain] fine-tuning from the {name} encoder to compare ({len(fit)} fit / "
+                f"{len(validation)} validation rows{', one epoch' if one_epoch else ''})"
+            )
+            gold, predictions[name] = _finetuned_predictions(
+                recipe, Path(folder), fit, validation, Path(work_dir) / name, say, one_epoch=one_epoch
+            )
+    # per-row counts score both encoders and every bootstrap resample (sums of counts, no rescoring)
+    if recipe.task == "ner":
+        counts = {name: entity_counts(gold, predicted) for name, predicted in predictions.items()}
+        metric_from_counts = entity_f1_from_counts
+    elif method != "probe" and recipe.finetune.multi_label:
+        counts = {name: indicator_counts(np.array(gold), np.array(p)) for name, p in predictions.items()}
+        metric_from_counts = macro_f1_from_counts
+    else:
+        labels = list(recipe.data.labels)
+        counts = {name: classification_counts(labels, gold, p) for name, p in predictions.items()}
+        metric_from_counts = macro_f1_from_counts
+    scores = {name: float(metric_from_counts(rows.sum(axis=0))) for name, rows in counts.items()}
+    stderr = paired_bootstrap_stderr(metric_from_counts, counts["base"], counts["adapted"], recipe.seed)
     gain = scores["adapted"] - scores["base"]
-    margin = recipe.adapt.gain_noise_margin if stderr is not None else 0.0
-    threshold = recipe.adapt.min_gain + margin * (stderr or 0.0)
+    margin = recipe.adapt.gain_noise_margin
+    threshold = recipe.adapt.min_gain + margin * stderr
     result = AdaptationGain(
         method=method,
         metric=metric,
@@ -355,7 +407,7 @@ def measure_adaptation_gain(
         n_fit=len(fit),
         n_validation=len(validation),
         seconds=round(time.perf_counter() - started, 1),
-        stderr=round(stderr, 6) if stderr is not None else None,
+        stderr=round(stderr, 6),
         noise_margin=margin,
     )
     say(f"[adaptation-gain] {result.sentence()}")

@@ -55,6 +55,7 @@ class TrainRun:
     history: list[dict]
     details: dict
     seconds: float
+    config: FinetuneConfig  # as trained: 'auto' max_length, batch size and patience resolved
 
 
 @functools.cache
@@ -525,11 +526,6 @@ def train_task_model(
         "time_budget": budget,
         "encoder_loading": inputs.load_info,
     }
-    return TrainRun(
-        trainer,
-        trainer.model,
-        inputs.tokenizer,
-        list(trainer.state.log_history),
-        details,
-        time.perf_counter() - started,
-    )
+    history = list(trainer.state.log_history)
+    elapsed = time.perf_counter() - started
+    return TrainRun(trainer, trainer.model, inputs.tokenizer, history, details, elapsed, config)

@@ -256,7 +256,11 @@ def test_probe_scores_both_encoders_on_a_split_of_train_and_keeps_by_min_gain(
 
     frame = classification_frame(10) if task == "classification" else ner_frame(20)
     lenient = measure_adaptation_gain(
-        _gain_recipe(tiny_base_model, task, min_gain=-1.0), tiny_base_model, adapted_encoder, frame, tmp_path
+        _gain_recipe(tiny_base_model, task, gain_check="probe", min_gain=-1.0),
+        tiny_base_model,
+        adapted_encoder,
+        frame,
+        tmp_path,
     )
     assert lenient.method == "probe" and lenient.kept == "adapted"
     assert lenient.metric == ("entity_f1" if task == "ner" else "macro_f1")
@@ -264,7 +268,11 @@ def test_probe_scores_both_encoders_on_a_split_of_train_and_keeps_by_min_gain(
     assert lenient.gain == pytest.approx(lenient.adapted - lenient.base, abs=1e-6)
     assert lenient.n_fit + lenient.n_validation == len(frame) and lenient.n_validation > 0
     strict = measure_adaptation_gain(
-        _gain_recipe(tiny_base_model, task, min_gain=2.0), tiny_base_model, adapted_encoder, frame, tmp_path
+        _gain_recipe(tiny_base_model, task, gain_check="probe", min_gain=2.0),
+        tiny_base_model,
+        adapted_encoder,
+        frame,
+        tmp_path,
     )
     assert strict.kept == "base" and "did not help" in strict.sentence()
     assert strict.base == lenient.base  # same split, same probe: deterministic
@@ -307,7 +315,49 @@ def test_finetune_gain_check_trains_from_both_encoders(tiny_base_model, adapted_
         tmp_path,
     )
     assert result.method == "finetune"
+    assert result.stderr is not None and result.noise_margin == 3.0
     assert (tmp_path / "base").is_dir() and (tmp_path / "adapted").is_dir()
+
+
+@pytest.mark.parametrize("task", ["classification", "ner"])
+def test_short_finetune_is_the_default_check_one_epoch_from_each_encoder_on_capped_rows(
+    task, tiny_base_model, adapted_encoder, tmp_path, monkeypatch
+):
+    from models.evaluation import adaptation_gain
+
+    monkeypatch.setattr(adaptation_gain, "SHORT_FINETUNE_MAX_ROWS", 16)
+    recipe = _gain_recipe(tiny_base_model, task, min_gain=-1.0)
+    # no fixed step count: one epoch of the fit rows (16 rows at batch 8: 2 steps), not the recipe's 5 epochs
+    recipe = recipe.model_copy(update={"finetune": recipe.finetune.model_copy(update={"max_steps": -1})})
+    assert recipe.adapt.gain_check == "short_finetune" and recipe.finetune.epochs == 5
+    frame = classification_frame(10) if task == "classification" else ner_frame(30)
+    lines: list[str] = []
+    result = adaptation_gain.measure_adaptation_gain(
+        recipe, tiny_base_model, adapted_encoder, frame, tmp_path, progress=lines.append
+    )
+    assert result.method == "short_finetune" and result.kept == "adapted"  # min_gain -1 keeps any gain
+    assert result.n_fit == 16 and result.n_validation == len(frame) // 5
+    assert 0.0 <= result.base <= 1.0 and 0.0 <= result.adapted <= 1.0
+    assert result.gain == pytest.approx(result.adapted - result.base, abs=1e-6)
+    assert result.stderr is not None and result.stderr >= 0.0
+    trained = [line for line in lines if line.startswith("fine-tuning ")]
+    assert len(trained) == 2 and all("on 16 rows, 2 steps/epoch" in line for line in trained)
+    assert [line for line in lines if "step 2/2" in line] and not [
+        line for line in lines if "step 3/" in line
+    ]
+    assert "one epoch" in " ".join(lines)
+
+
+def test_short_finetune_check_scores_a_multi_label_task(tiny_base_model, adapted_encoder, tmp_path):
+    from models.evaluation.adaptation_gain import measure_adaptation_gain
+
+    recipe = _gain_recipe(tiny_base_model, min_gain=-1.0)
+    recipe = recipe.model_copy(update={"finetune": recipe.finetune.model_copy(update={"multi_label": True})})
+    frame = classification_frame(10)
+    frame.loc[frame.index[::4], "label"] = "negative|neutral"
+    result = measure_adaptation_gain(recipe, tiny_base_model, adapted_encoder, frame, tmp_path)
+    assert result.method == "short_finetune" and result.metric == "macro_f1"
+    assert 0.0 <= result.base <= 1.0 and result.stderr is not None
 
 
 def test_gain_stage_is_skipped_when_there_is_nothing_to_compare(tiny_base_model, adapted_encoder, tmp_path):
@@ -429,7 +479,7 @@ def test_a_probe_gain_must_clear_min_gain_by_the_noise_margin(tiny_base_model, a
 
     frame = classification_frame(10)
     measured = measure_adaptation_gain(
-        _gain_recipe(tiny_base_model, min_gain=-1.0, gain_noise_margin=0.0),
+        _gain_recipe(tiny_base_model, gain_check="probe", min_gain=-1.0, gain_noise_margin=0.0),
         tiny_base_model,
         adapted_encoder,
         frame,
@@ -437,11 +487,11 @@ def test_a_probe_gain_must_clear_min_gain_by_the_noise_margin(tiny_base_model, a
     )
     assert measured.stderr is not None and measured.stderr >= 0.0
     # a min_gain the gain meets exactly keeps the adapted encoder without a margin...
-    exact = _gain_recipe(tiny_base_model, min_gain=measured.gain, gain_noise_margin=0.0)
+    exact = _gain_recipe(tiny_base_model, gain_check="probe", min_gain=measured.gain, gain_noise_margin=0.0)
     assert measure_adaptation_gain(exact, tiny_base_model, adapted_encoder, frame, tmp_path).kept == "adapted"
     # ...and with a margin only when the standard error is 0; the sentence names the threshold's parts
     margined = measure_adaptation_gain(
-        _gain_recipe(tiny_base_model, min_gain=measured.gain, gain_noise_margin=1.0),
+        _gain_recipe(tiny_base_model, gain_check="probe", min_gain=measured.gain, gain_noise_margin=1.0),
         tiny_base_model,
         adapted_encoder,
         frame,
