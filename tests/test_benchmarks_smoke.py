@@ -1,5 +1,5 @@
 """Smoke tests of benchmarks. `benchmarks/threads.py` on a tiny model times each OpenMP wait policy quiet and
-beside a busy neighbour. The serving benchmark, `benchmarks/serve.py --quick`, measures the in-process ceiling,
+beside a busy neighbour. `benchmarks/gain_check.py` runs each adaptation-gain check on a tiny recipe. The serving benchmark, `benchmarks/serve.py --quick`, measures the in-process ceiling,
 starts our server and the naive one on loopback, drives /classify and /embed, bursts, and prints one JSON document
 with every figure the issue asks for (tiny model, a few requests; the infinity peer is left out: installing it
 takes minutes)."""
@@ -133,3 +133,64 @@ def test_threads_benchmark_measures_each_wait_policy_quiet_and_beside_a_busy_nei
     neighbour = report["conditions"]["busy"]["neighbour_pid"]
     assert neighbour and not Path(f"/proc/{neighbour}").exists()
     assert report["conditions"]["none"]["neighbour_pid"] is None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_gain_check_benchmark_reads_an_encoder_against_itself_as_no_gain_with_every_check(
+    isolated_home, tiny_base_model, tmp_path
+):
+    from tests.tiny_recipe import write_tiny_recipe
+
+    recipe = write_tiny_recipe(tmp_path / "r", REPO / "data" / "sample", tiny_base_model)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gain_check.py"),
+            str(recipe),
+            "--encoder",
+            str(tiny_base_model),  # the base itself: same seed, same batches, so the same predictions
+            "--checks",
+            "short_finetune,probe",
+            "--out",
+            str(tmp_path / "gain.json"),
+        ],
+        cwd=REPO,
+        env=os.environ | {"DAPT_HOME": str(isolated_home)},
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout)
+    assert json.loads((tmp_path / "gain.json").read_text()) == report
+    assert report["machine"]["cpus"] >= 1
+    assert set(report["checks"]) == {"short_finetune", "probe"}
+    for method, check in report["checks"].items():
+        assert check["method"] == method and check["n_fit"] + check["n_validation"] == report["train_rows"]
+        assert check["gain"] == 0.0 and check["stderr"] == 0.0 and check["base"] == check["adapted"]
+        assert check["kept"] == "adapted"  # a gain of 0 meets min_gain 0 exactly
+        assert check["wall_seconds"] > 0
+
+
+def test_gain_check_benchmark_refuses_an_unknown_check_or_a_folder_without_a_model(tiny_base_model, tmp_path):
+    from tests.tiny_recipe import write_tiny_recipe
+
+    recipe = write_tiny_recipe(tmp_path / "r", REPO / "data" / "sample", tiny_base_model)
+    (tmp_path / "empty").mkdir()
+
+    def gain_check(*arguments: str) -> subprocess.CompletedProcess:
+        script = str(REPO / "benchmarks" / "gain_check.py")
+        return subprocess.run(
+            [sys.executable, script, str(recipe), *arguments],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    unknown = gain_check("--encoder", str(tiny_base_model), "--checks", "fast")
+    assert unknown.returncode == 2
+    assert "--checks 'fast'" in unknown.stderr and "short_finetune, probe, finetune" in unknown.stderr
+    empty = gain_check("--encoder", str(tmp_path / "empty"))
+    assert empty.returncode == 2 and "is not a model folder" in empty.stderr, empty.stderr[-2000:]
