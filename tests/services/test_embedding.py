@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -123,7 +124,9 @@ def test_live_embed_answers_batches_and_keeps_the_limits(classifier_bundle):
     """Over HTTP: /embed gives the predictor's vectors with model metadata, concurrent requests share model
     calls, the request limits apply, /classify still answers, and /metadata shows the runtime without paths."""
     expected = OnnxPredictor(classifier_bundle, providers=[CPU]).embed(["aspirin eased the headache"])[0]
-    with live_server(classifier_bundle, DAPT_MAX_TEXTS="4") as (url, _):
+    # 20 ms for company once traffic is concurrent (default 2): the tiny model answers in well under a millisecond,
+    # so on a busy machine requests arriving a few ms apart would otherwise each run alone
+    with live_server(classifier_bundle, DAPT_MAX_TEXTS="4", DAPT_BATCH_WAIT_MS="20") as (url, _):
         with httpx.Client(base_url=url, timeout=30) as client:
             response = client.post("/embed", json={"texts": ["aspirin eased the headache", "x " * 200]})
             assert response.status_code == 200, response.text
@@ -140,13 +143,20 @@ def test_live_embed_answers_batches_and_keeps_the_limits(classifier_bundle):
             metadata = client.get("/metadata").json()
             before = _calls(client.get("/metrics").text)
 
-        def one(index: int) -> int:
-            return httpx.post(
-                f"{url}/embed", json={"texts": [f"text number {index}"]}, timeout=60
-            ).status_code
+        start = threading.Barrier(16)
+
+        def client_sends_two(index: int) -> list[int]:
+            # connected first, then all 16 clients send at once: the requests really overlap at the server
+            with httpx.Client(base_url=url, timeout=60) as own:
+                own.get("/livez")
+                start.wait(timeout=60)
+                return [
+                    own.post("/embed", json={"texts": [f"text number {index}-{n}"]}).status_code
+                    for n in range(2)
+                ]
 
         with ThreadPoolExecutor(16) as workers:
-            statuses = list(workers.map(one, range(32)))
+            statuses = [code for codes in workers.map(client_sends_two, range(16)) for code in codes]
         after = _calls(httpx.get(f"{url}/metrics", timeout=10).text)
     assert statuses == [200] * 32
     print(f"\n[load] 32 concurrent /embed requests -> {after - before:.0f} model calls")
