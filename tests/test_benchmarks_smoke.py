@@ -17,36 +17,41 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.integration
-@pytest.mark.timeout(300)
-def test_quick_serve_benchmark_prints_complete_json_and_writes_histogram(isolated_home, tmp_path):
-    out = tmp_path / "bench"
+def benchmark_report(script: str, *arguments: str, env: dict[str, str]) -> dict:
+    """Run ``benchmarks/<script>`` as a user does; it must exit 0 and print exactly one JSON document."""
     completed = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "serve.py"),
-            "--quick",
-            "--concurrency",
-            "1,4",
-            "--requests",
-            "12",
-            "--threads",
-            "1",
-            "--burst",
-            "16",
-            "--peer",
-            "none",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, str(REPO / "benchmarks" / script), *arguments],
         cwd=REPO,
-        env=os.environ | {"DAPT_HOME": str(isolated_home)},
+        env=env,
         capture_output=True,
         text=True,
         timeout=280,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout)  # stdout is exactly one JSON document (server logs go to files)
+    return json.loads(completed.stdout)  # stdout is exactly one JSON document (logs go to stderr or files)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_quick_serve_benchmark_prints_complete_json_and_writes_histogram(isolated_home, tmp_path):
+    out = tmp_path / "bench"
+    report = benchmark_report(
+        "serve.py",
+        "--quick",
+        "--concurrency",
+        "1,4",
+        "--requests",
+        "12",
+        "--threads",
+        "1",
+        "--burst",
+        "16",
+        "--peer",
+        "none",
+        "--out",
+        str(out),
+        env=os.environ | {"DAPT_HOME": str(isolated_home)},
+    )
 
     for key in ("machine", "model", "matmul_fp32_flops_per_s", "servers", "ratios_ours_over_baseline"):
         assert key in report, f"{key} missing from the report"
@@ -98,27 +103,18 @@ def test_quick_serve_benchmark_prints_complete_json_and_writes_histogram(isolate
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_threads_benchmark_measures_each_wait_policy_quiet_and_beside_a_busy_neighbour():
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "threads.py"),
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--repeats",
-            "1",
-        ],
-        cwd=REPO,
+    report = benchmark_report(
+        "threads.py",
+        "--model",
+        "tiny",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
         env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"},
-        capture_output=True,
-        text=True,
-        timeout=280,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout)
 
     assert set(report["conditions"]) == {"none", "busy"}
     for condition in report["conditions"].values():
@@ -143,26 +139,17 @@ def test_gain_check_benchmark_reads_an_encoder_against_itself_as_no_gain_with_ev
     from tests.tiny_recipe import write_tiny_recipe
 
     recipe = write_tiny_recipe(tmp_path / "r", REPO / "data" / "sample", tiny_base_model)
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "gain_check.py"),
-            str(recipe),
-            "--encoder",
-            str(tiny_base_model),  # the base itself: same seed, same batches, so the same predictions
-            "--checks",
-            "short_finetune,probe",
-            "--out",
-            str(tmp_path / "gain.json"),
-        ],
-        cwd=REPO,
+    report = benchmark_report(
+        "gain_check.py",
+        str(recipe),
+        "--encoder",
+        str(tiny_base_model),  # the base itself: same seed, same batches, so the same predictions
+        "--checks",
+        "short_finetune,probe",
+        "--out",
+        str(tmp_path / "gain.json"),
         env=os.environ | {"DAPT_HOME": str(isolated_home)},
-        capture_output=True,
-        text=True,
-        timeout=280,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout)
     assert json.loads((tmp_path / "gain.json").read_text()) == report
     assert report["machine"]["cpus"] >= 1
     assert set(report["checks"]) == {"short_finetune", "probe"}
