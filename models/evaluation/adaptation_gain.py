@@ -308,8 +308,8 @@ def _finetuned_predictions(
     for NER, class names for classification, (rows, labels) boolean matrices for a multi-label task."""
     import numpy as np
 
-    from models.training.task_model import IGNORE_INDEX, encode_frame, task_labels
-    from models.training.trainer import train_task_model
+    from models.training.task_model import encode_frame, task_labels
+    from models.training.trainer import tag_sequences, train_task_model
 
     update: dict = {"early_stopping_patience": 0, "augment_fraction": 0.0}
     if one_epoch:
@@ -319,15 +319,10 @@ def _finetuned_predictions(
         recipe, recipe.finetune.model_copy(update=update), encoder_dir, fit, None, work_dir, say
     )
     output = run.trainer.predict(encode_frame(recipe, run.config, run.tokenizer, validation))
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     labels = task_labels(recipe)
     if recipe.task == "ner":
-        gold, predicted = [], []
-        for guess, truth in zip(logits.argmax(-1), output.label_ids, strict=True):
-            keep = truth != IGNORE_INDEX  # the first word-piece of each word, as the Trainer's metrics score
-            gold.append([labels[i] for i in truth[keep]])
-            predicted.append([labels[i] for i in guess[keep]])
-        return gold, predicted
+        return tag_sequences(labels, output)  # scored at the positions the Trainer's metrics score
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     if recipe.finetune.multi_label:
         return list(np.asarray(output.label_ids) > 0.5), list(np.asarray(logits) > 0)
     return [labels[i] for i in output.label_ids], [labels[i] for i in logits.argmax(-1)]

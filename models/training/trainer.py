@@ -202,10 +202,22 @@ def _trainer_class():
 # ------------------------------------------------------------------------------------------------------ metrics
 
 
+def tag_sequences(labels: list[str], prediction) -> tuple[list[list[str]], list[list[str]]]:
+    """Gold and predicted tags of a token-classification ``prediction`` (the Trainer's output), row by row, at the
+    positions that carry a gold label (each word's first word-piece)."""
+    logits = (
+        prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    )
+    gold, predicted = [], []
+    for guess, truth in zip(logits.argmax(-1), prediction.label_ids, strict=True):
+        keep = truth != IGNORE_INDEX
+        gold.append([labels[i] for i in truth[keep]])
+        predicted.append([labels[i] for i in guess[keep]])
+    return gold, predicted
+
+
 def _metrics_function(recipe: Recipe, multi_label: bool):
     """compute_metrics for the Trainer: accuracy and macro-F1 (entity-level for NER)."""
-    import numpy as np
-
     labels = task_labels(recipe)
 
     def classification(prediction) -> dict:
@@ -233,20 +245,14 @@ def _metrics_function(recipe: Recipe, multi_label: bool):
         from seqeval.metrics import f1_score
         from seqeval.scheme import IOB2
 
-        logits, gold = prediction.predictions, prediction.label_ids
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        predicted = logits.argmax(-1)
-        true_tags, pred_tags = [], []
-        correct = total = 0
-        for p_row, g_row in zip(predicted, gold, strict=True):
-            keep = g_row != IGNORE_INDEX
-            true_tags.append([labels[i] for i in g_row[keep]])
-            pred_tags.append([labels[i] for i in p_row[keep]])
-            correct += int(np.sum(p_row[keep] == g_row[keep]))
-            total += int(np.sum(keep))
+        true_tags, pred_tags = tag_sequences(labels, prediction)
+        correct = sum(
+            t == p
+            for gold, guess in zip(true_tags, pred_tags, strict=True)
+            for t, p in zip(gold, guess, strict=True)
+        )
         return {
-            "accuracy": correct / max(total, 1),
+            "accuracy": correct / max(sum(map(len, true_tags)), 1),
             "macro_f1": float(
                 f1_score(true_tags, pred_tags, average="macro", mode="strict", scheme=IOB2, zero_division=0)
             ),
