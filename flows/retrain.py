@@ -96,13 +96,18 @@ def measure_gain(recipe: Recipe, encoder_dir: str, out_dir: Path) -> dict | None
     return gain.to_dict() if gain is not None else None
 
 
-def _within_run_budget(recipe: Recipe, started: float) -> tuple[Recipe, dict | None]:
-    """The recipe fine-tuning runs with: its time budget cut to what the run's own budget leaves, if less."""
-    from models.training.step_budget import finetune_minutes_in_run
+def _within_run_budget(recipe: Recipe, budget_clock: float, row_counts: dict) -> tuple[Recipe, dict | None]:
+    """The recipe fine-tuning runs with: its time budget cut to what the run's own budget leaves, if less.
+
+    ``budget_clock``: the ``time.monotonic()`` the run's budget counts from; ``row_counts``: validation's."""
+    from models.training.step_budget import expected_eval_rows, finetune_minutes_in_run
 
     stage = recipe.finetune
     budget = finetune_minutes_in_run(
-        recipe.time_budget_minutes, time.monotonic() - started, stage.time_budget_minutes
+        recipe.time_budget_minutes,
+        time.monotonic() - budget_clock,
+        stage.time_budget_minutes,
+        expected_eval_rows(row_counts, recipe.data.eval_fraction),
     )
     if budget is None or stage.max_steps > 0:  # a fixed step count is trained whatever the clock says
         return recipe, None
@@ -120,6 +125,14 @@ def _within_run_budget(recipe: Recipe, started: float) -> tuple[Recipe, dict | N
         )
     update = {"time_budget_minutes": budget["finetune_minutes"]}
     return recipe.model_copy(update={"finetune": stage.model_copy(update=update)}), budget
+
+
+def _budget_clock(flow_started: float, budget_started_at: float | None) -> float:
+    """The ``time.monotonic()`` reading the run's budget counts from: the flow's start, or earlier by the
+    wall-clock seconds since ``budget_started_at`` (the caller's own start, such as the command's)."""
+    if budget_started_at is None:
+        return flow_started
+    return flow_started - max(0.0, time.time() - budget_started_at)
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
@@ -207,15 +220,17 @@ def _variants_line(variants: ServingVariants) -> str:
 
 
 def run_time_line(run_budget: dict) -> str:
-    """One sentence on the run's time: how long the flow took and who set fine-tuning's budget."""
-    line = f"The flow took {run_budget.get('flow_minutes', '?')} min"
+    """One sentence on the run's time: how much of its budget it used and who set fine-tuning's budget."""
+    flow = run_budget.get("flow_minutes", "?")
     if "run_minutes" not in run_budget:
-        return line + " (no run budget, or a fixed step count)."
+        return f"The flow took {flow} min (no run budget, or a fixed step count)."
     source = "the run's budget" if run_budget["binds"] else "its own budget (finetune.time_budget_minutes)"
+    used = run_budget.get("used_minutes", flow)
     return (
-        f"{line} of its {run_budget['run_minutes']:g}-minute budget; fine-tuning got "
-        f"{run_budget['finetune_minutes']:g} min, set by {source}, after {run_budget['spent_minutes']:g} min of "
-        f"earlier stages and with {run_budget['reserved_minutes']:g} min kept for evaluation and export."
+        f"The run used {used} min of its {run_budget['run_minutes']:g}-minute budget (the flow itself {flow} "
+        f"min); fine-tuning got {run_budget['finetune_minutes']:g} min, set by {source}, after "
+        f"{run_budget['spent_minutes']:g} min of earlier stages and with {run_budget['reserved_minutes']:g} min "
+        "kept for evaluation and export."
     )
 
 
@@ -387,18 +402,21 @@ def _publish(recipe: Recipe, summary: dict, evidence: Evidence, run_dir: Path, b
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(recipe: Recipe | str) -> dict:
+def retrain(recipe: Recipe | str, budget_started_at: float | None = None) -> dict:
     """Raw domain text to a registered (and, if the gate passes, promoted) model version.
 
     ``recipe``: the recipe, or the path of a recipe file (what a deployment run by a worker passes; a relative
-    path is read from the working directory the deployment's pull step sets, the repository root)."""
+    path is read from the working directory the deployment's pull step sets, the repository root).
+    ``budget_started_at``: when the run's time budget started (``time.time()``); by default the flow's start.
+    ``dapt run`` passes its own start, so the budget covers the seconds Prefect takes to start as well."""
     from models.data import data_fingerprint
 
     if isinstance(recipe, str):
         from models.recipe import load_usable_recipe
 
         recipe = load_usable_recipe(recipe)  # RecipeError names the file and the field
-    started = time.monotonic()  # the run's time budget counts from here
+    started = time.monotonic()
+    budget_clock = _budget_clock(started, budget_started_at)  # the run's time budget counts from here
     run_dir = _new_run_dir(recipe)
     fingerprint = data_fingerprint(recipe)
     incumbent = production_evidence(recipe)
@@ -418,7 +436,9 @@ def retrain(recipe: Recipe | str) -> dict:
     gain = measure_gain(recipe, adapted["encoder_dir"], run_dir / "adaptation_gain")
     base_kept = gain is not None and gain["kept"] == "base"
     encoder_dir = str(recipe.resolved_base_model()) if base_kept else adapted["encoder_dir"]
-    budgeted, run_budget = _within_run_budget(recipe, started)
+    budgeted, run_budget = _within_run_budget(
+        recipe, budget_clock, validation["dict"].get("profile", {}).get("rows", {})
+    )
     finetuned = finetune_model(budgeted, encoder_dir, run_dir / "finetune")
     evaluation = evaluate_model(recipe, finetuned["model_dir"], run_dir / "evaluate")
     exported = export_onnx(recipe, finetuned["model_dir"], run_dir / "bundle")
@@ -445,6 +465,9 @@ def retrain(recipe: Recipe | str) -> dict:
     summary = _summary(
         recipe, evidence, registered, decision, incumbent, adapt_cache_hit, run_dir, validation
     )
-    summary["run_budget"] = (run_budget or {}) | {"flow_minutes": round((time.monotonic() - started) / 60, 2)}
+    summary["run_budget"] = (run_budget or {}) | {
+        "flow_minutes": round((time.monotonic() - started) / 60, 2),
+        "used_minutes": round((time.monotonic() - budget_clock) / 60, 2),  # the budget's: with the start-up
+    }
     _publish(recipe, summary, evidence, run_dir, exported["bundle_dir"])
     return _plain(summary)

@@ -4,12 +4,20 @@ stages before it are done and the stages after it are provided for, never more t
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from models.recipe import Recipe
-from models.training.step_budget import RESERVED_AFTER_FINETUNE_SECONDS, finetune_minutes_in_run
+from models.training.step_budget import (
+    RESERVE_COVERS_EVAL_ROWS,
+    RESERVED_AFTER_FINETUNE_SECONDS,
+    SECONDS_PER_EXTRA_EVAL_ROW,
+    expected_eval_rows,
+    finetune_minutes_in_run,
+    reserved_after_finetune_seconds,
+)
 from tests.tiny_recipe import write_tiny_recipe
 
 
@@ -42,6 +50,36 @@ def test_a_spent_run_budget_leaves_a_positive_sliver_so_min_epochs_decides():
     budget = finetune_minutes_in_run(5, 600, 8)
     assert budget["binds"] is True
     assert 0 < budget["finetune_minutes"] <= 0.01
+
+
+def test_an_eval_set_larger_than_the_measured_ones_keeps_its_evaluation_time_after_fine_tuning():
+    assert reserved_after_finetune_seconds(2_000) == RESERVED_AFTER_FINETUNE_SECONDS
+    assert reserved_after_finetune_seconds(RESERVE_COVERS_EVAL_ROWS) == RESERVED_AFTER_FINETUNE_SECONDS
+    big = RESERVE_COVERS_EVAL_ROWS + 10_000
+    assert reserved_after_finetune_seconds(big) == pytest.approx(
+        RESERVED_AFTER_FINETUNE_SECONDS + 10_000 * SECONDS_PER_EXTRA_EVAL_ROW
+    )
+    small, large = finetune_minutes_in_run(15, 300, None, 1_000), finetune_minutes_in_run(15, 300, None, big)
+    assert large["reserved_minutes"] > small["reserved_minutes"]
+    assert large["finetune_minutes"] == pytest.approx(
+        (900 - 300 - reserved_after_finetune_seconds(big)) / 60, abs=0.01
+    )
+
+
+def test_the_eval_size_is_the_eval_files_rows_or_the_share_split_from_train():
+    assert expected_eval_rows({"train": 5_000, "eval": 2_388}, 0.2) == 2_388
+    assert expected_eval_rows({"train": 5_000, "eval": 0}, 0.2) == 1_000
+    assert expected_eval_rows({}, 0.2) == 0
+
+
+def test_the_budget_clock_starts_at_the_callers_start_when_given():
+    from flows.retrain import _budget_clock
+
+    flow_started = time.monotonic()
+    assert _budget_clock(flow_started, None) == flow_started
+    clock = _budget_clock(flow_started, time.time() - 12.0)  # the command started 12 s before the flow
+    assert flow_started - clock == pytest.approx(12.0, abs=0.5)
+    assert _budget_clock(flow_started, time.time() + 60) == flow_started  # a clock ahead never adds time
 
 
 def test_no_run_budget_leaves_fine_tuning_alone():
@@ -79,6 +117,8 @@ def test_a_run_whose_budget_is_spent_before_fine_tuning_cuts_its_budget_and_says
     assert run_budget["stage_minutes"] == 5
     assert run_budget["finetune_minutes"] == 0.01
     assert run_budget["spent_minutes"] > 0 and run_budget["flow_minutes"] >= run_budget["spent_minutes"]
+    # the budget counts from the command's start, so it has used at least what the flow took
+    assert run_budget["used_minutes"] >= run_budget["flow_minutes"]
     record = json.loads((Path(summary["files"]["run"]) / "finetune" / "finetune.json").read_text())
     # fine-tuning planned with the cut budget, and min_epochs still trained at least one whole epoch
     assert record["params"]["time_budget_minutes"] == 0.01
@@ -87,3 +127,4 @@ def test_a_run_whose_budget_is_spent_before_fine_tuning_cuts_its_budget_and_says
     assert summary["gate"]["passed"] is True
     report = (Path(summary["files"]["run"]) / "report.md").read_text(encoding="utf-8")
     assert "fine-tuning got 0.01 min, set by the run's budget" in report
+    assert f"The run used {run_budget['used_minutes']} min of its 0.05-minute budget" in report

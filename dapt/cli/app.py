@@ -113,11 +113,12 @@ def _stop_temporary_prefect_server() -> None:
             )
 
 
-def _run_flow(recipe, adopt_log_handlers):
+def _run_flow(recipe, adopt_log_handlers, started_at: float):
     from flows.retrain import retrain
 
     adopt_log_handlers()  # Prefect's log handlers exist from its import on
-    state = retrain(recipe, return_state=True)
+    # the run's budget counts from the command's start: Prefect's import and temporary server (~10 s) included
+    state = retrain(recipe, budget_started_at=started_at, return_state=True)
     _stop_temporary_prefect_server()
     return state
 
@@ -135,6 +136,7 @@ def _check_training_environment() -> None:
 
 def run_recipe(recipe_path: Path) -> dict:
     """Run the retrain flow; return its summary or raise UserError with a readable report."""
+    started_at = time.time()
     from dapt.progress_view import adopt_log_handlers, say, watched
 
     # A bar per stage in a terminal, plain lines (never silent for long) in logs and CI.
@@ -143,7 +145,7 @@ def run_recipe(recipe_path: Path) -> dict:
         _check_training_environment()
         say(f"run {recipe.name}: validate → adapt → fine-tune → evaluate → export → register → promote")
         with stage(f"run {recipe.name}"):
-            state = _run_flow(recipe, adopt_log_handlers)
+            state = _run_flow(recipe, adopt_log_handlers, started_at)
     if state.is_failed():
         data = None
         try:

@@ -99,29 +99,47 @@ def plan_steps_for_budget(
 
 
 # The run's budget: seconds kept for what follows fine-tuning (evaluate, export with its parity checks, register,
-# the report): 96-122 s in the tweets' whole default runs on 2 cores, whose fine-tuning fills its budget; BC5CDR's
-# bigger eval set takes longer, but its fine-tuning ends well inside its own (benchmarks/README.md).
+# the report). The tail measured 81-105 s on the tweets' 2,388 eval rows and 141 s on BC5CDR's 4,797 (session 21,
+# 2 cores; benchmarks/README.md). Export's parity passes read at most export.parity_max_texts (2,000) texts, so
+# past BC5CDR's size only evaluation grows with the eval set: 28 s for those 4,797 NER rows, ~6 ms a row.
 RESERVED_AFTER_FINETUNE_SECONDS = 150.0
+RESERVE_COVERS_EVAL_ROWS = 4_800
+SECONDS_PER_EXTRA_EVAL_ROW = 0.006
 # a budget already spent still plans min_epochs (the plan's floor); the budget field itself must stay positive
 SPENT_BUDGET_MINUTES = 0.01
 
 
+def reserved_after_finetune_seconds(eval_rows: int) -> float:
+    """Seconds the run keeps for evaluation, export and registration of a model evaluated on ``eval_rows``."""
+    extra_rows = max(0, eval_rows - RESERVE_COVERS_EVAL_ROWS)
+    return RESERVED_AFTER_FINETUNE_SECONDS + extra_rows * SECONDS_PER_EXTRA_EVAL_ROW
+
+
+def expected_eval_rows(row_counts: dict, eval_fraction: float) -> int:
+    """The eval set's size from validation's row counts: the eval file's rows, else the share split from train."""
+    if row_counts.get("eval"):
+        return int(row_counts["eval"])
+    return round(int(row_counts.get("train", 0)) * eval_fraction)
+
+
 def finetune_minutes_in_run(
-    run_minutes: float | None, spent_seconds: float, finetune_minutes: float | None
+    run_minutes: float | None, spent_seconds: float, finetune_minutes: float | None, eval_rows: int = 0
 ) -> dict | None:
     """The fine-tuning budget that ends the whole run within ``run_minutes``: what is left after the
-    ``spent_seconds`` the stages before it took and the seconds kept for the stages after it, never more than
-    the stage's own ``finetune_minutes`` (None: no budget of its own). None when the run has no budget.
+    ``spent_seconds`` the stages before it took and the seconds kept for the stages after it (more for an eval
+    set over ``RESERVE_COVERS_EVAL_ROWS``), never more than the stage's own ``finetune_minutes`` (None: no
+    budget of its own). None when the run has no budget.
 
     ``binds`` says whether the run's budget, not the stage's, set ``finetune_minutes``."""
     if run_minutes is None:
         return None
-    left = (run_minutes * 60 - spent_seconds - RESERVED_AFTER_FINETUNE_SECONDS) / 60
+    reserved = reserved_after_finetune_seconds(eval_rows)
+    left = (run_minutes * 60 - spent_seconds - reserved) / 60
     binds = finetune_minutes is None or left < finetune_minutes
     return {
         "run_minutes": run_minutes,
         "spent_minutes": round(spent_seconds / 60, 2),
-        "reserved_minutes": round(RESERVED_AFTER_FINETUNE_SECONDS / 60, 2),
+        "reserved_minutes": round(reserved / 60, 2),
         "stage_minutes": finetune_minutes,
         "finetune_minutes": round(max(left, SPENT_BUDGET_MINUTES), 2) if binds else finetune_minutes,
         "binds": binds,
