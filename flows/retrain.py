@@ -107,7 +107,8 @@ def _within_run_budget(recipe: Recipe, budget_clock: float, row_counts: dict) ->
         recipe.time_budget_minutes,
         time.monotonic() - budget_clock,
         stage.time_budget_minutes,
-        expected_eval_rows(row_counts, recipe.data.eval_fraction),
+        task=recipe.task,
+        eval_rows=expected_eval_rows(row_counts, recipe.data.eval_fraction),
     )
     if budget is None or stage.max_steps > 0:  # a fixed step count is trained whatever the clock says
         return recipe, None

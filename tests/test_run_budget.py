@@ -33,7 +33,7 @@ def test_fine_tuning_is_cut_to_what_the_run_leaves_after_the_reserve():
     budget = finetune_minutes_in_run(15, spent, 8)
     assert budget["binds"] is True
     assert budget["finetune_minutes"] == pytest.approx(
-        (900 - spent - RESERVED_AFTER_FINETUNE_SECONDS) / 60, abs=0.01
+        (900 - spent - RESERVED_AFTER_FINETUNE_SECONDS["classification"]) / 60, abs=0.01
     )
     assert budget["finetune_minutes"] < 8
 
@@ -42,7 +42,7 @@ def test_a_stage_without_a_budget_of_its_own_gets_what_the_run_leaves():
     budget = finetune_minutes_in_run(15, 300, None)
     assert budget["binds"] is True and budget["stage_minutes"] is None
     assert budget["finetune_minutes"] == pytest.approx(
-        (900 - 300 - RESERVED_AFTER_FINETUNE_SECONDS) / 60, abs=0.01
+        (900 - 300 - RESERVED_AFTER_FINETUNE_SECONDS["classification"]) / 60, abs=0.01
     )
 
 
@@ -52,17 +52,27 @@ def test_a_spent_run_budget_leaves_a_positive_sliver_so_min_epochs_decides():
     assert 0 < budget["finetune_minutes"] <= 0.01
 
 
+def test_ner_keeps_more_time_after_fine_tuning_than_classification():
+    ner = finetune_minutes_in_run(15, 300, None, task="ner")
+    classification = finetune_minutes_in_run(15, 300, None, task="classification")
+    assert ner["reserved_minutes"] == round(RESERVED_AFTER_FINETUNE_SECONDS["ner"] / 60, 2)
+    assert ner["reserved_minutes"] > classification["reserved_minutes"]
+    assert ner["finetune_minutes"] < classification["finetune_minutes"]
+
+
 def test_an_eval_set_larger_than_the_measured_ones_keeps_its_evaluation_time_after_fine_tuning():
-    assert reserved_after_finetune_seconds(2_000) == RESERVED_AFTER_FINETUNE_SECONDS
-    assert reserved_after_finetune_seconds(RESERVE_COVERS_EVAL_ROWS) == RESERVED_AFTER_FINETUNE_SECONDS
+    measured = RESERVED_AFTER_FINETUNE_SECONDS["ner"]
+    assert reserved_after_finetune_seconds("ner", 2_000) == measured
+    assert reserved_after_finetune_seconds("ner", RESERVE_COVERS_EVAL_ROWS) == measured
     big = RESERVE_COVERS_EVAL_ROWS + 10_000
-    assert reserved_after_finetune_seconds(big) == pytest.approx(
-        RESERVED_AFTER_FINETUNE_SECONDS + 10_000 * SECONDS_PER_EXTRA_EVAL_ROW
+    assert reserved_after_finetune_seconds("ner", big) == pytest.approx(
+        measured + 10_000 * SECONDS_PER_EXTRA_EVAL_ROW
     )
-    small, large = finetune_minutes_in_run(15, 300, None, 1_000), finetune_minutes_in_run(15, 300, None, big)
+    small = finetune_minutes_in_run(15, 300, None, task="ner", eval_rows=1_000)
+    large = finetune_minutes_in_run(15, 300, None, task="ner", eval_rows=big)
     assert large["reserved_minutes"] > small["reserved_minutes"]
     assert large["finetune_minutes"] == pytest.approx(
-        (900 - 300 - reserved_after_finetune_seconds(big)) / 60, abs=0.01
+        (900 - 300 - reserved_after_finetune_seconds("ner", big)) / 60, abs=0.01
     )
 
 

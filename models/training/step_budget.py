@@ -99,20 +99,22 @@ def plan_steps_for_budget(
 
 
 # The run's budget: seconds kept for what follows fine-tuning (evaluate, export with its parity checks, register,
-# the report). The tail measured 81-105 s on the tweets' 2,388 eval rows and 141 s on BC5CDR's 4,797 (session 21,
-# 2 cores; benchmarks/README.md). Export's parity passes read at most export.parity_max_texts (2,000) texts, so
-# past BC5CDR's size only evaluation grows with the eval set: 28 s for those 4,797 NER rows, ~6 ms a row.
-RESERVED_AFTER_FINETUNE_SECONDS = 150.0
+# the report), by task. Measured on 2 cores (benchmarks/README.md): classification 81-109 s in four tweets runs
+# (2,388 eval rows), NER 141-147 s in two BC5CDR runs (4,797; NER's parity scores entities per token and its int8
+# keeps the feed-forward outputs in fp32). Export's parity passes read at most export.parity_max_texts (2,000)
+# texts, so past BC5CDR's size only evaluation grows with the eval set: 28 s for those 4,797 NER rows, ~6 ms a row.
+RESERVED_AFTER_FINETUNE_SECONDS = {"classification": 120.0, "ner": 150.0}
 RESERVE_COVERS_EVAL_ROWS = 4_800
 SECONDS_PER_EXTRA_EVAL_ROW = 0.006
 # a budget already spent still plans min_epochs (the plan's floor); the budget field itself must stay positive
 SPENT_BUDGET_MINUTES = 0.01
 
 
-def reserved_after_finetune_seconds(eval_rows: int) -> float:
-    """Seconds the run keeps for evaluation, export and registration of a model evaluated on ``eval_rows``."""
+def reserved_after_finetune_seconds(task: str, eval_rows: int) -> float:
+    """Seconds the run keeps for evaluation, export and registration of a ``task`` model evaluated on
+    ``eval_rows``."""
     extra_rows = max(0, eval_rows - RESERVE_COVERS_EVAL_ROWS)
-    return RESERVED_AFTER_FINETUNE_SECONDS + extra_rows * SECONDS_PER_EXTRA_EVAL_ROW
+    return RESERVED_AFTER_FINETUNE_SECONDS[task] + extra_rows * SECONDS_PER_EXTRA_EVAL_ROW
 
 
 def expected_eval_rows(row_counts: dict, eval_fraction: float) -> int:
@@ -123,17 +125,22 @@ def expected_eval_rows(row_counts: dict, eval_fraction: float) -> int:
 
 
 def finetune_minutes_in_run(
-    run_minutes: float | None, spent_seconds: float, finetune_minutes: float | None, eval_rows: int = 0
+    run_minutes: float | None,
+    spent_seconds: float,
+    finetune_minutes: float | None,
+    *,
+    task: str = "classification",
+    eval_rows: int = 0,
 ) -> dict | None:
     """The fine-tuning budget that ends the whole run within ``run_minutes``: what is left after the
-    ``spent_seconds`` the stages before it took and the seconds kept for the stages after it (more for an eval
-    set over ``RESERVE_COVERS_EVAL_ROWS``), never more than the stage's own ``finetune_minutes`` (None: no
-    budget of its own). None when the run has no budget.
+    ``spent_seconds`` the stages before it took and the seconds kept for the stages after it (by ``task``, and
+    more for an eval set over ``RESERVE_COVERS_EVAL_ROWS`` rows), never more than the stage's own
+    ``finetune_minutes`` (None: no budget of its own). None when the run has no budget.
 
     ``binds`` says whether the run's budget, not the stage's, set ``finetune_minutes``."""
     if run_minutes is None:
         return None
-    reserved = reserved_after_finetune_seconds(eval_rows)
+    reserved = reserved_after_finetune_seconds(task, eval_rows)
     left = (run_minutes * 60 - spent_seconds - reserved) / 60
     binds = finetune_minutes is None or left < finetune_minutes
     return {
