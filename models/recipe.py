@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -46,6 +46,17 @@ class DataConfig(_Section):
         "prefixes: at least 1).",
     )
     eval_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _integer_labels_as_text(cls, value: Any) -> Any:
+        """``labels: [0, 1, 2]`` names the label values as the data files hold them (read as text: "0", "1",
+        "2"), as many public sets ship their classes."""
+        if isinstance(value, list):
+            return [
+                str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value
+            ]
+        return value
 
 
 class ValidationConfig(_Section):

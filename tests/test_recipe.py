@@ -72,6 +72,13 @@ def test_ner_may_declare_one_entity_type_but_a_classifier_needs_two_labels():
         recipe_from_dict(_minimal(task="ner", data={"corpus": "c.txt", "train": "t.conll", "labels": []}))
 
 
+def test_integer_class_ids_are_label_names_as_the_data_file_reads_them():
+    recipe = recipe_from_dict(_minimal(data={"corpus": "c.txt", "train": "t.csv", "labels": [0, 1, 2]}))
+    assert recipe.data.labels == ["0", "1", "2"]
+    with pytest.raises(RecipeError, match=r"data\.labels"):  # a YAML yes/no is a mistake, not a class id
+        recipe_from_dict(_minimal(data={"corpus": "c.txt", "train": "t.csv", "labels": [True, False]}))
+
+
 def test_the_renamed_duplicate_threshold_says_what_replaced_it():
     with pytest.raises(RecipeError, match="max_duplicate_rate was replaced by max_dropped_rate"):
         recipe_from_dict(_minimal(validation={"max_duplicate_rate": 0.1}))
