@@ -96,23 +96,6 @@ def test_validate_exits_1_when_a_data_check_fails_and_0_when_all_pass(tmp_path, 
     assert "Traceback" not in failed.stderr
 
 
-def test_integer_class_ids_in_the_data_and_the_recipe_validate(tmp_path, sample_dir, tiny_base_model):
-    """Public sets often ship classes as 0 / 1 / 2: ``labels: [0, 1, 2]`` in YAML names them as the file does."""
-    recipe = write_tiny_recipe(tmp_path / "ids", sample_dir, tiny_base_model, data={"labels": [0, 1, 2]})
-    assert "- 0" in recipe.read_text(encoding="utf-8")  # YAML integers, as a user writes them
-    train = recipe.parent / "train.csv"
-    ids = {"negative": "0", "neutral": "1", "positive": "2"}
-    with train.open(encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    with train.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows([row | {"label": ids[row["label"]]} for row in rows])
-
-    result = dapt("validate", str(recipe), home=tmp_path / "home")
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_a_bad_training_setting_stops_dapt_run_before_any_stage_with_exit_2(
     tmp_path, sample_dir, tiny_base_model, monkeypatch
 ):

@@ -1,8 +1,10 @@
 """Real data shapes through the real flow (tiny models): one entity type, a corpus with fragments and repeats,
-and an int8 variant that fails parity (dropped from serving, reported, and the version still promoted)."""
+classes stored as integer ids, and an int8 variant that fails parity (dropped from serving, reported, and the
+version still promoted)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -113,3 +115,34 @@ def test_int8_failing_parity_is_dropped_reported_and_does_not_block_promotion(
     assert OnnxPredictor(bundle, providers=["CPUExecutionProvider"]).variant == "fp32"
     run_summary = json.loads((Path(summary["files"]["run"]) / "summary.json").read_text(encoding="utf-8"))
     assert run_summary["variants"]["dropped"]["int8"]["why"] == dropped["why"]
+
+
+def test_classes_stored_as_integer_ids_train_and_serve_under_those_ids(
+    tmp_path, sample_dir, tiny_base_model, prefect_harness
+):
+    """Public sets often ship classes as 0 / 1 / 2; ``labels: [0, 1, 2]`` (YAML integers) names them."""
+    from dapt.cli.app import run_recipe
+    from models.registry.store import Registry
+    from services.predictor import OnnxPredictor
+
+    recipe = write_tiny_recipe(
+        tmp_path / "ids", sample_dir, tiny_base_model, name="tiny-ids", data={"labels": [0, 1, 2]}
+    )
+    assert "- 0" in recipe.read_text(encoding="utf-8")  # integers in the YAML, as a user writes them
+    train = recipe.parent / "train.csv"
+    ids = {"negative": "0", "neutral": "1", "positive": "2"}
+    with train.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with train.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([row | {"label": ids[row["label"]]} for row in rows])
+
+    summary = run_recipe(recipe)
+
+    assert summary["gate"]["passed"] is True, summary["gate"]
+    bundle = Registry().load_path("tiny-ids", alias="production", verify=True)
+    predictor = OnnxPredictor(bundle, providers=["CPUExecutionProvider"])
+    assert predictor.spec.labels == ["0", "1", "2"]
+    [answer] = predictor.classify(["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."])
+    assert answer["label"] in ("0", "1", "2") and set(answer["scores"]) == {"0", "1", "2"}
