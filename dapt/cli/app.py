@@ -117,7 +117,7 @@ def _run_flow(recipe, adopt_log_handlers, started_at: float):
     from flows.retrain import retrain
 
     adopt_log_handlers()  # Prefect's log handlers exist from its import on
-    # the run's budget counts from the command's start: Prefect's import and temporary server (~10 s) included
+    # the run's budget counts from the command's start: Prefect's import and temporary server (12-14 s) included
     state = retrain(recipe, budget_started_at=started_at, return_state=True)
     _stop_temporary_prefect_server()
     return state
