@@ -50,13 +50,11 @@ class DataConfig(_Section):
     @field_validator("labels", mode="before")
     @classmethod
     def _integer_labels_as_text(cls, value: Any) -> Any:
-        """``labels: [0, 1, 2]`` names the label values as the data files hold them (read as text: "0", "1",
-        "2"), as many public sets ship their classes."""
-        if isinstance(value, list):
-            return [
-                str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value
-            ]
-        return value
+        """``labels: [0, 1, 2]``: class ids as the data files hold them (read as text), as public sets ship
+        them; a YAML yes/no (bool) is not an id and is still refused."""
+        if not isinstance(value, list):
+            return value
+        return [str(i) if isinstance(i, int) and not isinstance(i, bool) else i for i in value]
 
 
 class ValidationConfig(_Section):
