@@ -20,12 +20,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import BenchmarkError, load_average, machine_info, say  # noqa: E402
+from models.recipe import AdaptConfig  # noqa: E402
 
-CHECKS = ("short_finetune", "probe", "finetune")
+CHECKS = get_args(AdaptConfig.model_fields["gain_check"].annotation)  # the checks a recipe may name
 
 
 def parse_checks(text: str) -> list[str]:

@@ -309,7 +309,7 @@ def _finetuned_predictions(
     import numpy as np
 
     from models.training.task_model import encode_frame, task_labels
-    from models.training.trainer import tag_sequences, train_task_model
+    from models.training.trainer import prediction_logits, tag_sequences, train_task_model
 
     update: dict = {"early_stopping_patience": 0, "augment_fraction": 0.0}
     if one_epoch:
@@ -322,7 +322,7 @@ def _finetuned_predictions(
     labels = task_labels(recipe)
     if recipe.task == "ner":
         return tag_sequences(labels, output)  # scored at the positions the Trainer's metrics score
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    logits = prediction_logits(output)
     if recipe.finetune.multi_label:
         return list(np.asarray(output.label_ids) > 0.5), list(np.asarray(logits) > 0)
     return [labels[i] for i in output.label_ids], [labels[i] for i in logits.argmax(-1)]

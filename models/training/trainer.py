@@ -202,14 +202,17 @@ def _trainer_class():
 # ------------------------------------------------------------------------------------------------------ metrics
 
 
+def prediction_logits(prediction):
+    """The logits of the Trainer's ``prediction`` (the first of its outputs when the model returns several)."""
+    outputs = prediction.predictions
+    return outputs[0] if isinstance(outputs, tuple) else outputs
+
+
 def tag_sequences(labels: list[str], prediction) -> tuple[list[list[str]], list[list[str]]]:
     """Gold and predicted tags of a token-classification ``prediction`` (the Trainer's output), row by row, at the
     positions that carry a gold label (each word's first word-piece)."""
-    logits = (
-        prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    )
     gold, predicted = [], []
-    for guess, truth in zip(logits.argmax(-1), prediction.label_ids, strict=True):
+    for guess, truth in zip(prediction_logits(prediction).argmax(-1), prediction.label_ids, strict=True):
         keep = truth != IGNORE_INDEX
         gold.append([labels[i] for i in truth[keep]])
         predicted.append([labels[i] for i in guess[keep]])
@@ -223,9 +226,7 @@ def _metrics_function(recipe: Recipe, multi_label: bool):
     def classification(prediction) -> dict:
         from sklearn.metrics import accuracy_score, f1_score
 
-        logits, gold = prediction.predictions, prediction.label_ids
-        if isinstance(logits, tuple):
-            logits = logits[0]
+        logits, gold = prediction_logits(prediction), prediction.label_ids
         if multi_label:
             predicted = (logits > 0).astype(int)
             gold = gold.astype(int)
